@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/flannel-go/flannel-go/internal/etcdserver"
+	"github.com/flannel-go/flannel-go/lease"
+	"github.com/flannel-go/flannel-go/router"
+	"github.com/flannel-go/flannel-go/tun"
+)
+
+// tunName is upstream's device name; existing units and scripts expect it.
+const tunName = "flannel0"
+
+// encapOverhead is the outer IPv4 and UDP headers around each inner packet.
+const encapOverhead = 28
+
+// daemon is one flanneld run: lease, TUN, router, and the loops that keep
+// them in step.
+type daemon struct {
+	o   *options
+	log *slog.Logger
+
+	ready    atomic.Bool
+	router   atomic.Pointer[router.Router]
+	routes   atomic.Int64 // routes in the router's table
+	ownNet   atomic.Pointer[netip.Prefix]
+	subnetMu sync.Mutex // serialises subnet-file writes and TUN re-addressing
+}
+
+func (d *daemon) ownSubnet() netip.Prefix {
+	if p := d.ownNet.Load(); p != nil {
+		return *p
+	}
+	return netip.Prefix{}
+}
+
+// run brings flanneld up and blocks until a signal or a fatal error.
+func (d *daemon) run(parent context.Context) error {
+	o, log := d.o, d.log
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		// Unregister so that a second signal kills the process.
+		stop()
+		if parent.Err() == nil {
+			log.Info("shutdownHandler sent cancel signal...")
+		}
+	}()
+
+	d.registerRouterMetrics()
+	if o.metricsAddr != "" {
+		srv, err := d.startHTTP(o.metricsAddr, false)
+		if err != nil {
+			return err
+		}
+		defer srv.shutdown()
+	}
+	if o.healthzPort > 0 {
+		srv, err := d.startHTTP(fmt.Sprintf("%s:%d", o.healthzIP, o.healthzPort), true)
+		if err != nil {
+			return err
+		}
+		defer srv.shutdown()
+	}
+
+	if o.etcdEmbedded != "" {
+		srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: o.etcdEmbedded, ClientURLs: o.endpoints(), Logger: log})
+		if err != nil {
+			return fmt.Errorf("start embedded etcd in %s on %v: %w", o.etcdEmbedded, o.endpoints(), err)
+		}
+		defer srv.Close()
+		log.Info("Embedded etcd started", "dir", o.etcdEmbedded, "endpoints", srv.Endpoints())
+	}
+
+	cli, err := newEtcdClient(o, os.Getenv, log)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+
+	prev, err := lease.ReadSubnetFile(o.subnetFile)
+	if err != nil {
+		log.Warn("Could not read the previous subnet", "file", o.subnetFile, "error", err)
+	} else if prev.Subnet.IsValid() {
+		log.Info(fmt.Sprintf("Previous Subnet: %s", prev.Subnet))
+	}
+
+	ext, err := chooseInterface(o, log)
+	if err != nil {
+		return err
+	}
+	log.Info("Using interface", "name", ext.Name, "iface_ip", ext.IfaceAddr, "public_ip", ext.ExtAddr, "mtu", ext.MTU)
+
+	mgr := lease.NewManager(cli, lease.Options{
+		Prefix:      o.etcdPrefix,
+		PublicIP:    ext.ExtAddr,
+		PrevSubnet:  prev.Subnet,
+		RenewMargin: o.renewMargin(),
+		Logger:      log,
+	})
+	cfg, err := mgr.WaitConfig(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if cfg.BackendType != "udp" {
+		return fmt.Errorf("unknown backend type: %s (flannel-go implements only the udp backend)", cfg.BackendType)
+	}
+	if cfg.EnableIPv6 {
+		return errors.New("EnableIPv6 is set in the network config, but the udp backend carries IPv4 only: remove EnableIPv6 or use another backend")
+	}
+	mtu := ext.MTU - encapOverhead
+
+	l, err := mgr.Acquire(ctx, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("failed to acquire lease: %w", err)
+	}
+	d.ownNet.Store(&l.Subnet)
+
+	dev, err := tun.Open(tunName, o.queues)
+	if err != nil {
+		return fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
+	}
+	defer dev.Close()
+	if err := dev.Configure(l.Subnet.Addr(), mtu, o.tunTxQueueLen, cfg.Network); err != nil {
+		return fmt.Errorf("configure %s: %w", tunName, err)
+	}
+	// The router's ICMP errors come from the TUN's own address; without
+	// accept_local the kernel drops them as martians and traceroute, PMTU
+	// and "net unreachable" never reach the sender.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+tunName+"/accept_local", []byte("1"), 0o644); err != nil {
+		log.Warn("Could not set accept_local on the TUN; ICMP errors from the router will be dropped by the kernel", "error", err)
+	}
+
+	rt, err := router.New(router.Config{
+		Network:            cfg.Network,
+		SubnetLen:          cfg.SubnetLen,
+		OwnSubnet:          l.Subnet,
+		LocalAddr:          ext.IfaceAddr,
+		Port:               cfg.Port,
+		SocketBuffer:       o.socketBuffer,
+		AcceptUnknownPeers: o.acceptUnknownPeers,
+		MTU:                mtu,
+		Logger:             log,
+	}, dev.Queues)
+	if err != nil {
+		return err
+	}
+
+	d.router.Store(rt)
+	subnetFileOK := d.writeSubnetFile(cfg, l.Subnet, mtu)
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() {
+		if err := rt.Run(runCtx); err != nil && runCtx.Err() == nil {
+			errc <- fmt.Errorf("data plane: %w", err)
+		}
+	})
+	events := make(chan []lease.Event, 16)
+	wg.Go(func() {
+		if err := mgr.Watch(runCtx, d.ownSubnet, events); err != nil && runCtx.Err() == nil {
+			errc <- fmt.Errorf("watch subnets: %w", err)
+		}
+	})
+	wg.Go(func() { d.applyEvents(runCtx, rt, events) })
+	wg.Go(func() {
+		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dev, rt, nl, mtu) })
+		if err != nil && runCtx.Err() == nil {
+			errc <- fmt.Errorf("keep lease: %w", err)
+		}
+	})
+
+	if subnetFileOK {
+		d.ready.Store(true)
+	}
+	if _, err := sd.SdNotify(false, sd.SdNotifyReady); err != nil {
+		log.Warn("sd_notify failed", "error", err)
+	}
+	log.Info("flanneld is running", "subnet", l.Subnet, "network", cfg.Network, "mtu", mtu, "queues", o.queues)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	d.ready.Store(false)
+	log.Info("Waiting for all goroutines to exit")
+	cancel()
+	wg.Wait()
+	return runErr
+}
+
+// writeSubnetFile writes the subnet file; a failure is only a warning, as
+// upstream, but the daemon then never reports ready.
+func (d *daemon) writeSubnetFile(cfg *lease.Config, subnet netip.Prefix, mtu int) bool {
+	err := lease.WriteSubnetFile(d.o.subnetFile, lease.SubnetFile{
+		Network: cfg.Network,
+		Subnet:  subnet,
+		MTU:     mtu,
+		IPMasq:  d.o.ipMasq,
+	})
+	if err != nil {
+		d.log.Warn("Failed to write the subnet file", "file", d.o.subnetFile, "error", err)
+		return false
+	}
+	return true
+}
+
+// leaseChanged moves the node to a re-acquired lease: the TUN address, the
+// router's own subnet and the subnet file follow it.
+func (d *daemon) leaseChanged(cfg *lease.Config, dev *tun.Device, rt *router.Router, nl lease.Lease, mtu int) {
+	d.subnetMu.Lock()
+	defer d.subnetMu.Unlock()
+	old := d.ownSubnet()
+	d.ownNet.Store(&nl.Subnet)
+	if old == nl.Subnet {
+		d.log.Info("Lease re-acquired", "subnet", nl.Subnet)
+		return
+	}
+	d.log.Warn("Lease re-acquired with a different subnet; containers on the old subnet must be restarted",
+		"old", old, "new", nl.Subnet)
+	if err := dev.Configure(nl.Subnet.Addr(), mtu, d.o.tunTxQueueLen, cfg.Network); err != nil {
+		d.log.Error("Reconfigure TUN for the new subnet", "error", err)
+	}
+	if err := dev.RemoveAddr(old.Addr()); err != nil {
+		d.log.Warn("Remove the old TUN address", "addr", old.Addr(), "error", err)
+	}
+	rt.SetOwnSubnet(nl.Subnet)
+	d.ready.Store(d.writeSubnetFile(cfg, nl.Subnet, mtu))
+}
+
+// applyEvents keeps the router's table equal to the set of other nodes'
+// leases. Each batch of events becomes one table swap.
+func (d *daemon) applyEvents(ctx context.Context, rt *router.Router, events <-chan []lease.Event) {
+	peers := map[netip.Prefix]netip.Addr{}
+	for {
+		var batch []lease.Event
+		select {
+		case <-ctx.Done():
+			return
+		case batch = <-events:
+		}
+		for _, ev := range batch {
+			switch ev.Type {
+			case lease.EventAdded:
+				if old, ok := peers[ev.Lease.Subnet]; !ok || old != ev.Lease.PublicIP {
+					d.log.Info(fmt.Sprintf("Subnet added: %s", ev.Lease.Subnet), "public_ip", ev.Lease.PublicIP)
+				}
+				peers[ev.Lease.Subnet] = ev.Lease.PublicIP
+			case lease.EventRemoved:
+				if _, ok := peers[ev.Lease.Subnet]; ok {
+					d.log.Info(fmt.Sprintf("Subnet removed: %s", ev.Lease.Subnet))
+				}
+				delete(peers, ev.Lease.Subnet)
+			}
+		}
+		routes := make([]router.Route, 0, len(peers))
+		for s, ip := range peers {
+			routes = append(routes, router.Route{Subnet: s, Peer: ip})
+		}
+		sort.Slice(routes, func(i, j int) bool { return routes[i].Subnet.Addr().Less(routes[j].Subnet.Addr()) })
+		rt.SetRoutes(routes)
+		d.routes.Store(int64(len(routes)))
+	}
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// options holds every command-line setting of the daemon. Flag names and
+// defaults are upstream flanneld's (etcd mode), plus this project's own
+// data-plane knobs.
+type options struct {
+	etcdEndpoints string
+	etcdPrefix    string
+	etcdKeyfile   string
+	etcdCertfile  string
+	etcdCAFile    string
+	etcdUsername  string
+	etcdPassword  string
+	etcdEmbedded  string
+
+	ifaces        stringList
+	ifaceRegexes  stringList
+	ifaceCanReach string
+	publicIP      string
+
+	subnetFile        string
+	subnetRenewMargin int
+
+	ipMasq                   bool
+	ipMasqFullyRandomDisable bool
+	iptablesResync           int
+	iptablesForwardRules     bool
+	ipBlackholeRoute         bool
+
+	healthzIP   string
+	healthzPort int
+	metricsAddr string
+
+	queues             int
+	socketBuffer       int
+	tunTxQueueLen      int
+	acceptUnknownPeers bool
+
+	verbosity int
+	version   bool
+}
+
+// stringList is a repeatable string flag, like upstream's --iface.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+
+func (s *stringList) Set(v string) error {
+	*s = append(*s, v)
+	return nil
+}
+
+func defaultQueues() int { return max(runtime.NumCPU(), 1) }
+
+// newFlagSet builds the flag set bound to o.
+func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
+	fs.StringVar(&o.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
+	fs.StringVar(&o.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
+	fs.StringVar(&o.etcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
+	fs.StringVar(&o.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
+	fs.StringVar(&o.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	fs.StringVar(&o.etcdEmbedded, "etcd-embedded", "", "run a single-member etcd inside flanneld with its data in this directory, listening on --etcd-endpoints")
+
+	fs.Var(&o.ifaces, "iface", "interface to use (IP or name) for inter-host communication; can be given more than once")
+	fs.Var(&o.ifaceRegexes, "iface-regex", "regex expression to match the first interface to use (IP or name) for inter-host communication; can be given more than once")
+	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "detect the interface to use by the route to this IP")
+	fs.StringVar(&o.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication")
+
+	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ... ) will be written to")
+	fs.IntVar(&o.subnetRenewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
+
+	fs.BoolVar(&o.ipMasq, "ip-masq", false, "setup IP masquerade rule for traffic destined outside of overlay network")
+	fs.BoolVar(&o.ipMasqFullyRandomDisable, "ip-masq-fully-random-disable", false, "do not add --random-fully to the masquerade rules")
+	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
+	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
+	fs.BoolVar(&o.ipBlackholeRoute, "ip-blackhole-route", false, "install a blackhole route for the own subnet (accepted for compatibility)")
+
+	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for healthz server to listen")
+	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for healthz server to listen (0 to disable)")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "also serve /metrics on this host:port")
+
+	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers (default: number of CPUs)")
+	fs.IntVar(&o.socketBuffer, "socket-buffer", 4<<20, "UDP socket send and receive buffer size in bytes")
+	fs.IntVar(&o.tunTxQueueLen, "tun-txqueuelen", 4096, "TUN device transmit queue length")
+	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
+
+	fs.IntVar(&o.verbosity, "v", 0, "log verbosity; 1 or more enables debug logs")
+	fs.BoolVar(&o.version, "version", false, "print version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s [OPTION]...\n", name)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// envName is the FLANNELD_* variable that fills flag name.
+func envName(name string) string {
+	return "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// setFlagsFromEnv fills every flag not given on the command line from its
+// FLANNELD_* variable, as upstream does after parsing. A bad value is logged
+// and ignored, also as upstream.
+func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || f.Name == "version" {
+			return
+		}
+		v := getenv(envName(f.Name))
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			log.Error("Failed to set flag FLANNELD from env", "flag", f.Name, "variable", envName(f.Name), "error", err)
+		}
+	})
+}
+
+// parseOptions parses args and the environment into options and checks
+// every range, naming the flag at fault.
+func parseOptions(name string, args []string, getenv func(string) string, out io.Writer, log *slog.Logger) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(name, o, out)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with - or --)", fs.Arg(0))
+	}
+	if o.version {
+		return o, nil
+	}
+	setFlagsFromEnv(fs, getenv, log)
+	return o, o.validate()
+}
+
+func (o *options) validate() error {
+	var errs []error
+	if o.subnetRenewMargin < 1 || o.subnetRenewMargin > 1439 {
+		errs = append(errs, errors.New("Invalid subnet-lease-renew-margin option, out of acceptable range")) //nolint:staticcheck // upstream's exact text
+	}
+	if o.queues < 1 || o.queues > 256 {
+		errs = append(errs, fmt.Errorf("--queues must be between 1 and 256, got %d", o.queues))
+	}
+	if o.socketBuffer < 64<<10 || o.socketBuffer > 1<<30 {
+		errs = append(errs, fmt.Errorf("--socket-buffer must be between 65536 and 1073741824 bytes, got %d", o.socketBuffer))
+	}
+	if o.tunTxQueueLen < 1 || o.tunTxQueueLen > 1<<20 {
+		errs = append(errs, fmt.Errorf("--tun-txqueuelen must be between 1 and 1048576, got %d", o.tunTxQueueLen))
+	}
+	if o.iptablesResync < 1 {
+		errs = append(errs, fmt.Errorf("--iptables-resync must be at least 1 second, got %d", o.iptablesResync))
+	}
+	if o.healthzPort < 0 || o.healthzPort > 65535 {
+		errs = append(errs, fmt.Errorf("--healthz-port must be between 0 and 65535, got %d", o.healthzPort))
+	}
+	if o.etcdEndpoints == "" {
+		errs = append(errs, errors.New("--etcd-endpoints must name at least one endpoint"))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *options) renewMargin() time.Duration {
+	return time.Duration(o.subnetRenewMargin) * time.Minute
+}
+
+func (o *options) endpoints() []string {
+	var eps []string
+	for _, e := range strings.Split(o.etcdEndpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	return eps
+}

@@ -1,0 +1,10 @@
+package etcdtest
+
+import (
+	"io"
+	"log/slog"
+)
+
+func discardLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}

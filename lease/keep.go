@@ -1,0 +1,174 @@
+package lease
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Reconnect backoff for broken etcd watches, as upstream (v0.26.4+).
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// Keep renews the lease at Expiration-RenewMargin (new 24 h etcd lease plus
+// an unconditional put, as upstream does) and retries a failed renewal every
+// RetryInterval. It watches the node's own key: when the lease is revoked,
+// deleted, expires or is taken over, Keep acquires a lease again (the same
+// subnet when it is still free) and calls onChange with it. Reservations are
+// never renewed. Keep returns nil when ctx is done; it never deletes the
+// lease.
+func (m *Manager) Keep(ctx context.Context, cfg *Config, l Lease, onChange func(Lease)) error {
+	k := keeper{m: m, cfg: cfg, cur: l}
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		e, found, rev, err := m.reg.get(ctx, k.cur.Subnet)
+		if err != nil {
+			m.log.Warn("read own lease", "subnet", k.cur.Subnet, "err", err)
+			_ = sleep(ctx, backoff)
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		if !found || e.AttrsErr != nil || e.PublicIP != m.publicIP {
+			if !k.reacquire(ctx, onChange) {
+				return nil
+			}
+			continue
+		}
+		k.leaseID = e.LeaseID
+		if e.LeaseID == clientv3.NoLease {
+			k.cur.Expiration = time.Time{}
+		}
+		lost, progressed := k.run(ctx, rev+1)
+		if progressed {
+			backoff = minBackoff
+		}
+		if lost {
+			if !k.reacquire(ctx, onChange) {
+				return nil
+			}
+			continue
+		}
+		if ctx.Err() == nil {
+			_ = sleep(ctx, backoff)
+			backoff = min(2*backoff, maxBackoff)
+		}
+	}
+	return nil
+}
+
+type keeper struct {
+	m       *Manager
+	cfg     *Config
+	cur     Lease
+	leaseID clientv3.LeaseID
+}
+
+// run renews on schedule and follows the own key from rev until the lease is
+// lost (lost), the watch breaks, or ctx is done. progressed reports whether
+// the watch delivered anything.
+func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
+	m := k.m
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := m.reg.watchKey(wctx, k.cur.Subnet, rev)
+
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	var timerC <-chan time.Time
+	schedule := func(d time.Duration) {
+		timer.Reset(d)
+		timerC = timer.C
+	}
+	scheduleRenew := func() {
+		if k.cur.Reservation() {
+			timerC = nil
+			return
+		}
+		d := max(time.Until(k.cur.Expiration.Add(-m.renewMargin)), 0)
+		m.log.Info(fmt.Sprintf("Waiting for %s to renew lease", d))
+		schedule(d)
+	}
+	scheduleRenew()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return false, progressed
+		case <-timerC:
+			exp, id, err := m.reg.renew(ctx, k.cur.Subnet, m.publicIP)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false, progressed
+				}
+				m.log.Error(fmt.Sprintf("Error renewing lease (trying again in %s): %v", m.retryInterval, err))
+				schedule(m.retryInterval)
+				continue
+			}
+			k.cur.Expiration, k.leaseID = exp, id
+			m.log.Info(fmt.Sprintf("Lease renewed, new expiration: %s", exp))
+			scheduleRenew()
+		case resp, ok := <-wch:
+			if !ok {
+				return false, progressed
+			}
+			if resp.CompactRevision != 0 || resp.Err() != nil || resp.Canceled {
+				if err := resp.Err(); err != nil {
+					m.log.Warn("own lease watch interrupted, restarting", "err", err)
+				}
+				return false, progressed
+			}
+			progressed = true
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					m.log.Warn("Lease has been revoked, re-acquiring", "subnet", k.cur.Subnet)
+					return true, progressed
+				}
+				ip, err := ParseLeaseAttrs(ev.Kv.Value)
+				if err != nil || ip != m.publicIP {
+					m.log.Warn("own lease was overwritten by another node, re-acquiring", "subnet", k.cur.Subnet, "value", string(ev.Kv.Value))
+					return true, progressed
+				}
+				id := clientv3.LeaseID(ev.Kv.Lease)
+				if id == k.leaseID {
+					continue
+				}
+				k.leaseID = id
+				exp, err := m.reg.expiration(ctx, id)
+				if err != nil {
+					m.log.Warn("read own lease TTL", "subnet", k.cur.Subnet, "err", err)
+					return false, progressed
+				}
+				k.cur.Expiration = exp
+				scheduleRenew()
+			}
+		}
+	}
+}
+
+// reacquire loops until a lease is acquired (then calls onChange and
+// returns true) or ctx is done.
+func (k *keeper) reacquire(ctx context.Context, onChange func(Lease)) bool {
+	m := k.m
+	for {
+		l, err := m.acquire(ctx, k.cfg, k.cur.Subnet)
+		if err == nil {
+			k.cur = l
+			if onChange != nil {
+				onChange(l)
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		m.log.Error(fmt.Sprintf("Failed to re-acquire lease (trying again in %s): %v", m.retryInterval, err))
+		if sleep(ctx, m.retryInterval) != nil {
+			return false
+		}
+	}
+}

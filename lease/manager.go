@@ -1,0 +1,233 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Defaults for Options.
+const (
+	DefaultPrefix        = "/coreos.com/network"
+	DefaultRenewMargin   = 60 * time.Minute
+	DefaultRetryInterval = time.Minute
+	DefaultCallTimeout   = 10 * time.Second
+)
+
+// acquireTries bounds the retries of a lost creation race.
+const acquireTries = 20
+
+// Options configures a Manager.
+type Options struct {
+	Prefix      string        // default "/coreos.com/network"
+	PublicIP    netip.Addr    // this node's public (underlay) IPv4 address
+	PrevSubnet  netip.Prefix  // from the subnet file, may be invalid/zero
+	RenewMargin time.Duration // default 60m
+	// RetryInterval is the wait after a failed renewal or re-acquisition,
+	// default 1 minute (upstream's).
+	RetryInterval time.Duration
+	// CallTimeout bounds each etcd request, default 10 s.
+	CallTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Manager acquires, keeps and watches subnet leases in etcd. The allocation
+// policy lives here; all etcd I/O goes through its registry.
+type Manager struct {
+	reg           registry
+	publicIP      netip.Addr
+	prevSubnet    netip.Prefix
+	renewMargin   time.Duration
+	retryInterval time.Duration
+	configRetry   time.Duration
+	log           *slog.Logger
+
+	rndMu sync.Mutex
+	rnd   *rand.Rand
+
+	// afterList, when set by a test, runs after Watch lists the subnets and
+	// before it starts watching, to change etcd in that window.
+	afterList func()
+}
+
+// NewManager returns a Manager using cli. It does no I/O.
+func NewManager(cli *clientv3.Client, opts Options) *Manager {
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.RenewMargin <= 0 {
+		opts.RenewMargin = DefaultRenewMargin
+	}
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = DefaultRetryInterval
+	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = DefaultCallTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Manager{
+		reg:           registry{cli: cli, prefix: opts.Prefix, timeout: opts.CallTimeout},
+		publicIP:      opts.PublicIP,
+		prevSubnet:    opts.PrevSubnet,
+		renewMargin:   opts.RenewMargin,
+		retryInterval: opts.RetryInterval,
+		configRetry:   time.Second,
+		log:           opts.Logger,
+		rnd:           rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+}
+
+// WaitConfig reads <prefix>/config, retrying every second until it is
+// present and valid or ctx is done. Each distinct error is logged once.
+func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
+	var last string
+	for {
+		cfg, err := m.getConfig(ctx)
+		if err == nil {
+			return cfg, nil
+		}
+		if msg := err.Error(); msg != last {
+			last = msg
+			m.log.Error("Couldn't fetch network config: " + msg)
+		}
+		if err := sleep(ctx, m.configRetry); err != nil {
+			return nil, fmt.Errorf("wait for network config: %w", err)
+		}
+	}
+}
+
+func (m *Manager) getConfig(ctx context.Context) (*Config, error) {
+	data, err := m.reg.getConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(data)
+}
+
+// Acquire gets this node a lease. In order: the lease already held by this
+// node's PublicIP (an incompatible one is deleted), the previous subnet from
+// the subnet file if free and compatible, or a random free subnet among the
+// first 100 in [SubnetMin, SubnetMax]. A lost creation race is retried.
+// Reservations held by this PublicIP are used as they are.
+func (m *Manager) Acquire(ctx context.Context, cfg *Config) (Lease, error) {
+	l, err := m.acquire(ctx, cfg, m.prevSubnet)
+	if err != nil {
+		return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.publicIP, err)
+	}
+	return l, nil
+}
+
+func (m *Manager) acquire(ctx context.Context, cfg *Config, prev netip.Prefix) (Lease, error) {
+	if !m.publicIP.Is4() {
+		return Lease{}, fmt.Errorf("public IP %v is not an IPv4 address", m.publicIP)
+	}
+	if !cfg.EnableIPv4 {
+		return Lease{}, errors.New("the network config has EnableIPv4 false; only IPv4 networks are supported")
+	}
+	for try := 0; try < acquireTries; try++ {
+		if try > 0 {
+			// Jitter spreads out nodes that lost the same race.
+			if err := sleep(ctx, time.Duration(m.intN(50)+10)*time.Millisecond); err != nil {
+				return Lease{}, err
+			}
+		}
+		l, err := m.tryAcquire(ctx, cfg, prev)
+		if errors.Is(err, errSubnetExists) {
+			m.log.Debug("lost a subnet creation race, retrying", "try", try+1)
+			continue
+		}
+		return l, err
+	}
+	return Lease{}, errors.New("max retries reached trying to acquire a subnet")
+}
+
+func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev netip.Prefix) (Lease, error) {
+	entries, bad, _, err := m.reg.list(ctx)
+	if err != nil {
+		return Lease{}, fmt.Errorf("list subnets: %w", err)
+	}
+	for _, k := range bad {
+		m.log.Warn("ignoring malformed subnet key", "key", k)
+	}
+
+	taken := make([]netip.Prefix, 0, len(entries))
+	for _, e := range entries {
+		if e.AttrsErr != nil || e.PublicIP != m.publicIP {
+			taken = append(taken, e.Subnet)
+			continue
+		}
+		if !compatible(cfg, e.Subnet) {
+			m.log.Info(fmt.Sprintf("Found lease (ip: %s ipv6: ::/0) for current IP (%s) but not compatible with current config, deleting", e.Subnet, m.publicIP))
+			if err := m.reg.deleteIfUnchanged(ctx, e.Key, e.ModRev); err != nil {
+				return Lease{}, fmt.Errorf("delete incompatible lease %s: %w", e.Subnet, err)
+			}
+			continue
+		}
+		l := Lease{Subnet: e.Subnet, PublicIP: m.publicIP}
+		if e.LeaseID != clientv3.NoLease {
+			exp, _, err := m.reg.renew(ctx, e.Subnet, m.publicIP)
+			if err != nil {
+				return Lease{}, fmt.Errorf("refresh lease %s: %w", e.Subnet, err)
+			}
+			l.Expiration = exp
+		}
+		m.log.Info(fmt.Sprintf("Found lease (ip: %s ipv6: ::/0) for current IP (%s), reusing", e.Subnet, m.publicIP))
+		return l, nil
+	}
+
+	var subnet netip.Prefix
+	if prev.IsValid() {
+		switch {
+		case !compatible(cfg, prev):
+			m.log.Info(fmt.Sprintf("Found previously leased subnet (%s) but not compatible with the Etcd network config, ignoring", prev))
+		case overlapsAny(prev, taken):
+			m.log.Info(fmt.Sprintf("Previously leased subnet (%s) is taken by another node, picking a new one", prev))
+		default:
+			m.log.Info(fmt.Sprintf("Found previously leased subnet (%s), reusing", prev))
+			subnet = prev
+		}
+	}
+	if !subnet.IsValid() {
+		m.log.Info(fmt.Sprintf("Picking subnet in range %s ... %s", cfg.SubnetMin, cfg.SubnetMax))
+		m.rndMu.Lock()
+		subnet, err = pickSubnet(cfg, taken, m.rnd)
+		m.rndMu.Unlock()
+		if err != nil {
+			return Lease{}, err
+		}
+	}
+	exp, err := m.reg.create(ctx, subnet, m.publicIP)
+	if err != nil {
+		return Lease{}, err
+	}
+	m.log.Info(fmt.Sprintf("Allocated lease (ip: %s ipv6: ::/0) to current node (%s)", subnet, m.publicIP))
+	return Lease{Subnet: subnet, PublicIP: m.publicIP, Expiration: exp}, nil
+}
+
+func (m *Manager) intN(n int) int {
+	m.rndMu.Lock()
+	defer m.rndMu.Unlock()
+	return m.rnd.IntN(n)
+}
+
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,210 @@
+package lease
+
+import (
+	"context"
+	"net/netip"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// maxWarned bounds the memory spent remembering malformed entries.
+const maxWarned = 4096
+
+// Watch sends the current leases of other nodes as one batch of Added
+// events, then every change: a put is Added, a delete Removed. After a
+// compaction it re-lists and sends the difference from what it sent before;
+// a broken stream is reopened with backoff (100 ms up to 5 s). own returns
+// this node's current subnet, whose events are left out. Malformed keys and
+// values are skipped with one warning each. Watch returns nil when ctx is
+// done.
+func (m *Manager) Watch(ctx context.Context, own func() netip.Prefix, events chan<- []Event) error {
+	w := watcher{m: m, own: own, events: events, known: map[netip.Prefix]Lease{}, warned: map[string]string{}}
+	backoff := minBackoff
+	relist := true
+	var rev int64
+	for ctx.Err() == nil {
+		if relist {
+			r, err := w.snapshot(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				m.log.Warn("list subnets failed, retrying", "err", err, "in", backoff)
+				_ = sleep(ctx, backoff)
+				backoff = min(2*backoff, maxBackoff)
+				continue
+			}
+			rev, relist = r+1, false
+		}
+		var progressed bool
+		rev, relist, progressed = w.follow(ctx, rev)
+		if progressed {
+			backoff = minBackoff
+		}
+		if relist || ctx.Err() != nil {
+			continue
+		}
+		_ = sleep(ctx, backoff)
+		backoff = min(2*backoff, maxBackoff)
+	}
+	return nil
+}
+
+type watcher struct {
+	m      *Manager
+	own    func() netip.Prefix
+	events chan<- []Event
+	known  map[netip.Prefix]Lease
+	warned map[string]string // key -> value already warned about
+	// started is set once the first snapshot has been sent.
+	started bool
+}
+
+// snapshot lists all leases, sends the difference from the known set and
+// returns the snapshot revision.
+func (w *watcher) snapshot(ctx context.Context) (int64, error) {
+	entries, bad, rev, err := w.m.reg.list(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range bad {
+		w.warn(k, "", "ignoring malformed subnet key")
+	}
+	current := make(map[netip.Prefix]Lease, len(entries))
+	for _, e := range entries {
+		if e.AttrsErr != nil {
+			w.warn(e.Key, "", "ignoring subnet with malformed value", "err", e.AttrsErr)
+			continue
+		}
+		current[e.Subnet] = w.lease(ctx, e)
+	}
+	var batch []Event
+	for p, l := range current {
+		if old, ok := w.known[p]; !ok || old.PublicIP != l.PublicIP {
+			batch = append(batch, Event{Type: EventAdded, Lease: l})
+		}
+	}
+	for p, l := range w.known {
+		if _, ok := current[p]; !ok {
+			batch = append(batch, Event{Type: EventRemoved, Lease: l})
+		}
+	}
+	w.known = current
+	if w.m.afterList != nil {
+		w.m.afterList()
+	}
+	first := !w.started
+	w.started = true
+	return rev, w.send(ctx, batch, first)
+}
+
+// follow watches from rev, sending each response as one batch. It returns
+// the revision to resume from, whether a re-list is needed (compaction), and
+// whether any response arrived.
+func (w *watcher) follow(ctx context.Context, rev int64) (next int64, relist, progressed bool) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range w.m.reg.watchSubnets(wctx, rev) {
+		if resp.CompactRevision != 0 || resp.Err() == rpctypes.ErrCompacted {
+			w.m.log.Warn("subnet watch fell behind a compaction, re-listing", "rev", rev, "compacted", resp.CompactRevision)
+			return rev, true, progressed
+		}
+		if err := resp.Err(); err != nil {
+			w.m.log.Warn("subnet watch interrupted, reconnecting", "err", err)
+			return rev, false, progressed
+		}
+		if resp.Canceled {
+			return rev, false, progressed
+		}
+		progressed = true
+		var batch []Event
+		for _, ev := range resp.Events {
+			if e, ok := w.event(ctx, ev); ok {
+				batch = append(batch, e)
+			}
+		}
+		if err := w.send(ctx, batch, false); err != nil {
+			return rev, false, progressed
+		}
+		if resp.Header.Revision >= rev {
+			rev = resp.Header.Revision + 1
+		}
+	}
+	return rev, false, progressed
+}
+
+// event converts one etcd event and updates the known set.
+func (w *watcher) event(ctx context.Context, ev *clientv3.Event) (Event, bool) {
+	kv := ev.Kv
+	e, ok := w.m.reg.parseEntry(string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
+	if !ok {
+		if ev.Type == mvccpb.PUT {
+			w.warn(string(kv.Key), "", "ignoring malformed subnet key")
+		}
+		return Event{}, false
+	}
+	old, had := w.known[e.Subnet]
+	if ev.Type == mvccpb.DELETE || e.AttrsErr != nil {
+		if e.AttrsErr != nil && ev.Type == mvccpb.PUT {
+			w.warn(e.Key, string(kv.Value), "ignoring subnet with malformed value", "err", e.AttrsErr)
+		}
+		if !had {
+			return Event{}, false
+		}
+		// A lease whose value turned malformed is removed too: a stale route
+		// to its old PublicIP would be wrong.
+		delete(w.known, e.Subnet)
+		return Event{Type: EventRemoved, Lease: old}, true
+	}
+	l := w.lease(ctx, e)
+	w.known[e.Subnet] = l
+	return Event{Type: EventAdded, Lease: l}, true
+}
+
+// lease builds the Lease for an entry; the expiration is best effort (zero
+// when etcd cannot tell it), the data plane does not need it.
+func (w *watcher) lease(ctx context.Context, e entry) Lease {
+	l := Lease{Subnet: e.Subnet, PublicIP: e.PublicIP}
+	if e.LeaseID != clientv3.NoLease {
+		if exp, err := w.m.reg.expiration(ctx, e.LeaseID); err == nil {
+			l.Expiration = exp
+		}
+	}
+	return l
+}
+
+// send delivers a batch without the own subnet. The first snapshot is sent
+// even when empty, so the receiver knows the initial state is complete.
+func (w *watcher) send(ctx context.Context, batch []Event, always bool) error {
+	own := w.own()
+	out := batch[:0]
+	for _, e := range batch {
+		if own.IsValid() && e.Lease.Subnet == own {
+			continue
+		}
+		out = append(out, e)
+	}
+	if len(out) == 0 && !always {
+		return nil
+	}
+	select {
+	case w.events <- out:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// warn logs once per key and value.
+func (w *watcher) warn(key, value, msg string, args ...any) {
+	if v, ok := w.warned[key]; ok && v == value {
+		return
+	}
+	if len(w.warned) >= maxWarned {
+		clear(w.warned)
+	}
+	w.warned[key] = value
+	w.m.log.Warn(msg, append([]any{"key", key}, args...)...)
+}

@@ -1,0 +1,164 @@
+// Package router is flannel-go's data plane: it carries inner IPv4 packets
+// between the TUN device and the other nodes, one packet per UDP datagram,
+// byte-compatible with upstream flannel's udp backend. Each TUN queue gets
+// a worker with its own SO_REUSEPORT socket; workers share nothing but an
+// immutable route table they read without locks.
+package router
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultPort         = 8285
+	DefaultSocketBuffer = 4 << 20
+)
+
+// ICMP error rate limit per worker.
+const (
+	icmpRate  = 100 // per second
+	icmpBurst = 100
+)
+
+// Route sends packets for Subnet to the node whose public address is Peer,
+// at the cluster-wide port.
+type Route struct {
+	Subnet netip.Prefix
+	Peer   netip.Addr
+}
+
+// Config configures a Router.
+type Config struct {
+	// Network is the whole overlay network, e.g. 198.18.0.0/16.
+	Network netip.Prefix
+	// SubnetLen is the prefix length of every node's subnet, e.g. 24.
+	SubnetLen int
+	// OwnSubnet is this node's lease. Its network address is the TUN
+	// address and the source of the ICMP errors the router sends.
+	OwnSubnet netip.Prefix
+	// LocalAddr is the interface address the sockets bind; never 0.0.0.0.
+	LocalAddr netip.Addr
+	// Port is the UDP port of every node (DefaultPort if 0).
+	Port int
+	// SocketBuffer is the receive and send buffer size of each socket in
+	// bytes (DefaultSocketBuffer if 0).
+	SocketBuffer int
+	// AcceptUnknownPeers accepts datagrams from any source. By default a
+	// datagram whose source is not a current route's Peer is dropped.
+	AcceptUnknownPeers bool
+	// MTU is the TUN MTU. Receive buffers hold the largest datagram, so a
+	// peer with a larger MTU is never truncated; MTU is only checked and
+	// logged.
+	MTU int
+	// Logger receives the router's logs (slog.Default() if nil).
+	Logger *slog.Logger
+}
+
+// Router forwards packets between TUN queues and UDP sockets.
+type Router struct {
+	cfg     Config
+	log     *slog.Logger
+	table   atomic.Pointer[table]
+	ownAddr atomic.Uint32 // OwnSubnet.Addr(), big-endian
+
+	setMu   sync.Mutex // serialises SetRoutes
+	workers []*worker
+	started atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (c *Config) check() error {
+	if !c.Network.IsValid() || !c.Network.Addr().Is4() {
+		return fmt.Errorf("network %s is not an IPv4 prefix", c.Network)
+	}
+	if c.SubnetLen < c.Network.Bits() || c.SubnetLen > 32 {
+		return fmt.Errorf("SubnetLen %d must be between the network's prefix length %d and 32", c.SubnetLen, c.Network.Bits())
+	}
+	if !c.OwnSubnet.IsValid() || !c.OwnSubnet.Addr().Is4() {
+		return fmt.Errorf("own subnet %s is not an IPv4 prefix", c.OwnSubnet)
+	}
+	if !c.LocalAddr.Is4() || c.LocalAddr.IsUnspecified() {
+		return fmt.Errorf("local address %s: want the IPv4 address of an interface (not 0.0.0.0)", c.LocalAddr)
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return fmt.Errorf("port %d out of range", c.Port)
+	}
+	if c.SocketBuffer < 0 {
+		return fmt.Errorf("socket buffer size %d is negative", c.SocketBuffer)
+	}
+	if c.MTU != 0 && c.MTU < 68 {
+		return fmt.Errorf("MTU %d is below the IPv4 minimum of 68", c.MTU)
+	}
+	return nil
+}
+
+func newRouter(cfg Config) (*Router, error) {
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if cfg.SocketBuffer == 0 {
+		cfg.SocketBuffer = DefaultSocketBuffer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("router config: %w", err)
+	}
+	r := &Router{cfg: cfg, log: cfg.Logger}
+	t, _ := newTable(cfg.Network, cfg.SubnetLen, nil)
+	r.table.Store(t)
+	r.SetOwnSubnet(cfg.OwnSubnet)
+	return r, nil
+}
+
+// SetRoutes replaces the route table (and with it the set of peers allowed
+// to send) by routes. Workers switch to the new table at their next batch.
+// Routes outside the network or without a usable IPv4 peer are logged and
+// left out.
+func (r *Router) SetRoutes(routes []Route) {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	t, rejected := newTable(r.cfg.Network, r.cfg.SubnetLen, routes)
+	for _, rt := range rejected {
+		r.log.Warn("Ignoring route outside the network or without an IPv4 peer",
+			"subnet", rt.Subnet, "peer", rt.Peer, "network", r.cfg.Network)
+	}
+	r.table.Store(t)
+}
+
+// SetOwnSubnet changes the source address of the router's ICMP errors
+// after the node's lease moved to subnet p. The caller reconfigures the
+// TUN address.
+func (r *Router) SetOwnSubnet(p netip.Prefix) {
+	r.ownAddr.Store(be32(p.Masked().Addr().Unmap().As4()))
+}
+
+// Stats returns the counters summed over all workers.
+func (r *Router) Stats() Stats {
+	var s Stats
+	for _, w := range r.workers {
+		s.TxPackets += w.eg.packets.Load()
+		s.TxBytes += w.eg.bytes.Load()
+		s.TxBatches += w.eg.batches.Load()
+		s.RxPackets += w.in.packets.Load()
+		s.RxBytes += w.in.bytes.Load()
+		s.RxBatches += w.in.batches.Load()
+		s.addDrops(&w.eg)
+		s.addDrops(&w.in)
+	}
+	return s
+}
+
+// errStopped is returned by a worker loop whose queue or socket was closed.
+var errStopped = errors.New("stopped")
+

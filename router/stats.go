@@ -1,0 +1,100 @@
+package router
+
+import "sync/atomic"
+
+// dropReason says why a packet was dropped; it indexes the drop counters.
+type dropReason uint8
+
+const (
+	dropNone dropReason = iota
+	dropNoRoute
+	dropUnknownPeer
+	dropTTLExceeded
+	dropMalformed
+	dropOversize
+	dropNotIPv4
+	dropSendError
+	dropTunWriteError
+	numDropReasons
+)
+
+// Drops counts dropped packets by reason.
+type Drops struct {
+	NoRoute       uint64 // TUN packet for a destination no peer owns
+	UnknownPeer   uint64 // datagram whose source is not a current peer's PublicIP
+	TTLExceeded   uint64 // TUN packet whose TTL would reach 0 on the way out
+	Malformed     uint64 // too short, bad header length or bad total length
+	Oversize      uint64 // datagram truncated by the receive buffer
+	NotIPv4       uint64 // inner packet of another IP version
+	SendError     uint64 // sendmmsg refused the datagram
+	TunWriteError uint64 // the TUN refused the packet
+}
+
+// Stats are the router's counters, summed over its workers. Packets and
+// bytes count inner packets (the UDP payload), not outer headers.
+type Stats struct {
+	TxPackets uint64 // sent to peers
+	TxBytes   uint64
+	RxPackets uint64 // received from peers and written into the TUN
+	RxBytes   uint64
+	TxBatches uint64 // TUN read batches
+	RxBatches uint64 // recvmmsg batches
+
+	ICMPSent        uint64 // ICMP errors written into the TUN
+	ICMPRateLimited uint64 // ICMP errors not sent because of the rate limit
+
+	Drops Drops
+}
+
+// counters belong to one direction of one worker: only its goroutine
+// writes them, Stats reads them. The padding keeps two directions off
+// one cache line.
+type counters struct {
+	packets, bytes, batches atomic.Uint64
+	icmpSent, icmpLimited   atomic.Uint64
+	drops                   [numDropReasons]atomic.Uint64
+	_                       [64]byte
+}
+
+func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
+
+func (s *Stats) addDrops(c *counters) {
+	s.Drops.NoRoute += c.drops[dropNoRoute].Load()
+	s.Drops.UnknownPeer += c.drops[dropUnknownPeer].Load()
+	s.Drops.TTLExceeded += c.drops[dropTTLExceeded].Load()
+	s.Drops.Malformed += c.drops[dropMalformed].Load()
+	s.Drops.Oversize += c.drops[dropOversize].Load()
+	s.Drops.NotIPv4 += c.drops[dropNotIPv4].Load()
+	s.Drops.SendError += c.drops[dropSendError].Load()
+	s.Drops.TunWriteError += c.drops[dropTunWriteError].Load()
+	s.ICMPSent += c.icmpSent.Load()
+	s.ICMPRateLimited += c.icmpLimited.Load()
+}
+
+// limiter is a token bucket for ICMP errors, one per worker, driven by the
+// caller's monotonic clock so it needs no lock and no allocation.
+type limiter struct {
+	tokens int64
+	last   int64 // ns on the caller's clock when tokens was last topped up
+	rate   int64 // tokens per second
+	burst  int64
+}
+
+func newLimiter(rate, burst int64) limiter {
+	return limiter{tokens: burst, rate: rate, burst: burst}
+}
+
+func (l *limiter) allow(now int64) bool {
+	elapsed := now - l.last
+	if elapsed >= l.burst*1e9/l.rate {
+		l.tokens, l.last = l.burst, now
+	} else if add := elapsed * l.rate / 1e9; add > 0 {
+		l.tokens = min(l.burst, l.tokens+add)
+		l.last += add * 1e9 / l.rate
+	}
+	if l.tokens <= 0 {
+		return false
+	}
+	l.tokens--
+	return true
+}

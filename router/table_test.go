@@ -1,0 +1,164 @@
+package router
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+)
+
+func addr(a uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], a)
+	return netip.AddrFrom4(b)
+}
+
+// linearLookup is the obviously-correct reference: the longest prefix that
+// contains dst wins; among routes for the same prefix the last one does,
+// as SetRoutes is an upsert by subnet.
+func linearLookup(network netip.Prefix, routes []Route, dst uint32) uint32 {
+	best, bestBits := uint32(0), -1
+	d := addr(dst)
+	for _, r := range routes {
+		if !network.Contains(r.Subnet.Addr()) || r.Subnet.Bits() < network.Bits() {
+			continue
+		}
+		if r.Subnet.Contains(d) && r.Subnet.Bits() >= bestBits {
+			best, bestBits = be32(r.Peer.As4()), r.Subnet.Bits()
+		}
+	}
+	return best
+}
+
+func TestTableRandomAgainstLinear(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		network   string
+		subnetLen int
+		nroutes   int
+		odd       bool // also routes of other lengths
+	}{
+		{"198.18.0.0/16", 24, 200, false},
+		{"198.18.0.0/16", 24, 200, true},
+		{"198.18.0.0/15", 28, 2000, true},
+		{"198.0.0.0/8", 24, 5000, false},
+		{"198.0.0.0/8", 28, 3000, true}, // 20 index bits: sparse map
+		{"198.18.0.0/16", 16, 1, false},
+		{"198.18.0.0/16", 32, 500, false},
+	} {
+		network := netip.MustParsePrefix(tc.network)
+		base := be32(network.Addr().As4())
+		span := uint32(1)<<(32-network.Bits()) - 1
+		var routes []Route
+		for range tc.nroutes {
+			bits := tc.subnetLen
+			if tc.odd && rng.IntN(4) == 0 {
+				bits = network.Bits() + rng.IntN(32-network.Bits()+1)
+			}
+			sub := netip.PrefixFrom(addr(base+rng.Uint32()&span), bits).Masked()
+			peer := addr(0xc0000200 | rng.Uint32N(254) + 1) // 192.0.2.1-254
+			routes = append(routes, Route{Subnet: sub, Peer: peer})
+		}
+		tab, rejected := newTable(network, tc.subnetLen, routes)
+		if len(rejected) != 0 {
+			t.Fatalf("%s/%d: rejected %v", tc.network, tc.subnetLen, rejected)
+		}
+		for range 3000 {
+			var dst uint32
+			switch rng.IntN(3) {
+			case 0: // inside a random route
+				r := routes[rng.IntN(len(routes))].Subnet
+				dst = be32(r.Addr().As4()) | rng.Uint32()&(uint32(1)<<(32-r.Bits())-1)
+			case 1: // anywhere in the network
+				dst = base + rng.Uint32()&span
+			default: // anywhere
+				dst = rng.Uint32()
+			}
+			if got, want := tab.lookup(dst), linearLookup(network, routes, dst); got != want {
+				t.Fatalf("%s/%d: lookup(%s) = %s, linear scan says %s", tc.network, tc.subnetLen, addr(dst), addr(got), addr(want))
+			}
+		}
+	}
+}
+
+func TestTableLookup(t *testing.T) {
+	network := netip.MustParsePrefix("198.18.0.0/16")
+	p1, p2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	tab, rejected := newTable(network, 24, []Route{
+		{netip.MustParsePrefix("198.18.68.0/24"), p1},
+		{netip.MustParsePrefix("198.18.5.0/24"), p2},
+		{netip.MustParsePrefix("198.19.5.0/24"), p2},             // outside the network
+		{netip.MustParsePrefix("198.18.6.0/24"), netip.Addr{}},   // no peer
+		{netip.MustParsePrefix("198.18.7.0/24"), netip.IPv4Unspecified()},
+		{netip.MustParsePrefix("2001:db8::/64"), p1},
+	})
+	if len(rejected) != 4 {
+		t.Errorf("rejected %v, want the 4 unusable routes", rejected)
+	}
+	for _, tc := range []struct {
+		dst  string
+		want netip.Addr
+	}{
+		{"198.18.68.0", p1}, {"198.18.68.255", p1}, {"198.18.5.7", p2},
+		{"198.18.69.1", netip.Addr{}}, {"198.19.5.7", netip.Addr{}}, {"198.18.6.1", netip.Addr{}},
+		{"192.0.2.1", netip.Addr{}},
+	} {
+		got := tab.lookup(be32(netip.MustParseAddr(tc.dst).As4()))
+		if (got == 0) != !tc.want.IsValid() || (got != 0 && addr(got) != tc.want) {
+			t.Errorf("lookup(%s) = %s, want %v", tc.dst, addr(got), tc.want)
+		}
+	}
+	if !tab.isPeer(be32(p1.As4())) || !tab.isPeer(be32(p2.As4())) || tab.isPeer(be32([4]byte{192, 0, 2, 3})) {
+		t.Error("peer set wrong")
+	}
+}
+
+func TestSetRoutesSwaps(t *testing.T) {
+	r, err := newRouter(Config{
+		Network: netip.MustParsePrefix("198.18.0.0/16"), SubnetLen: 24,
+		OwnSubnet: netip.MustParsePrefix("198.18.32.0/24"), LocalAddr: netip.MustParseAddr("192.0.2.1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := be32([4]byte{198, 18, 5, 7})
+	if r.table.Load().lookup(dst) != 0 {
+		t.Fatal("route before SetRoutes")
+	}
+	old := r.table.Load()
+	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParseAddr("192.0.2.2")}})
+	if got := r.table.Load().lookup(dst); addr(got) != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("after SetRoutes lookup = %s", addr(got))
+	}
+	if old.lookup(dst) != 0 {
+		t.Error("the old snapshot changed: tables must be immutable")
+	}
+	r.SetRoutes(nil)
+	if r.table.Load().lookup(dst) != 0 || r.table.Load().isPeer(be32([4]byte{192, 0, 2, 2})) {
+		t.Error("route or peer left after SetRoutes(nil)")
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	good := Config{
+		Network: netip.MustParsePrefix("198.18.0.0/16"), SubnetLen: 24,
+		OwnSubnet: netip.MustParsePrefix("198.18.32.0/24"), LocalAddr: netip.MustParseAddr("192.0.2.1"),
+	}
+	if _, err := newRouter(good); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	for name, mod := range map[string]func(*Config){
+		"unspecified local": func(c *Config) { c.LocalAddr = netip.IPv4Unspecified() },
+		"ipv6 network":      func(c *Config) { c.Network = netip.MustParsePrefix("2001:db8::/64") },
+		"subnetlen short":   func(c *Config) { c.SubnetLen = 8 },
+		"subnetlen long":    func(c *Config) { c.SubnetLen = 33 },
+		"bad port":          func(c *Config) { c.Port = 70000 },
+		"tiny mtu":          func(c *Config) { c.MTU = 40 },
+	} {
+		c := good
+		mod(&c)
+		if _, err := newRouter(c); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
