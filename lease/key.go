@@ -52,8 +52,8 @@ var subnetKeyRE = regexp.MustCompile(`(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\
 
 // ParseSubnetKey parses a subnet key "A.B.C.D-LEN" (alone or at the end of a
 // full etcd key). A dual-stack "&IPv6-LEN" suffix is accepted and ignored.
-// Keys with host bits set are rejected, so a parsed prefix always maps back
-// to the same key.
+// Keys with host bits set or a zero-padded length are rejected, so a parsed
+// prefix always maps back to the same key.
 func ParseSubnetKey(key string) (netip.Prefix, bool) {
 	m := subnetKeyRE.FindStringSubmatch(key)
 	if m == nil {
@@ -65,7 +65,7 @@ func ParseSubnetKey(key string) (netip.Prefix, bool) {
 	}
 	// Upstream parses the length with 5 bits, so /32 is not a subnet key.
 	bits, err := strconv.ParseUint(m[2], 10, 5)
-	if err != nil {
+	if err != nil || strconv.FormatUint(bits, 10) != m[2] {
 		return netip.Prefix{}, false
 	}
 	p := netip.PrefixFrom(ip, int(bits))

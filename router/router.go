@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-
 )
 
 // Defaults for zero Config fields.
@@ -161,4 +160,3 @@ func (r *Router) Stats() Stats {
 
 // errStopped is returned by a worker loop whose queue or socket was closed.
 var errStopped = errors.New("stopped")
-

@@ -87,8 +87,8 @@ func TestTableLookup(t *testing.T) {
 	tab, rejected := newTable(network, 24, []Route{
 		{netip.MustParsePrefix("198.18.68.0/24"), p1},
 		{netip.MustParsePrefix("198.18.5.0/24"), p2},
-		{netip.MustParsePrefix("198.19.5.0/24"), p2},             // outside the network
-		{netip.MustParsePrefix("198.18.6.0/24"), netip.Addr{}},   // no peer
+		{netip.MustParsePrefix("198.19.5.0/24"), p2},           // outside the network
+		{netip.MustParsePrefix("198.18.6.0/24"), netip.Addr{}}, // no peer
 		{netip.MustParsePrefix("198.18.7.0/24"), netip.IPv4Unspecified()},
 		{netip.MustParsePrefix("2001:db8::/64"), p1},
 	})

@@ -12,10 +12,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
+	"github.com/flannel-go/flannel-go/internal/ipmasq"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 	"github.com/flannel-go/flannel-go/tun"
@@ -36,6 +38,7 @@ type daemon struct {
 	ready    atomic.Bool
 	router   atomic.Pointer[router.Router]
 	routes   atomic.Int64 // routes in the router's table
+	rules    atomic.Pointer[ipmasq.Rules]
 	ownNet   atomic.Pointer[netip.Prefix]
 	subnetMu sync.Mutex // serialises subnet-file writes and TUN re-addressing
 }
@@ -167,6 +170,11 @@ func (d *daemon) run(parent context.Context) error {
 	}
 
 	d.router.Store(rt)
+
+	rules, err := d.setupRules(cfg, prev, l.Subnet)
+	if err != nil {
+		return err
+	}
 	subnetFileOK := d.writeSubnetFile(cfg, l.Subnet, mtu)
 
 	var wg sync.WaitGroup
@@ -185,6 +193,9 @@ func (d *daemon) run(parent context.Context) error {
 		}
 	})
 	wg.Go(func() { d.applyEvents(runCtx, rt, events) })
+	if rules != nil {
+		wg.Go(func() { d.resyncRules(runCtx) })
+	}
 	wg.Go(func() {
 		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dev, rt, nl, mtu) })
 		if err != nil && runCtx.Err() == nil {
@@ -248,7 +259,64 @@ func (d *daemon) leaseChanged(cfg *lease.Config, dev *tun.Device, rt *router.Rou
 		d.log.Warn("Remove the old TUN address", "addr", old.Addr(), "error", err)
 	}
 	rt.SetOwnSubnet(nl.Subnet)
+	if d.rules.Load() != nil {
+		if _, err := d.setupRules(cfg, lease.SubnetFile{Network: cfg.Network, Subnet: old}, nl.Subnet); err != nil {
+			d.log.Error("Update iptables rules for the new subnet", "error", err)
+		}
+	}
 	d.ready.Store(d.writeSubnetFile(cfg, nl.Subnet, mtu))
+}
+
+// setupRules installs the --ip-masq and --iptables-forward-rules rules for
+// subnet, removing masquerade rules left for the previous network or subnet.
+// Forward rules alone are a convenience: without iptables they are skipped
+// with a warning, while --ip-masq without iptables is an error.
+func (d *daemon) setupRules(cfg *lease.Config, prev lease.SubnetFile, subnet netip.Prefix) (*ipmasq.Rules, error) {
+	var sets ipmasq.Set
+	if d.o.ipMasq {
+		sets |= ipmasq.Masq
+	}
+	if d.o.iptablesForwardRules {
+		sets |= ipmasq.Forward
+	}
+	if sets == 0 {
+		return nil, nil
+	}
+	rules, err := ipmasq.New(cfg.Network, subnet, !d.o.ipMasqFullyRandomDisable, sets)
+	if err == nil && d.o.ipMasq {
+		err = rules.DeleteStale(prev.Network, prev.Subnet)
+	}
+	if err == nil {
+		err = rules.Ensure()
+	}
+	if err != nil {
+		if !d.o.ipMasq {
+			d.log.Warn("Could not add the FORWARD accept rules; give --iptables-forward-rules=false to silence this", "error", err)
+			return nil, nil
+		}
+		return nil, fmt.Errorf("failed to setup masq rules: %w", err)
+	}
+	d.rules.Store(rules)
+	return rules, nil
+}
+
+// resyncRules re-adds rules someone else deleted, every --iptables-resync
+// seconds, always for the current subnet's rule set.
+func (d *daemon) resyncRules(ctx context.Context) {
+	t := time.NewTicker(time.Duration(d.o.iptablesResync) * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if r := d.rules.Load(); r != nil {
+			if err := r.Ensure(); err != nil {
+				d.log.Error("Resync iptables rules", "error", err)
+			}
+		}
+	}
 }
 
 // applyEvents keeps the router's table equal to the set of other nodes'

@@ -1,0 +1,196 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/flannel-go/flannel-go/tun"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/vishvananda/netlink"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestRouterNetns(t *testing.T) {
+	enterNetns(t)
+	// Underlay: the node's, a peer's and a stranger's address on the
+	// namespace's loopback (no dummy module needed).
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"} {
+		nl, _ := netlink.ParseAddr(a)
+		if err := netlink.AddrAdd(lo, nl); err != nil {
+			t.Fatalf("add %s: %v", a, err)
+		}
+	}
+
+	tunAddr := netip.MustParseAddr("198.18.32.0")
+	network := netip.MustParsePrefix("198.18.0.0/16")
+	dev, err := tun.Open("flannel0", 2)
+	if err != nil {
+		t.Fatalf("tun.Open: %v", err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	if err := dev.Configure(tunAddr, 1472, 500, network); err != nil {
+		t.Fatalf("Configure: %v", err)
+	}
+	r, err := New(Config{
+		Network: network, SubnetLen: 24, OwnSubnet: netip.PrefixFrom(tunAddr, 24),
+		LocalAddr: netip.MustParseAddr("192.0.2.1"), MTU: 1472,
+	}, dev.Queues)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParseAddr("192.0.2.2")}})
+
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 2), Port: DefaultPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 3), Port: DefaultPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	inner, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 7777})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+	app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(ctx) }()
+
+	// Egress: a datagram to a remote pod leaves as one UDP datagram to the
+	// peer whose payload is the inner packet with its TTL decremented.
+	if _, err := app.WriteToUDP([]byte("hello"), &net.UDPAddr{IP: net.IPv4(198, 18, 5, 7), Port: 4242}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := peer.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("peer did not receive the datagram: %v", err)
+	}
+	if from.String() != "192.0.2.1:8285" {
+		t.Errorf("datagram from %v, want 192.0.2.1:8285", from)
+	}
+	got := buf[:n]
+	pkt := gopacket.NewPacket(got, layers.LayerTypeIPv4, gopacket.Default)
+	ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	udp, _ := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if ip == nil || udp == nil {
+		t.Fatalf("payload %x is not an IPv4/UDP packet", got)
+	}
+	if ip.TTL != 63 || int(ip.Length) != n || !ip.SrcIP.Equal(tunAddr.AsSlice()) || !ip.DstIP.Equal(net.IPv4(198, 18, 5, 7)) ||
+		udp.SrcPort != 9999 || udp.DstPort != 4242 || string(udp.Payload) != "hello" {
+		t.Errorf("inner packet %x: ttl %d len %d %v:%d -> %v:%d %q", got, ip.TTL, ip.Length, ip.SrcIP, udp.SrcPort, ip.DstIP, udp.DstPort, udp.Payload)
+	}
+	if checksum(got[:ip.IHL*4]) != 0 {
+		t.Errorf("inner header checksum invalid: %x", got[:20])
+	}
+	// The kernel's original differs only in TTL and header checksum.
+	orig := bytes.Clone(got)
+	orig[8] = 64
+	binary.BigEndian.PutUint16(orig[10:12], 0)
+	binary.BigEndian.PutUint16(orig[10:12], checksum(orig[:20]))
+	back := bytes.Clone(orig)
+	decrementTTL(back)
+	if !bytes.Equal(back, got) {
+		t.Errorf("datagram %x is not the TUN packet with TTL-1 (%x)", got, back)
+	}
+
+	// Ingress: a peer's datagram comes out of the TUN unchanged.
+	in := udpOver(t, [4]byte{198, 18, 5, 7}, tunAddr.As4(), 4242, 7777, []byte("world"))
+	if _, err := peer.WriteToUDP(in, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: DefaultPort}); err != nil {
+		t.Fatal(err)
+	}
+	inner.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err = inner.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("inner socket did not receive the packet: %v", err)
+	}
+	if string(buf[:n]) != "world" || from.String() != "198.18.5.7:4242" {
+		t.Errorf("inner socket got %q from %v", buf[:n], from)
+	}
+
+	// A datagram from an address that is no peer is dropped and counted.
+	if _, err := stranger.WriteToUDP(in, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: DefaultPort}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "UnknownPeer drop", func() bool { return r.Stats().Drops.UnknownPeer == 1 })
+
+	// No route: dropped, counted, and an ICMP net unreachable goes into
+	// the TUN (the kernel then drops it as a martian: its source is ours).
+	if _, err := app.WriteToUDP([]byte("nobody"), &net.UDPAddr{IP: net.IPv4(198, 18, 99, 5), Port: 4242}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "NoRoute drop and ICMP", func() bool {
+		s := r.Stats()
+		return s.Drops.NoRoute == 1 && s.ICMPSent == 1
+	})
+
+	s := r.Stats()
+	if s.TxPackets != 1 || s.TxBytes != uint64(len(got)) || s.RxPackets != 1 || s.RxBytes != uint64(len(in)) {
+		t.Errorf("Stats %+v: want 1 packet each way", s)
+	}
+
+	cancel()
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return 5 s after cancel")
+	}
+	if err := dev.Close(); err != nil {
+		t.Errorf("dev.Close after Run: %v", err)
+	}
+	waitFor(t, "flannel0 to disappear", func() bool {
+		_, err := netlink.LinkByName("flannel0")
+		return err != nil
+	})
+}
+
+// udpOver builds an IPv4/UDP packet with valid checksums and TTL 63.
+func udpOver(t *testing.T, src, dst [4]byte, sport, dport int, payload []byte) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 63, Protocol: layers.IPProtocolUDP, SrcIP: net.IP(src[:]), DstIP: net.IP(dst[:])}
+	u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	if err := u.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	b := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, u, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}

@@ -1,0 +1,236 @@
+package router
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"unsafe"
+
+	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
+)
+
+// memQueue is an in-memory tun.Queue for the processing tests; Read and
+// Write are never called by them.
+type memQueue struct{ batch int }
+
+func (q memQueue) Read([][]byte, []int, int) (int, error) { return 0, nil }
+func (q memQueue) Write(b [][]byte, _ int) (int, error)   { return len(b), nil }
+func (q memQueue) BatchSize() int                         { return q.batch }
+func (q memQueue) Close() error                           { return nil }
+
+var (
+	ownSubnet = netip.MustParsePrefix("198.18.32.0/24")
+	peerA     = netip.MustParseAddr("192.0.2.2")
+	peerB     = netip.MustParseAddr("192.0.2.3")
+	srcPod    = [4]byte{198, 18, 32, 5}
+)
+
+func testWorker(t testing.TB, accept bool) *worker {
+	t.Helper()
+	r, err := newRouter(Config{
+		Network: netip.MustParsePrefix("198.18.0.0/16"), SubnetLen: 24, OwnSubnet: ownSubnet,
+		LocalAddr: netip.MustParseAddr("192.0.2.1"), AcceptUnknownPeers: accept,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetRoutes([]Route{
+		{netip.MustParsePrefix("198.18.5.0/24"), peerA},
+		{netip.MustParsePrefix("198.18.68.0/24"), peerB},
+	})
+	w := newWorker(r, 0, memQueue{batch: 8})
+	r.workers = append(r.workers, w)
+	return w
+}
+
+// loadTUN puts packets into the worker's TUN read buffers as a Read would.
+func loadTUN(w *worker, pkts [][]byte) int {
+	for i, p := range pkts {
+		w.tunSizes[i] = copy(w.tunBufs[i][off:], p)
+	}
+	return len(pkts)
+}
+
+// loadUDP puts datagrams into the worker's receive buffers as recvmmsg would.
+func loadUDP(w *worker, from []netip.Addr, pkts [][]byte) int {
+	for i, p := range pkts {
+		w.inMsgs[i].Len = uint32(copy(w.inBufs[i][off:], p))
+		w.inMsgs[i].Hdr.Flags = 0
+		w.inNames[i].Addr = from[i].As4()
+	}
+	return len(pkts)
+}
+
+func iovBytes(iov unix.Iovec) []byte {
+	return unsafe.Slice(iov.Base, iov.Len)
+}
+
+func TestEgressBatch(t *testing.T) {
+	w := testWorker(t, false)
+	toA := ipv4Packet(t, srcPod, [4]byte{198, 18, 5, 7}, layers.IPProtocolUDP, 64, 0, []byte("to A"))
+	toB := ipv4Packet(t, srcPod, [4]byte{198, 18, 68, 9}, layers.IPProtocolTCP, 2, 1, []byte("to B, TTL 2"))
+	noRoute := ipv4Packet(t, srcPod, [4]byte{198, 18, 99, 5}, layers.IPProtocolUDP, 64, 0, []byte("nobody"))
+	ttl1 := ipv4Packet(t, srcPod, [4]byte{198, 18, 5, 7}, layers.IPProtocolUDP, 1, 0, []byte("traceroute"))
+	noRouteICMPErr := ipv4Packet(t, srcPod, [4]byte{198, 18, 99, 5}, layers.IPProtocolICMPv4, 64, 0, []byte{3, 1, 0, 0, 0, 0, 0, 0})
+	ipv6 := bytes.Clone(toA)
+	ipv6[0] = 0x60
+	short := toA[:12]
+	badIHL := bytes.Clone(toA)
+	badIHL[0] = 0x43
+	badLen := bytes.Clone(toA)
+	binary.BigEndian.PutUint16(badLen[2:], 999)
+
+	pkts := [][]byte{toA, noRoute, toB, ttl1, ipv6, short, badIHL, badLen}
+	nout, nicmp := w.egressBatch(w.r.table.Load(), loadTUN(w, pkts))
+	if nout != 2 || nicmp != 2 {
+		t.Fatalf("nout %d nicmp %d, want 2 and 2", nout, nicmp)
+	}
+	for i, tc := range []struct {
+		orig []byte
+		peer netip.Addr
+	}{{toA, peerA}, {toB, peerB}} {
+		got := iovBytes(w.outIovs[i])
+		want := bytes.Clone(tc.orig)
+		want[8]--
+		binary.BigEndian.PutUint16(want[10:12], 0)
+		binary.BigEndian.PutUint16(want[10:12], checksum(want[:int(want[0]&0xf)*4]))
+		if !bytes.Equal(got, want) {
+			t.Errorf("datagram %d = %x, want %x", i, got, want)
+		}
+		sa := w.outNames[i]
+		if netip.AddrFrom4(sa.Addr) != tc.peer || sa.Family != unix.AF_INET ||
+			binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:]) != DefaultPort {
+			t.Errorf("datagram %d to %+v, want %s:%d", i, sa, tc.peer, DefaultPort)
+		}
+		// The datagram points into the TUN buffer: no copy.
+		if &got[0] != &w.tunBufs[[]int{0, 2}[i]][off] {
+			t.Errorf("datagram %d was copied", i)
+		}
+	}
+	wantICMP := []struct {
+		typ, code uint8
+		quoted    []byte
+	}{{3, 0, noRoute}, {11, 0, ttl1}}
+	for i, wi := range wantICMP {
+		p := w.icmpOut[i][off:]
+		quote := wi.quoted[:min(len(wi.quoted), 28)]
+		if p[20] != wi.typ || p[21] != wi.code || netip.AddrFrom4([4]byte(p[12:16])) != ownSubnet.Addr() ||
+			[4]byte(p[16:20]) != srcPod || !bytes.Equal(p[28:], quote) {
+			t.Errorf("ICMP %d = %x, want type %d code %d quoting %x", i, p, wi.typ, wi.code, quote)
+		}
+	}
+	d := &w.eg.drops
+	if d[dropNoRoute].Load() != 1 || d[dropTTLExceeded].Load() != 1 || d[dropNotIPv4].Load() != 1 || d[dropMalformed].Load() != 3 {
+		t.Errorf("drops: noroute %d ttl %d notipv4 %d malformed %d, want 1 1 1 3",
+			d[dropNoRoute].Load(), d[dropTTLExceeded].Load(), d[dropNotIPv4].Load(), d[dropMalformed].Load())
+	}
+
+	// No ICMP about an ICMP error, but the drop is counted.
+	_, nicmp = w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{noRouteICMPErr}))
+	if nicmp != 0 || d[dropNoRoute].Load() != 2 {
+		t.Errorf("ICMP error without route: nicmp %d, drops %d", nicmp, d[dropNoRoute].Load())
+	}
+
+	// SetOwnSubnet moves the ICMP source.
+	w.r.SetOwnSubnet(netip.MustParsePrefix("198.18.33.0/24"))
+	_, nicmp = w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{noRoute}))
+	if nicmp != 1 || netip.AddrFrom4([4]byte(w.icmpOut[0][off+12:off+16])) != netip.MustParseAddr("198.18.33.0") {
+		t.Errorf("ICMP source after SetOwnSubnet: %x", w.icmpOut[0][off:])
+	}
+}
+
+func TestEgressICMPRateLimit(t *testing.T) {
+	w := testWorker(t, false)
+	noRoute := ipv4Packet(t, srcPod, [4]byte{198, 18, 99, 5}, layers.IPProtocolUDP, 64, 0, []byte("nobody"))
+	sent := 0
+	for range 2 * icmpBurst {
+		_, nicmp := w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{noRoute}))
+		sent += nicmp
+	}
+	// The test runs far faster than 1 s per token... allow a few refills.
+	if sent < icmpBurst || sent > icmpBurst+10 {
+		t.Errorf("%d ICMP errors for %d misses, want about the burst %d", sent, 2*icmpBurst, icmpBurst)
+	}
+	if lim := w.eg.icmpLimited.Load(); int(lim)+sent != 2*icmpBurst {
+		t.Errorf("rate-limited %d + sent %d != %d", lim, sent, 2*icmpBurst)
+	}
+}
+
+func TestIngressBatch(t *testing.T) {
+	w := testWorker(t, false)
+	good := ipv4Packet(t, [4]byte{198, 18, 5, 7}, srcPod, layers.IPProtocolUDP, 63, 0, []byte("from A"))
+	padded := append(bytes.Clone(good), 0xee, 0xee)
+	ipv6 := bytes.Clone(good)
+	ipv6[0] = 0x60
+	stranger := netip.MustParseAddr("192.0.2.99")
+	from := []netip.Addr{peerA, stranger, peerB, peerA, peerA, peerB}
+	pkts := [][]byte{good, good, padded, ipv6, good[:19], good}
+	n := loadUDP(w, from, pkts)
+	w.inMsgs[5].Hdr.Flags = unix.MSG_TRUNC
+	k := w.ingressBatch(w.r.table.Load(), n)
+	if k != 2 {
+		t.Fatalf("%d packets for the TUN, want 2", k)
+	}
+	for i := range k {
+		if got := w.inWrite[i][off:]; !bytes.Equal(got, good) {
+			t.Errorf("packet %d = %x, want %x (TTL untouched, padding cut)", i, got, good)
+		}
+	}
+	d := &w.in.drops
+	if d[dropUnknownPeer].Load() != 1 || d[dropNotIPv4].Load() != 1 || d[dropMalformed].Load() != 1 || d[dropOversize].Load() != 1 {
+		t.Errorf("drops: unknown %d notipv4 %d malformed %d oversize %d, want 1 each",
+			d[dropUnknownPeer].Load(), d[dropNotIPv4].Load(), d[dropMalformed].Load(), d[dropOversize].Load())
+	}
+
+	wa := testWorker(t, true)
+	n = loadUDP(wa, []netip.Addr{stranger}, [][]byte{good})
+	if k := wa.ingressBatch(wa.r.table.Load(), n); k != 1 {
+		t.Errorf("AcceptUnknownPeers: %d packets, want 1", k)
+	}
+}
+
+func TestStatsSum(t *testing.T) {
+	w := testWorker(t, false)
+	w2 := newWorker(w.r, 1, memQueue{batch: 4})
+	w.r.workers = append(w.r.workers, w2)
+	w.eg.packets.Add(3)
+	w2.eg.packets.Add(4)
+	w2.in.bytes.Add(100)
+	w.in.drop(dropUnknownPeer)
+	w2.eg.drop(dropSendError)
+	w2.in.drop(dropTunWriteError)
+	s := w.r.Stats()
+	if s.TxPackets != 7 || s.RxBytes != 100 || s.Drops.UnknownPeer != 1 || s.Drops.SendError != 1 || s.Drops.TunWriteError != 1 {
+		t.Errorf("Stats = %+v", s)
+	}
+}
+
+func TestZeroAllocs(t *testing.T) {
+	w := testWorker(t, false)
+	toA := ipv4Packet(t, srcPod, [4]byte{198, 18, 5, 7}, layers.IPProtocolUDP, 64, 0, make([]byte, 1400))
+	noRoute := ipv4Packet(t, srcPod, [4]byte{198, 18, 99, 5}, layers.IPProtocolUDP, 64, 0, []byte("x"))
+	eg := [][]byte{toA, toA, noRoute, toA, toA, toA, toA, toA}
+	in := make([][]byte, udpBatch)
+	from := make([]netip.Addr, udpBatch)
+	for i := range in {
+		in[i], from[i] = toA, peerA
+	}
+	tab := w.r.table.Load()
+	if a := testing.AllocsPerRun(200, func() {
+		n := loadTUN(w, eg)
+		w.egressBatch(tab, n)
+	}); a != 0 {
+		t.Errorf("egressBatch: %v allocations per batch", a)
+	}
+	if a := testing.AllocsPerRun(200, func() {
+		n := loadUDP(w, from, in)
+		w.ingressBatch(tab, n)
+	}); a != 0 {
+		t.Errorf("ingressBatch: %v allocations per batch", a)
+	}
+	if a := testing.AllocsPerRun(1000, func() { tab.lookup(0xc6120507) }); a != 0 {
+		t.Errorf("lookup: %v allocations", a)
+	}
+}
