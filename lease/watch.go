@@ -16,7 +16,7 @@ const maxWarned = 4096
 // events, then every change: a put is Added, a delete Removed. After a
 // compaction it re-lists and sends the difference from what it sent before;
 // a broken stream is reopened with backoff (100 ms up to 5 s). own returns
-// this node's current subnet, whose events are left out. Malformed keys and
+// this node's current subnet, whose events are left out (nil: none). Malformed keys and
 // values are skipped with one warning each. Watch returns nil when ctx is
 // done.
 func (m *Manager) Watch(ctx context.Context, own func() netip.Prefix, events chan<- []Event) error {
@@ -178,7 +178,10 @@ func (w *watcher) lease(ctx context.Context, e entry) Lease {
 // send delivers a batch without the own subnet. The first snapshot is sent
 // even when empty, so the receiver knows the initial state is complete.
 func (w *watcher) send(ctx context.Context, batch []Event, always bool) error {
-	own := w.own()
+	var own netip.Prefix
+	if w.own != nil {
+		own = w.own()
+	}
 	out := batch[:0]
 	for _, e := range batch {
 		if own.IsValid() && e.Lease.Subnet == own {

@@ -170,6 +170,11 @@ func (d *daemon) run(parent context.Context) error {
 	}
 
 	d.router.Store(rt)
+	if o.ipBlackholeRoute {
+		if err := addBlackholeRoute(l.Subnet); err != nil {
+			return err
+		}
+	}
 
 	rules, err := d.setupRules(cfg, prev, l.Subnet)
 	if err != nil {
@@ -259,6 +264,14 @@ func (d *daemon) leaseChanged(cfg *lease.Config, dev *tun.Device, rt *router.Rou
 		d.log.Warn("Remove the old TUN address", "addr", old.Addr(), "error", err)
 	}
 	rt.SetOwnSubnet(nl.Subnet)
+	if d.o.ipBlackholeRoute {
+		if err := delBlackholeRoute(old); err != nil {
+			d.log.Warn("Remove the old blackhole route", "error", err)
+		}
+		if err := addBlackholeRoute(nl.Subnet); err != nil {
+			d.log.Error("Add the blackhole route for the new subnet", "error", err)
+		}
+	}
 	if d.rules.Load() != nil {
 		if _, err := d.setupRules(cfg, lease.SubnetFile{Network: cfg.Network, Subnet: old}, nl.Subnet); err != nil {
 			d.log.Error("Update iptables rules for the new subnet", "error", err)

@@ -231,6 +231,7 @@ func TestClusterEndToEnd(t *testing.T) {
 			}
 			return nil
 		})
+		n3.Args = []string{"--ip-blackhole-route"}
 		if err := n3.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -239,6 +240,9 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 		if got, want := n3.Env.Subnet, n3.Container.Prefix.Masked(); got != want {
 			t.Errorf("rejoined with subnet %s, want its old %s (from the subnet file)", got, want)
+		}
+		if out, err := n3.Host.Run(ctx, "ip", "route", "show", "type", "blackhole"); err != nil || !strings.Contains(out, n3.Env.Subnet.String()) {
+			t.Errorf("--ip-blackhole-route: blackhole routes %q %v, want %s", out, err, n3.Env.Subnet)
 		}
 		waitFor(t, 5*time.Second, "rejoined peer reachable", func() error {
 			if out, err := ping(ctx, n1.Container, n3.Container.Addr); err != nil {

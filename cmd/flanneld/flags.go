@@ -88,13 +88,13 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.ipMasqFullyRandomDisable, "ip-masq-fully-random-disable", false, "do not add --random-fully to the masquerade rules")
 	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
 	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
-	fs.BoolVar(&o.ipBlackholeRoute, "ip-blackhole-route", false, "install a blackhole route for the own subnet (accepted for compatibility)")
+	fs.BoolVar(&o.ipBlackholeRoute, "ip-blackhole-route", false, "add a blackhole route for the own subnet, so traffic to its unused addresses is not sent out the default route")
 
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for healthz server to listen")
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for healthz server to listen (0 to disable)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "also serve /metrics on this host:port")
 
-	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers (default: number of CPUs)")
+	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU by default")
 	fs.IntVar(&o.socketBuffer, "socket-buffer", 4<<20, "UDP socket send and receive buffer size in bytes")
 	fs.IntVar(&o.tunTxQueueLen, "tun-txqueuelen", 4096, "TUN device transmit queue length")
 	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
