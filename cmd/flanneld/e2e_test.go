@@ -93,8 +93,19 @@ func TestClusterEndToEnd(t *testing.T) {
 		if len(resp.Kvs) != 3 {
 			t.Fatalf("got %d leases, want 3", len(resp.Kvs))
 		}
+		// What an operator sees with etcdctl, from host 2 (not the host
+		// running the embedded etcd).
+		testbed.RequireTool(t, "etcdctl")
+		listing, err := c.Nodes[1].Host.Run(ctx, "etcdctl", "--endpoints="+c.EtcdEndpoint(), "get", "--prefix", cluster.DefaultPrefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("etcdctl get --prefix %s:\n%s", cluster.DefaultPrefix, listing)
 		for _, n := range c.Nodes {
 			key := cluster.DefaultPrefix + "/subnets/" + lease.SubnetKey(n.Env.Subnet)
+			if want := fmt.Sprintf("%s\n{\"PublicIP\":\"%s\",\"PublicIPv6\":null}\n", key, n.Host.Addr); !strings.Contains(listing, want) {
+				t.Errorf("etcdctl listing lacks\n%s", want)
+			}
 			want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, n.Host.Addr)
 			found := false
 			for _, kv := range resp.Kvs {

@@ -154,7 +154,8 @@ func parseOptions(name string, args []string, getenv func(string) string, out io
 func (o *options) validate() error {
 	var errs []error
 	if o.subnetRenewMargin < 1 || o.subnetRenewMargin > 1439 {
-		errs = append(errs, errors.New("Invalid subnet-lease-renew-margin option, out of acceptable range")) //nolint:staticcheck // upstream's exact text
+		//lint:ignore ST1005 upstream's exact text
+		errs = append(errs, errors.New("Invalid subnet-lease-renew-margin option, out of acceptable range"))
 	}
 	if o.queues < 1 || o.queues > 256 {
 		errs = append(errs, fmt.Errorf("--queues must be between 1 and 256, got %d", o.queues))

@@ -77,7 +77,8 @@ func chooseInterface(o *options, log *slog.Logger) (*extIface, error) {
 			}
 		}
 		if ext == nil {
-			return nil, errors.New("Failed to find interface to use that matches the interfaces and/or regexes provided") //nolint:staticcheck // upstream's exact text
+			//lint:ignore ST1005 upstream's exact text
+			return nil, errors.New("Failed to find interface to use that matches the interfaces and/or regexes provided")
 		}
 	}
 	if ext.MTU == 0 {

@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	reportFlag   = flag.Bool("report", false, "after the benchmarks, print the markdown table and write results/<date>.json and .png")
+	quickFlag    = flag.Bool("quick", false, "1 repetition and 3 s per workload instead of 3 repetitions of 10 s")
+	flanneldFlag = flag.String("flanneld", "", "flanneld binary to benchmark (default: build ../cmd/flanneld)")
+	resultsDir   = flag.String("results", "results", "directory for the JSON and PNG reports")
+)
+
+// results collects what the benchmarks measured, for -report.
+var results = NewResults()
+
+var (
+	buildOnce   sync.Once
+	flanneldBin string
+	buildErr    error
+	tmpDir      string
+)
+
+// flanneld returns the binary under test, building it on first use.
+func flanneld(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		if *flanneldFlag != "" {
+			flanneldBin, buildErr = filepath.Abs(*flanneldFlag)
+			return
+		}
+		flanneldBin = filepath.Join(tmpDir, "flanneld")
+		cmd := exec.Command("go", "build", "-o", flanneldBin, "../cmd/flanneld")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ../cmd/flanneld: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return flanneldBin
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	var err error
+	if tmpDir, err = os.MkdirTemp("", "flannel-go-bench-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(tmpDir)
+	if *reportFlag && !results.Empty() {
+		if err := writeReport(time.Now().UTC()); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			code = max(code, 1)
+		}
+	}
+	os.Exit(code)
+}
+
+func writeReport(now time.Time) error {
+	results.Meta["date"] = now.Format(time.RFC3339)
+	results.Meta["go"] = runtime.Version()
+	results.Meta["cpus"] = fmt.Sprint(runtime.NumCPU())
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		results.Meta["kernel"] = strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command("iperf3", "--version").Output(); err == nil {
+		results.Meta["iperf3"], _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
+	}
+	base := filepath.Join(*resultsDir, now.Format("2006-01-02T150405Z"))
+	fmt.Printf("\n## flannel-go data path, %s (%s reps, %s per workload)\n\n",
+		now.Format(time.DateTime), results.Meta["reps"], results.Meta["duration"])
+	if err := results.WriteMarkdown(os.Stdout); err != nil {
+		return err
+	}
+	if err := results.WriteJSON(base + ".json"); err != nil {
+		return err
+	}
+	if len(results.Metrics) > 0 {
+		if err := results.WritePNG(base + ".png"); err != nil {
+			return err
+		}
+		fmt.Printf("\nraw values: %s.json, chart: %s.png\n", base, base)
+	} else {
+		fmt.Printf("\nraw values: %s.json\n", base)
+	}
+	return nil
+}

@@ -1,0 +1,419 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flannel-go/flannel-go/internal/cluster"
+	"github.com/flannel-go/flannel-go/internal/testbed"
+)
+
+// bedPrefix names the benchmarks' namespaces (testbed appends random hex).
+const bedPrefix = "fgb"
+
+// flannelVariants are the flanneld configurations measured, each in fresh
+// namespaces. Add a row to measure a flag, e.g. the offload switch once it
+// exists: {"flannel-go q=1 no-offload", []string{"--queues=1", "--offload=false"}}.
+var flannelVariants = []struct {
+	name string
+	args []string
+}{
+	{"flannel-go", nil},
+	{"flannel-go q=1", []string{"--queues=1"}},
+}
+
+// udpRates are the offered rates of the 64-byte UDP workload, in packets/s.
+var udpRates = []int{25_000, 50_000, 100_000, 200_000}
+
+// node is a namespace the workloads run in: a testbed host or container.
+type node interface {
+	Command(ctx context.Context, name string, args ...string) *exec.Cmd
+	Do(fn func() error) error
+}
+
+// pathEnv is one path under test: traffic goes from src to dstAddr on dst,
+// from srcAddr when it is valid.
+type pathEnv struct {
+	src, dst         node
+	srcAddr, dstAddr netip.Addr
+	close            func()
+}
+
+type pathDef struct {
+	name  string
+	setup func(ctx context.Context, b *testing.B) (*pathEnv, error)
+}
+
+func paths() []pathDef {
+	ps := []pathDef{
+		{"raw veth", setupRaw},
+		{BaselinePath, setupVXLAN},
+	}
+	for _, v := range flannelVariants {
+		ps = append(ps, pathDef{v.name, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
+			return setupFlannel(ctx, b, v.args)
+		}})
+	}
+	return ps
+}
+
+func newBed(ctx context.Context, b *testing.B) (*testbed.Bed, error) {
+	bed, err := testbed.New(ctx, testbed.Options{Hosts: 2, Direct: true, Prefix: bedPrefix})
+	if err != nil {
+		return nil, err
+	}
+	b.Cleanup(func() { bed.Close() })
+	return bed, nil
+}
+
+// setupRaw measures the underlay itself, host to host: the ceiling.
+func setupRaw(ctx context.Context, b *testing.B) (*pathEnv, error) {
+	bed, err := newBed(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	return &pathEnv{src: h1, dst: h2, srcAddr: h1.Addr, dstAddr: h2.Addr, close: func() { bed.Close() }}, nil
+}
+
+// vtepMAC is host i's flannel.1 address (locally administered).
+func vtepMAC(i int) string { return fmt.Sprintf("02:00:c6:12:%02x:00", i) }
+
+// setupVXLAN builds kernel VXLAN in flannel's vxlan layout, as flanneld's
+// vxlan backend would: flannel.1 (VNI 1, port 8472, nolearning, MTU 1450)
+// with the subnet's .0/32, and for the peer a static FDB entry, a permanent
+// neighbour entry and an onlink route. Host i owns 198.18.i.0/24 and has one
+// container on cbr0, as Docker would with --bip=198.18.i.1/24 --mtu=1450.
+func setupVXLAN(ctx context.Context, b *testing.B) (*pathEnv, error) {
+	bed, err := newBed(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	var cts []*testbed.Container
+	for i, h := range bed.Hosts {
+		me, peer := i+1, 2-i
+		peerHost := bed.Hosts[peer-1]
+		cmds := [][]string{
+			{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", h.Addr.String(),
+				"dev", h.Iface, "dstport", "8472", "nolearning"},
+			{"ip", "link", "set", "flannel.1", "address", vtepMAC(me), "mtu", "1450", "up"},
+			{"ip", "addr", "add", fmt.Sprintf("198.18.%d.0/32", me), "dev", "flannel.1"},
+			{"bridge", "fdb", "append", vtepMAC(peer), "dev", "flannel.1", "dst", peerHost.Addr.String()},
+			{"ip", "neigh", "replace", fmt.Sprintf("198.18.%d.0", peer), "lladdr", vtepMAC(peer),
+				"dev", "flannel.1", "nud", "permanent"},
+			{"ip", "route", "add", fmt.Sprintf("198.18.%d.0/24", peer), "via", fmt.Sprintf("198.18.%d.0", peer),
+				"dev", "flannel.1", "onlink"},
+		}
+		for _, c := range cmds {
+			if _, err := h.Run(ctx, c[0], c[1:]...); err != nil {
+				bed.Close()
+				return nil, fmt.Errorf("vxlan on %s: %w", h.Name, err)
+			}
+		}
+		ct, err := h.AddContainer(ctx, "c1", netip.MustParsePrefix(fmt.Sprintf("198.18.%d.1/24", me)), 1450)
+		if err != nil {
+			bed.Close()
+			return nil, err
+		}
+		cts = append(cts, ct)
+	}
+	env := &pathEnv{src: cts[0], dst: cts[1], dstAddr: cts[1].Addr, close: func() { bed.Close() }}
+	if err := waitReachable(ctx, env, 10*time.Second); err != nil {
+		bed.Close()
+		return nil, err
+	}
+	return env, nil
+}
+
+// setupFlannel runs this project's flanneld (udp backend, default settings
+// plus args) on two hosts with one container each; traffic goes container to
+// container, as in a deployment.
+func setupFlannel(ctx context.Context, b *testing.B, args []string) (*pathEnv, error) {
+	c, err := cluster.Start(ctx, cluster.Options{
+		Flanneld: flanneld(b),
+		Hosts:    2,
+		Bed:      testbed.Options{Direct: true, Prefix: bedPrefix},
+		Args:     args,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.Cleanup(func() { c.Close() })
+	if err := c.AddContainers(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
+	env := &pathEnv{src: src, dst: dst, dstAddr: dst.Addr, close: func() { c.Close() }}
+	if err := waitReachable(ctx, env, 20*time.Second); err != nil {
+		logs := c.Logs()
+		c.Close()
+		return nil, fmt.Errorf("%w\n%s", err, logs)
+	}
+	return env, nil
+}
+
+// waitReachable pings until the path carries a packet both ways.
+func waitReachable(ctx context.Context, env *pathEnv, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var out []byte
+	var err error
+	for time.Now().Before(deadline) {
+		args := []string{"-c", "1", "-W", "1"}
+		if env.srcAddr.IsValid() {
+			args = append(args, "-I", env.srcAddr.String())
+		}
+		out, err = env.src.Command(ctx, "ping", append(args, env.dstAddr.String())...).CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return fmt.Errorf("%s not reachable after %s: %v\n%s", env.dstAddr, timeout, err, out)
+}
+
+// listening reports whether a TCP socket listens on port in n's namespace.
+func listening(n node, port int) bool {
+	suffix := fmt.Sprintf(":%04X", port)
+	found := false
+	_ = n.Do(func() error {
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(data), "\n")[1:] {
+				fs := strings.Fields(line)
+				if len(fs) > 3 && strings.HasSuffix(fs[1], suffix) && fs[3] == "0A" {
+					found = true
+				}
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+// runner runs the workloads of one path.
+type runner struct {
+	env  *pathEnv
+	dur  time.Duration
+	port int
+}
+
+// iperf runs one iperf3 test: a one-shot server on dst, then the client on
+// src. It returns the client's JSON.
+func (r *runner) iperf(ctx context.Context, args ...string) ([]byte, error) {
+	r.port++
+	port := strconv.Itoa(r.port)
+	ctx, cancel := context.WithTimeout(ctx, r.dur+60*time.Second)
+	defer cancel()
+	srv := r.env.dst.Command(ctx, "iperf3", "-s", "-1", "-p", port)
+	var srvOut bytes.Buffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	if err := srv.Start(); err != nil {
+		return nil, fmt.Errorf("start iperf3 server: %w", err)
+	}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Wait() }()
+	defer func() {
+		select {
+		case <-srvDone:
+		case <-time.After(5 * time.Second):
+			srv.Process.Kill()
+			<-srvDone
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !listening(r.env.dst, r.port) {
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("iperf3 server not listening on port %s after 10 s: %s", port, srvOut.String())
+		}
+		select {
+		case err := <-srvDone:
+			srvDone <- err
+			return nil, fmt.Errorf("iperf3 server exited: %v: %s", err, srvOut.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	cargs := []string{"-c", r.env.dstAddr.String(), "-p", port, "-J", "-t", strconv.Itoa(int(r.dur.Seconds()))}
+	if r.env.srcAddr.IsValid() {
+		cargs = append(cargs, "-B", r.env.srcAddr.String())
+	}
+	cli := r.env.src.Command(ctx, "iperf3", append(cargs, args...)...)
+	var stderr bytes.Buffer
+	cli.Stderr = &stderr
+	out, err := cli.Output()
+	if err != nil {
+		// iperf3 -J reports its error in the JSON; the parser surfaces it.
+		if len(out) > 0 {
+			return out, nil
+		}
+		return nil, fmt.Errorf("iperf3 client: %w: %s", err, stderr.String())
+	}
+	return out, nil
+}
+
+func readCPU() (CPUTimes, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return CPUTimes{}, err
+	}
+	return ParseProcStat(string(data))
+}
+
+// clockTicks is USER_HZ, the unit of /proc/stat (100 on every Linux ABI Go supports).
+const clockTicks = 100
+
+var (
+	mTCP1      = Metric{"tcp1_gbps", "TCP 1 stream", "Gbit/s"}
+	mTCP1Retr  = Metric{"tcp1_retrans", "TCP 1 stream retransmits", "count"}
+	mTCP4      = Metric{"tcp4_gbps", "TCP 4 streams", "Gbit/s"}
+	mTCP4Retr  = Metric{"tcp4_retrans", "TCP 4 streams retransmits", "count"}
+	mCPUPerGB  = Metric{"cpu_s_per_gb", "CPU per GB, TCP 1 stream", "CPU-s/GB"}
+	mRTTMin    = Metric{"rtt_min_us", "idle RTT min", "us"}
+	mRTTAvg    = Metric{"rtt_avg_us", "idle RTT avg", "us"}
+	mRTTP99    = Metric{"rtt_p99_us", "idle RTT p99", "us"}
+	metricUnit = map[string]string{"Gbit/s": "Gbit/s", "count": "retrans", "CPU-s/GB": "CPU-s/GB", "us": "us", "kpps": "kpps", "%": "loss%"}
+)
+
+func udpMetrics(rate int) (pps, loss Metric) {
+	k := rate / 1000
+	return Metric{fmt.Sprintf("udp%dk_kpps", k), fmt.Sprintf("UDP 64 B at %dk pps, delivered", k), "kpps"},
+		Metric{fmt.Sprintf("udp%dk_loss", k), fmt.Sprintf("UDP 64 B at %dk pps, loss", k), "%"}
+}
+
+// run measures every workload on the path and records the figures; a
+// failed workload is logged and recorded as NaN.
+func (r *runner) run(ctx context.Context, b *testing.B, path string) {
+	fail := func(what string, err error, ms ...Metric) {
+		b.Errorf("%s, %s: %v", path, what, err)
+		for _, m := range ms {
+			results.Add(path, m, math.NaN())
+		}
+	}
+
+	pargs := []string{"-c", "50", "-i", "0.01", "-W", "1"}
+	if r.env.srcAddr.IsValid() {
+		pargs = append(pargs, "-I", r.env.srcAddr.String())
+	}
+	out, err := r.env.src.Command(ctx, "ping", append(pargs, r.env.dstAddr.String())...).CombinedOutput()
+	if p, perr := ParsePing(string(out)); perr != nil {
+		fail("ping", fmt.Errorf("%v %w: %s", err, perr, out), mRTTMin, mRTTAvg, mRTTP99)
+	} else {
+		lo, avg, p99 := p.Stats()
+		results.Add(path, mRTTMin, lo)
+		results.Add(path, mRTTAvg, avg)
+		results.Add(path, mRTTP99, p99)
+	}
+
+	for _, streams := range []int{1, 4} {
+		mg, mr := mTCP1, mTCP1Retr
+		if streams == 4 {
+			mg, mr = mTCP4, mTCP4Retr
+		}
+		before, cerr := readCPU()
+		out, err := r.iperf(ctx, "-P", strconv.Itoa(streams))
+		after, cerr2 := readCPU()
+		var res TCPResult
+		if err == nil {
+			res, err = ParseIperfTCP(out)
+		}
+		if err != nil {
+			ms := []Metric{mg, mr}
+			if streams == 1 {
+				ms = append(ms, mCPUPerGB)
+			}
+			fail(fmt.Sprintf("TCP %d streams", streams), err, ms...)
+			continue
+		}
+		results.Add(path, mg, res.BitsPerSecond/1e9)
+		results.Add(path, mr, float64(res.Retransmits))
+		if streams == 1 {
+			cpu := math.NaN()
+			if cerr == nil && cerr2 == nil && res.Bytes > 0 {
+				cpu = float64(after.Busy-before.Busy) / clockTicks / (res.Bytes / 1e9)
+			}
+			results.Add(path, mCPUPerGB, cpu)
+		}
+	}
+
+	for _, rate := range udpRates {
+		mp, ml := udpMetrics(rate)
+		out, err := r.iperf(ctx, "-u", "-l", "64", "-b", strconv.Itoa(rate*64*8))
+		var res UDPResult
+		if err == nil {
+			res, err = ParseIperfUDP(out)
+		}
+		if err != nil {
+			fail(fmt.Sprintf("UDP %d pps", rate), err, mp, ml)
+			continue
+		}
+		results.Add(path, mp, res.PPS()/1000)
+		results.Add(path, ml, res.LossPercent())
+	}
+}
+
+// BenchmarkDataPath measures every path with every workload, each path in
+// fresh namespaces, the paths interleaved within each repetition so that
+// the machine's drift hits them alike. It then reports each median as a
+// sub-benchmark, also as a ratio to kernel VXLAN ("x-vxlan").
+func BenchmarkDataPath(b *testing.B) {
+	testbed.RequireRoot(b)
+	for _, tool := range []string{"ip", "bridge", "iperf3", "ping"} {
+		testbed.RequireTool(b, tool)
+	}
+	reps, dur := 3, 10*time.Second
+	if *quickFlag {
+		reps, dur = 1, 3*time.Second
+	}
+	results.Meta["reps"] = strconv.Itoa(reps)
+	results.Meta["duration"] = dur.String()
+	results.Meta["endpoints"] = "raw veth: host to host; other paths: container to container"
+	ctx := b.Context()
+	ps := paths()
+	flanneld(b)
+	for rep := range reps {
+		for i := range ps {
+			// Rotating the order spreads slow phases of the machine over paths.
+			p := ps[(i+rep)%len(ps)]
+			start := time.Now()
+			env, err := p.setup(ctx, b)
+			if err != nil {
+				b.Errorf("rep %d, %s: setup: %v", rep+1, p.name, err)
+				continue
+			}
+			r := &runner{env: env, dur: dur, port: 5200}
+			r.run(ctx, b, p.name)
+			env.close()
+			b.Logf("rep %d, %s: %s", rep+1, p.name, time.Since(start).Round(time.Second))
+		}
+	}
+	for _, m := range results.Metrics {
+		base := results.Summary(m.Key, BaselinePath)
+		for _, p := range results.Paths {
+			s := results.Summary(m.Key, p)
+			if s.N == 0 {
+				continue
+			}
+			b.Run(strings.ReplaceAll(p, " ", "_")+"/"+m.Key, func(b *testing.B) {
+				b.ReportMetric(0, "ns/op")
+				b.ReportMetric(s.Median, metricUnit[m.Unit])
+				if p != BaselinePath && base.N > 0 && base.Median != 0 {
+					b.ReportMetric(s.Median/base.Median, "x-vxlan")
+				}
+			})
+		}
+	}
+}
