@@ -12,7 +12,7 @@ import (
 )
 
 // ChartKeys are the metrics drawn in the PNG, one panel each, in order.
-var ChartKeys = []string{"tcp1_gbps", "tcp4_gbps", "udp200k_kpps", "rtt_avg_us", "rtt_p99_us"}
+var ChartKeys = []string{"tcp1_gbps", "tcp4_gbps", "udp200k_kpps", "rtt_avg_us", "rtt_p99_us", "cpu_s_per_gb"}
 
 var palette = []color.RGBA{
 	{0x55, 0x55, 0x55, 0xff}, // raw veth
@@ -38,8 +38,8 @@ const (
 func (r *Results) WritePNG(path string) error {
 	r.mu.Lock()
 	var metrics []Metric
-	for _, m := range r.Metrics {
-		for _, k := range ChartKeys {
+	for _, k := range ChartKeys {
+		for _, m := range r.Metrics {
 			if m.Key == k {
 				metrics = append(metrics, m)
 			}
@@ -85,7 +85,7 @@ func (r *Results) WritePNG(path string) error {
 				fill(img, image.Rect(hi, y+2, hi+1, y+barHeight-2), black)
 			}
 			label := formatValue(s.Median)
-			if p != BaselinePath && base.N > 0 && base.Median != 0 && s.N > 0 {
+			if m.Ratio && p != BaselinePath && base.N > 0 && base.Median != 0 && s.N > 0 {
 				label += fmt.Sprintf(" %.2fX", s.Median/base.Median)
 			}
 			drawText(img, labelWidth+span+10, y+(barHeight-7*fontScale)/2, label, black)

@@ -22,6 +22,15 @@ type UDPResult struct {
 	Sent      int     // datagrams the client sent
 	Delivered int     // datagrams the server received
 	Seconds   float64 // the server's measuring interval
+	SentSecs  float64 // the client's sending interval
+}
+
+// SentPPS is the rate the client achieved, at most the offered rate.
+func (r UDPResult) SentPPS() float64 {
+	if r.SentSecs <= 0 {
+		return 0
+	}
+	return float64(r.Sent) / r.SentSecs
 }
 
 // PPS is the delivered datagram rate.
@@ -96,6 +105,7 @@ func ParseIperfUDP(data []byte) (UDPResult, error) {
 		Sent:      r.End.SumSent.Packets,
 		Delivered: max(recv.Packets-recv.LostPackets, 0),
 		Seconds:   recv.Seconds,
+		SentSecs:  r.End.SumSent.Seconds,
 	}, nil
 }
 

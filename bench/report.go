@@ -19,6 +19,10 @@ type Metric struct {
 	Key  string `json:"key"`  // stable identifier, e.g. "tcp1_gbps"
 	Name string `json:"name"` // row label
 	Unit string `json:"unit"`
+	// Ratio says whether the ratio to the baseline means something: it
+	// does for rates, times and costs, not for counts such as retransmits
+	// or loss, which are often zero.
+	Ratio bool `json:"ratio"`
 }
 
 // Results collects data-path measurements: per metric and path, one value
@@ -134,7 +138,7 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	for _, m := range r.Metrics {
 		fmt.Fprintf(&b, "| %s [%s] |", m.Name, m.Unit)
 		var base *Summary
-		if v, ok := r.Values[m.Key][BaselinePath]; ok {
+		if v, ok := r.Values[m.Key][BaselinePath]; ok && m.Ratio {
 			s := Summarize(v)
 			base = &s
 		}

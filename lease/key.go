@@ -14,11 +14,14 @@ import (
 type Lease struct {
 	Subnet     netip.Prefix
 	PublicIP   netip.Addr
-	Expiration time.Time // zero for a reservation (key without an etcd lease)
+	// Expiration is zero for a reservation (a key without an etcd lease).
+	// Watch events leave it zero: they only carry what routes need.
+	Expiration time.Time
 }
 
-// Reservation reports whether the lease is an operator's reservation: a
-// key without an etcd lease, which never expires and is never renewed.
+// Reservation reports whether a lease from Acquire or Keep is an operator's
+// reservation: a key without an etcd lease, which never expires and is
+// never renewed.
 func (l Lease) Reservation() bool { return l.Expiration.IsZero() }
 
 // EventType says whether a lease appeared (or changed) or went away.

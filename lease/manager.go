@@ -87,32 +87,56 @@ func NewManager(cli *clientv3.Client, opts Options) *Manager {
 	}
 }
 
-// WaitConfig reads <prefix>/config, retrying every second until it is
-// present and valid or ctx is done. Each distinct error is logged once.
+// WaitConfig reads <prefix>/config until it is present and valid or ctx is
+// done. A missing or invalid config is re-read every second, as upstream,
+// and each distinct error is logged once. An unreachable etcd is retried
+// with backoff from 100 ms up to 5 s and logged once when it becomes
+// unreachable and once when it answers again, however long the outage.
 func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
-	var last string
+	var last string // the state logged last: an error text, or stateUnreachable
+	backoff := minBackoff
 	for {
-		cfg, err := m.getConfig(ctx)
+		data, err := m.reg.getConfig(ctx)
+		reachable := err == nil || errors.Is(err, errConfigNotFound)
+		var cfg *Config
+		if err == nil {
+			cfg, err = ParseConfig(data)
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("wait for network config: %w", ctx.Err())
+		}
+		if reachable && last == stateUnreachable {
+			m.log.Info("etcd is reachable again")
+		}
 		if err == nil {
 			return cfg, nil
 		}
-		if msg := err.Error(); msg != last {
-			last = msg
-			m.log.Error("Couldn't fetch network config: " + msg)
+		wait := m.configRetry
+		state := err.Error()
+		if reachable {
+			backoff = minBackoff
+		} else {
+			state, wait = stateUnreachable, backoff
+			backoff = min(2*backoff, maxBackoff)
 		}
-		if err := sleep(ctx, m.configRetry); err != nil {
+		if state != last {
+			if reachable {
+				m.log.Error("Couldn't fetch network config: " + state)
+			} else {
+				m.log.Error(fmt.Sprintf("Couldn't fetch network config: etcd is unreachable, retrying with backoff up to %s: %v", maxBackoff, err))
+			}
+			last = state
+		}
+		if err := sleep(ctx, wait); err != nil {
 			return nil, fmt.Errorf("wait for network config: %w", err)
 		}
 	}
 }
 
-func (m *Manager) getConfig(ctx context.Context) (*Config, error) {
-	data, err := m.reg.getConfig(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return ParseConfig(data)
-}
+// stateUnreachable stands for every etcd error in WaitConfig's log-once
+// state: their texts vary (deadline exceeded, connection refused) but they
+// are one condition to the operator.
+const stateUnreachable = "\x00unreachable"
 
 // Acquire gets this node a lease. In order: the lease already held by this
 // node's PublicIP (an incompatible one is deleted), the previous subnet from

@@ -78,7 +78,7 @@ func (w *watcher) snapshot(ctx context.Context) (int64, error) {
 			w.warn(e.Key, "", "ignoring subnet with malformed value", "err", e.AttrsErr)
 			continue
 		}
-		current[e.Subnet] = w.lease(ctx, e)
+		current[e.Subnet] = w.lease(e)
 	}
 	var batch []Event
 	for p, l := range current {
@@ -158,21 +158,16 @@ func (w *watcher) event(ctx context.Context, ev *clientv3.Event) (Event, bool) {
 		delete(w.known, e.Subnet)
 		return Event{Type: EventRemoved, Lease: old}, true
 	}
-	l := w.lease(ctx, e)
+	l := w.lease(e)
 	w.known[e.Subnet] = l
 	return Event{Type: EventAdded, Lease: l}, true
 }
 
-// lease builds the Lease for an entry; the expiration is best effort (zero
-// when etcd cannot tell it), the data plane does not need it.
-func (w *watcher) lease(ctx context.Context, e entry) Lease {
-	l := Lease{Subnet: e.Subnet, PublicIP: e.PublicIP}
-	if e.LeaseID != clientv3.NoLease {
-		if exp, err := w.m.reg.expiration(ctx, e.LeaseID); err == nil {
-			l.Expiration = exp
-		}
-	}
-	return l
+// lease builds the Lease for an entry. It leaves Expiration zero: routes
+// need none, and a TimeToLive call per event would put one etcd round trip
+// in front of every route change (seconds behind a burst of 5,000 leases).
+func (w *watcher) lease(e entry) Lease {
+	return Lease{Subnet: e.Subnet, PublicIP: e.PublicIP}
 }
 
 // send delivers a batch without the own subnet. The first snapshot is sent

@@ -58,6 +58,19 @@ type Config struct {
 	MTU int
 	// Logger receives the router's logs (slog.Default() if nil).
 	Logger *slog.Logger
+	// DisableOffloads sends one datagram per sendmmsg slot and receives
+	// without UDP GRO. The TUN's offloads are chosen by tun.Open.
+	DisableOffloads bool
+}
+
+// Offloads says which offloads the data plane uses; the TUN ones come from
+// the queues, the UDP ones from probing the sockets at New.
+type Offloads struct {
+	TUNVnetHdr bool // TUN packets carry a virtio-net header
+	TUNTSO     bool // TUN reads may be TCP super-packets
+	TUNUSO     bool // TUN reads may be UDP super-packets, writes coalesce UDP
+	UDPGSO     bool // trains of datagrams leave with one sendmsg (UDP_SEGMENT); turned off at run time if the egress device refuses it
+	UDPGRO     bool // trains of datagrams arrive with one recvmmsg slot (UDP_GRO)
 }
 
 // Router forwards packets between TUN queues and UDP sockets.
@@ -70,6 +83,11 @@ type Router struct {
 	setMu   sync.Mutex // serialises SetRoutes
 	workers []*worker
 	started atomic.Bool
+	loops   sync.WaitGroup // the workers' goroutines, once Run started them
+	tap     atomic.Pointer[tapHolder]
+
+	offloads Offloads    // as probed at New
+	gso      atomic.Bool // UDP GSO still in use
 
 	closeOnce sync.Once
 	closeErr  error
@@ -142,9 +160,16 @@ func (r *Router) SetOwnSubnet(p netip.Prefix) {
 	r.ownAddr.Store(be32(p.Masked().Addr().Unmap().As4()))
 }
 
+// Offloads returns the offloads in use now.
+func (r *Router) Offloads() Offloads {
+	o := r.offloads
+	o.UDPGSO = o.UDPGSO && r.gso.Load()
+	return o
+}
+
 // Stats returns the counters summed over all workers.
 func (r *Router) Stats() Stats {
-	var s Stats
+	s := Stats{Offloads: r.Offloads()}
 	for _, w := range r.workers {
 		s.TxPackets += w.eg.packets.Load()
 		s.TxBytes += w.eg.bytes.Load()

@@ -15,6 +15,7 @@ const (
 	dropNotIPv4
 	dropSendError
 	dropTunWriteError
+	dropTunRead
 	numDropReasons
 )
 
@@ -28,6 +29,7 @@ type Drops struct {
 	NotIPv4       uint64 // inner packet of another IP version
 	SendError     uint64 // sendmmsg refused the datagram
 	TunWriteError uint64 // the TUN refused the packet
+	TunRead       uint64 // the TUN queue returned a malformed (super-)packet
 }
 
 // Stats are the router's counters, summed over its workers. Packets and
@@ -44,6 +46,9 @@ type Stats struct {
 	ICMPRateLimited uint64 // ICMP errors not sent because of the rate limit
 
 	Drops Drops
+
+	// Offloads in use when Stats was called.
+	Offloads Offloads
 }
 
 // counters belong to one direction of one worker: only its goroutine
@@ -67,6 +72,7 @@ func (s *Stats) addDrops(c *counters) {
 	s.Drops.NotIPv4 += c.drops[dropNotIPv4].Load()
 	s.Drops.SendError += c.drops[dropSendError].Load()
 	s.Drops.TunWriteError += c.drops[dropTunWriteError].Load()
+	s.Drops.TunRead += c.drops[dropTunRead].Load()
 	s.ICMPSent += c.icmpSent.Load()
 	s.ICMPRateLimited += c.icmpLimited.Load()
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/flannel-go/flannel-go/tun"
 	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 )
@@ -18,6 +19,7 @@ type memQueue struct{ batch int }
 func (q memQueue) Read([][]byte, []int, int) (int, error) { return 0, nil }
 func (q memQueue) Write(b [][]byte, _ int) (int, error)   { return len(b), nil }
 func (q memQueue) BatchSize() int                         { return q.batch }
+func (q memQueue) Offloads() tun.Offloads                 { return tun.Offloads{} }
 func (q memQueue) Close() error                           { return nil }
 
 var (

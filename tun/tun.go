@@ -1,29 +1,72 @@
 // Package tun opens and configures the multi-queue TUN device that carries
 // the overlay's inner IPv4 packets between the kernel and the router. Its
-// Queue interface is batch-shaped, with caller-owned buffers and headroom,
-// so that an offload-capable implementation can replace the plain one
-// without changing its users.
+// Queue interface is batch-shaped, with caller-owned buffers and headroom:
+// with offloads, one Read turns a 64 KB TCP or UDP super-packet into MTU-sized
+// packets, and one Write coalesces a flow's packets into a super-packet.
 package tun
 
 // Headroom is the number of bytes callers should reserve in front of each
-// packet (the offset argument of Queue.Read and Queue.Write). The plain queue
-// does not use it; an IFF_VNET_HDR queue puts its 10-byte virtio-net header
-// there so that no packet has to be copied.
+// packet (the offset argument of Queue.Read and Queue.Write). Read puts the
+// 10-byte virtio-net header there, so that a packet is read in place.
 const Headroom = 16
 
 // Queue is one queue of a TUN device. Read is meant to be called by one
 // goroutine; Write is safe for concurrent use, also with Read.
 type Queue interface {
-	// Read reads up to len(bufs) packets into bufs[i][offset:], setting
-	// sizes[i] to each packet's length. It blocks until at least one packet
-	// is available and returns the number of packets read.
+	// Read reads packets into bufs[i][offset:], setting sizes[i] to each
+	// packet's length, and returns their number. It blocks until at least
+	// one packet is available. With offloads, the packets of one call may
+	// be the segments of one super-packet, so bufs should hold BatchSize
+	// buffers of 65535+offset bytes. An error wrapping ErrDropped means
+	// one malformed packet was dropped and the queue is still usable.
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
-	// Write writes the packets bufs[i][offset:], one per buffer. It returns
-	// how many were written; on an error, bufs[n] is the packet that failed
-	// and the packets after it were not attempted.
+	// Write writes the packets bufs[i][offset:]. With offloads it may
+	// merge packets of one flow into one super-packet and then rewrites
+	// the first packet's headers in place; it never touches the bytes
+	// before offset, so packets may lie back to back in one buffer. It
+	// returns how many packets the device accepted and, if some were
+	// refused, the first error; the others are still written.
 	Write(bufs [][]byte, offset int) (int, error)
 	// BatchSize is the number of buffers Read is able to fill in one call.
 	BatchSize() int
+	// Offloads reports the offloads the queue's device uses.
+	Offloads() Offloads
 	// Close closes the queue and unblocks a pending Read.
 	Close() error
+}
+
+// Offloads says which offloads a device negotiated with the kernel.
+type Offloads struct {
+	// VnetHdr: packets carry a virtio-net header (IFF_VNET_HDR), so the
+	// kernel may hand over packets with a partial checksum, and written
+	// packets may be TCP super-packets.
+	VnetHdr bool
+	// TSO: reads may be TCP super-packets (TUN_F_TSO4/6).
+	TSO bool
+	// USO: reads may be UDP super-packets and writes may coalesce UDP
+	// (TUN_F_USO4/6, Linux 6.2 and later).
+	USO bool
+}
+
+// Option changes how Open sets up the device.
+type Option func(*options)
+
+type options struct {
+	offloads       bool
+	verifyChecksum bool
+}
+
+// WithOffloads turns the offloads (IFF_VNET_HDR, TSO, USO and coalesced
+// writes) on or off; they are on by default and used as far as the
+// kernel supports them.
+func WithOffloads(on bool) Option { return func(o *options) { o.offloads = on } }
+
+// WithChecksumVerification makes Write re-verify the TCP/UDP checksum of
+// every packet it coalesces and leave the other packets' checksums to the
+// kernel. By default Write trusts the checksums of the packets it is
+// given: the router only writes packets that arrived in UDP datagrams
+// whose checksum the kernel verified, so it marks single packets
+// DATA_VALID and coalesces without looking at the inner checksums.
+func WithChecksumVerification(on bool) Option {
+	return func(o *options) { o.verifyChecksum = on }
 }

@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -8,17 +9,21 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
+	"unsafe"
 
-	"github.com/songgao/water"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// DefaultBatchSize is the number of packets a plain queue reads per Read
-// call at most. Each packet still costs one read(2); the batch amortises the
-// netpoller and lets the router send many datagrams with one sendmmsg.
+// DefaultBatchSize is the number of packets a queue without offloads reads
+// per Read call at most. Each packet still costs one read(2); the batch lets
+// the router send many datagrams with one sendmmsg.
 const DefaultBatchSize = 32
+
+// OffloadBatchSize is the BatchSize of a queue with TSO: the most segments
+// one super-packet is split into. Open caps the device's gso_max_segs at it,
+// so the kernel segments anything larger itself.
+const OffloadBatchSize = 128
 
 // Device is an open multi-queue TUN device.
 type Device struct {
@@ -26,6 +31,8 @@ type Device struct {
 	Name string
 	// Queues holds one queue per worker.
 	Queues []Queue
+	// Offloads is what the kernel agreed to; all queues share it.
+	Offloads Offloads
 
 	closeOnce sync.Once
 	closeErr  error
@@ -35,11 +42,21 @@ type Device struct {
 // not persistent) with the given number of queues. The device disappears
 // when all its queues are closed.
 //
+// Unless WithOffloads(false) is given, the device is opened with
+// IFF_VNET_HDR and TUNSETOFFLOAD (checksum, TSO4/6, and USO4/6 where the
+// kernel has them), falling back step by step to what the kernel accepts.
+// The device is opened with x/sys/unix ioctls rather than a TUN library:
+// IFF_VNET_HDR can only be chosen at TUNSETIFF time, and songgao/water,
+// which we used before, cannot pass it (nor set offloads, and it leaks a
+// file descriptor when attaching fails).
+//
 // An existing interface of that name is refused: attaching queues to a TUN
-// another process owns would silently share its traffic, and water leaks a
-// file descriptor and clears the persist flag of a device it fails to attach
-// to.
-func Open(name string, queues int) (*Device, error) {
+// another process owns would silently share its traffic.
+func Open(name string, queues int, opts ...Option) (*Device, error) {
+	o := options{offloads: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if name == "" {
 		return nil, errors.New("open TUN device: empty interface name")
 	}
@@ -54,27 +71,76 @@ func Open(name string, queues int) (*Device, error) {
 			name, l.Type(), name)
 	}
 	d := &Device{Name: name}
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
+	if o.offloads {
+		flags |= unix.IFF_VNET_HDR
+	}
 	for i := range queues {
-		ifce, err := water.New(water.Config{
-			DeviceType: water.TUN,
-			PlatformSpecificParams: water.PlatformSpecificParams{
-				Name:       name,
-				MultiQueue: true,
-			},
-		})
+		fd, err := openQueue(name, flags)
+		if err != nil && i == 0 && flags&unix.IFF_VNET_HDR != 0 {
+			// A kernel without IFF_VNET_HDR: run without offloads.
+			flags &^= unix.IFF_VNET_HDR
+			fd, err = openQueue(name, flags)
+		}
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("open TUN device %s queue %d: %w", name, i, err)
 		}
-		q, err := newFileQueue(ifce)
+		if i == 0 && flags&unix.IFF_VNET_HDR != 0 {
+			d.Offloads = setOffloads(fd)
+			if d.Offloads.TSO {
+				// Splitting needs a buffer per segment.
+				if l, err := netlink.LinkByName(name); err == nil {
+					_ = netlink.LinkSetGSOMaxSegs(l, OffloadBatchSize)
+				}
+			}
+		}
+		q, err := newQueue(fd, d.Offloads, o)
 		if err != nil {
-			ifce.Close()
+			unix.Close(fd)
 			d.Close()
 			return nil, fmt.Errorf("open TUN device %s queue %d: %w", name, i, err)
 		}
 		d.Queues = append(d.Queues, q)
 	}
 	return d, nil
+}
+
+// openQueue attaches one non-blocking queue to the TUN name, creating it.
+func openQueue(name string, flags uint16) (int, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("TUNSETIFF: %w", err)
+	}
+	return fd, nil
+}
+
+// setOffloads asks for the most the kernel grants: USO needs Linux 6.2,
+// TSO and checksum offload are older. Each refusal (EINVAL) drops a step.
+func setOffloads(fd int) Offloads {
+	for _, s := range [...]struct {
+		flags    int
+		tso, uso bool
+	}{
+		{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6, true, true},
+		{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6, true, false},
+		{unix.TUN_F_CSUM, false, false},
+	} {
+		if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, s.flags) == nil {
+			return Offloads{VnetHdr: true, TSO: s.tso, USO: s.uso}
+		}
+	}
+	return Offloads{VnetHdr: true}
 }
 
 // Configure gives the device its address (addr/32, the network address of
@@ -154,138 +220,256 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(a[:]), Mask: net.CIDRMask(p.Bits(), 32)}
 }
 
-// fileQueue is a plain TUN queue: one read(2) or write(2) per packet on the
-// non-blocking fd, parked on the netpoller when the fd has nothing to give,
-// so that Close unblocks a waiting Read. File.Fd is never called because it
-// would switch the fd to blocking mode.
-type fileQueue struct {
-	f      *os.File
-	rc     syscall.RawConn
-	closed atomic.Bool
+// queue is one TUN queue fd, non-blocking but never on the Go netpoller:
+// the calling thread sleeps in poll(2) on the fd and an eventfd, so a read
+// costs one syscall under load and no goroutine hand-off when idle
+// (performance-notes §4: blocking syscalls on the worker's own thread beat
+// the netpoller by about 30 %). Close signals the eventfd, waits for calls in
+// flight and only then closes the fd, so its number is never reused under a
+// running syscall.
+type queue struct {
+	fd, evfd int
+	off      Offloads
+	life     sync.RWMutex // Read and Write hold it shared, Close exclusively
+	closed   atomic.Bool
 
-	// Read state, used by the single reading goroutine. readFn is the bound
-	// method value, made once so that Read does not allocate a closure.
-	readFn func(fd uintptr) bool
-	rBufs  [][]byte
-	rSizes []int
-	rOff   int
-	rN     int
-	rErr   error
+	rpoll [2]unix.PollFd // Read's, owned by the reading goroutine
 
-	wMu     sync.Mutex
-	writeFn func(fd uintptr) bool
-	wBufs   [][]byte
-	wOff    int
-	wN      int
-	wErr    error
+	wmu   sync.Mutex // serialises writers; guards the fields below
+	wpoll [2]unix.PollFd
+	gro   groTable
+	trust bool
+	hdr   [vnetHdrLen]byte
+	iovs  []unix.Iovec
 }
 
-func newFileQueue(ifce *water.Interface) (*fileQueue, error) {
-	f, ok := ifce.ReadWriteCloser.(*os.File)
-	if !ok {
-		return nil, fmt.Errorf("water returned %T, want *os.File", ifce.ReadWriteCloser)
-	}
-	rc, err := f.SyscallConn()
+func newQueue(fd int, off Offloads, o options) (*queue, error) {
+	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	q := &fileQueue{f: f, rc: rc}
-	q.readFn = q.readLoop
-	q.writeFn = q.writeLoop
+	q := &queue{
+		fd: fd, evfd: evfd, off: off,
+		gro:   groTable{tcp: off.VnetHdr, udp: off.USO, verify: o.verifyChecksum},
+		trust: !o.verifyChecksum,
+		iovs:  make([]unix.Iovec, maxCoalesce+2),
+	}
+	q.rpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(evfd), Events: unix.POLLIN}}
+	q.wpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(evfd), Events: unix.POLLIN}}
 	return q, nil
 }
 
-func (q *fileQueue) BatchSize() int { return DefaultBatchSize }
-
-func (q *fileQueue) Close() error {
-	q.closed.Store(true)
-	return q.f.Close()
+func (q *queue) BatchSize() int {
+	if q.off.TSO {
+		return OffloadBatchSize
+	}
+	return DefaultBatchSize
 }
 
-// pollErr reports a failure of the raw connection, which after Close is the
-// poller's "use of closed file", as os.ErrClosed so callers can tell a
-// shutdown from a fault.
-func (q *fileQueue) pollErr(err error) error {
-	if q.closed.Load() {
+func (q *queue) Offloads() Offloads { return q.off }
+
+func (q *queue) Close() error {
+	if !q.closed.CompareAndSwap(false, true) {
 		return os.ErrClosed
+	}
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, werr := unix.Write(q.evfd, one[:])
+	q.life.Lock()
+	defer q.life.Unlock()
+	err := unix.Close(q.fd)
+	unix.Close(q.evfd)
+	if werr != nil {
+		return fmt.Errorf("wake TUN queue: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("close TUN queue: %w", err)
+	}
+	return nil
+}
+
+// wait sleeps until pfd[0] is ready or the queue is closed.
+func (q *queue) wait(pfd *[2]unix.PollFd) error {
+	for {
+		pfd[0].Revents, pfd[1].Revents = 0, 0
+		_, err := unix.Poll(pfd[:], -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("poll", err)
+		}
+		if pfd[1].Revents != 0 || q.closed.Load() {
+			return os.ErrClosed
+		}
+		return nil
+	}
+}
+
+// read reads one packet into b, sleeping while there is none.
+func (q *queue) read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(q.fd, b)
+		switch err {
+		case nil:
+			return n, nil
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if err := q.wait(&q.rpoll); err != nil {
+				return 0, err
+			}
+		default:
+			return 0, os.NewSyscallError("read", err)
+		}
+	}
+}
+
+func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if len(bufs) == 0 || len(sizes) == 0 {
+		return 0, nil
+	}
+	q.life.RLock()
+	defer q.life.RUnlock()
+	if q.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	if !q.off.VnetHdr {
+		return q.readPlain(bufs, sizes, offset)
+	}
+	if offset < vnetHdrLen {
+		return 0, fmt.Errorf("TUN read: offset %d leaves no room for the %d-byte virtio-net header", offset, vnetHdrLen)
+	}
+	b := bufs[0][offset-vnetHdrLen:]
+	n, err := q.read(b)
+	if err != nil {
+		return 0, err
+	}
+	if n < vnetHdrLen {
+		return 0, fmt.Errorf("TUN read: %w: %w", ErrDropped, errShortVnet)
+	}
+	var h vnetHdr
+	h.decode(b)
+	k, err := splitGSO(&h, b[vnetHdrLen:n], bufs, sizes, offset)
+	if err != nil {
+		return 0, fmt.Errorf("TUN read (gso type %d, size %d, %d bytes): %w: %w", h.gsoType, h.gsoSize, n-vnetHdrLen, ErrDropped, err)
+	}
+	return k, nil
+}
+
+// readPlain reads packets until the batch is full or the fd runs dry; it
+// sleeps only while nothing was read yet.
+func (q *queue) readPlain(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := q.read(bufs[0][offset:])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0] = n
+	k := 1
+	for k < min(len(bufs), len(sizes)) {
+		n, err := unix.Read(q.fd, bufs[k][offset:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			break // EAGAIN; a real error shows again on the next Read
+		}
+		sizes[k] = n
+		k++
+	}
+	return k, nil
+}
+
+func (q *queue) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	q.life.RLock()
+	defer q.life.RUnlock()
+	if q.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	var first error
+	written := 0
+	if !q.off.VnetHdr {
+		for _, b := range bufs {
+			if len(b) <= offset {
+				first = firstErr(first, errEmpty)
+				continue
+			}
+			q.iovs[0].Base = &b[offset]
+			q.iovs[0].SetLen(len(b) - offset)
+			if err := q.writev(1); err != nil {
+				first = firstErr(first, err)
+				continue
+			}
+			written++
+		}
+		return written, first
+	}
+	q.gro.group(bufs, offset)
+	for i := range q.gro.items {
+		it := &q.gro.items[i]
+		var h vnetHdr
+		finish(it, bufs, offset, q.trust, &h)
+		h.encode(q.hdr[:])
+		q.iovs[0].Base = &q.hdr[0]
+		q.iovs[0].SetLen(vnetHdrLen)
+		head := bufs[it.head][offset:]
+		if len(head) == 0 {
+			first = firstErr(first, errEmpty)
+			continue
+		}
+		q.iovs[1].Base = &head[0]
+		niov := 2
+		if it.count == 1 {
+			q.iovs[1].SetLen(len(head))
+		} else {
+			q.iovs[1].SetLen(int(it.hl + it.gsoSize))
+			for m := q.gro.next[it.head]; ; m = q.gro.next[m] {
+				p := bufs[m][offset+int(it.hl):]
+				q.iovs[niov].Base = &p[0]
+				q.iovs[niov].SetLen(len(p))
+				niov++
+				if m == it.tail {
+					break
+				}
+			}
+		}
+		if err := q.writev(niov); err != nil {
+			first = firstErr(first, err)
+			continue
+		}
+		written += int(it.count)
+	}
+	return written, first
+}
+
+var errEmpty = errors.New("TUN write: empty packet")
+
+// firstErr keeps the first error of a batch.
+func firstErr(first, err error) error {
+	if first != nil {
+		return first
 	}
 	return err
 }
 
-func (q *fileQueue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if len(bufs) == 0 {
-		return 0, nil
-	}
-	q.rBufs, q.rSizes, q.rOff, q.rN, q.rErr = bufs, sizes, offset, 0, nil
-	err := q.rc.Read(q.readFn)
-	n, rerr := q.rN, q.rErr
-	q.rBufs, q.rSizes = nil, nil
-	if n > 0 {
-		return n, nil
-	}
-	if err != nil {
-		return 0, q.pollErr(err)
-	}
-	return 0, rerr
-}
-
-// readLoop reads packets until the batch is full or the fd runs dry. It
-// returns false (park on the netpoller) only when nothing was read yet.
-func (q *fileQueue) readLoop(fd uintptr) bool {
-	limit := min(len(q.rBufs), len(q.rSizes))
-	for q.rN < limit {
-		n, err := unix.Read(int(fd), q.rBufs[q.rN][q.rOff:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return q.rN > 0
-		case err != nil:
-			if q.rN == 0 {
-				q.rErr = os.NewSyscallError("read", err)
+// writev writes q.iovs[:n] as one packet.
+func (q *queue) writev(n int) error {
+	for {
+		_, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(q.fd), uintptr(unsafe.Pointer(&q.iovs[0])), uintptr(n))
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if err := q.wait(&q.wpoll); err != nil {
+				return err
 			}
-			return true
+		default:
+			return os.NewSyscallError("write", e)
 		}
-		q.rSizes[q.rN] = n
-		q.rN++
 	}
-	return true
-}
-
-func (q *fileQueue) Write(bufs [][]byte, offset int) (int, error) {
-	if len(bufs) == 0 {
-		return 0, nil
-	}
-	q.wMu.Lock()
-	defer q.wMu.Unlock()
-	q.wBufs, q.wOff, q.wN, q.wErr = bufs, offset, 0, nil
-	err := q.rc.Write(q.writeFn)
-	n, werr := q.wN, q.wErr
-	q.wBufs = nil
-	if werr != nil {
-		return n, werr
-	}
-	if err != nil {
-		return n, q.pollErr(err)
-	}
-	return n, nil
-}
-
-// writeLoop writes one packet per write(2); EAGAIN parks until the queue
-// has room again, any other error ends the call at the failing packet.
-func (q *fileQueue) writeLoop(fd uintptr) bool {
-	for q.wN < len(q.wBufs) {
-		_, err := unix.Write(int(fd), q.wBufs[q.wN][q.wOff:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return false
-		case err != nil:
-			q.wErr = os.NewSyscallError("write", err)
-			return true
-		}
-		q.wN++
-	}
-	return true
 }

@@ -218,12 +218,12 @@ func TestCloseUnblocksRead(t *testing.T) {
 	errc := make(chan error, 1)
 	started := make(chan struct{})
 	go func() {
-		bufs := [][]byte{make([]byte, 65535)}
+		bufs := [][]byte{make([]byte, Headroom+65535)}
 		close(started)
 		for {
 			// The kernel may queue its own packets (IPv6 multicast
 			// listener reports) once the link is up; read past them.
-			if _, err := q.Read(bufs, []int{0}, 0); err != nil {
+			if _, err := q.Read(bufs, []int{0}, Headroom); err != nil {
 				errc <- err
 				return
 			}

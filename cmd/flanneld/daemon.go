@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/ipmasq"
+	"github.com/flannel-go/flannel-go/internal/routesync"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 	"github.com/flannel-go/flannel-go/tun"
@@ -37,7 +37,7 @@ type daemon struct {
 
 	ready    atomic.Bool
 	router   atomic.Pointer[router.Router]
-	routes   atomic.Int64 // routes in the router's table
+	routes   *routesync.Syncer
 	rules    atomic.Pointer[ipmasq.Rules]
 	ownNet   atomic.Pointer[netip.Prefix]
 	subnetMu sync.Mutex // serialises subnet-file writes and TUN re-addressing
@@ -64,7 +64,6 @@ func (d *daemon) run(parent context.Context) error {
 		}
 	}()
 
-	d.registerRouterMetrics()
 	if o.metricsAddr != "" {
 		srv, err := d.startHTTP(o.metricsAddr, false)
 		if err != nil {
@@ -197,7 +196,7 @@ func (d *daemon) run(parent context.Context) error {
 			errc <- fmt.Errorf("watch subnets: %w", err)
 		}
 	})
-	wg.Go(func() { d.applyEvents(runCtx, rt, events) })
+	wg.Go(func() { d.routes.Run(runCtx, events, rt) })
 	if rules != nil {
 		wg.Go(func() { d.resyncRules(runCtx) })
 	}
@@ -329,40 +328,5 @@ func (d *daemon) resyncRules(ctx context.Context) {
 				d.log.Error("Resync iptables rules", "error", err)
 			}
 		}
-	}
-}
-
-// applyEvents keeps the router's table equal to the set of other nodes'
-// leases. Each batch of events becomes one table swap.
-func (d *daemon) applyEvents(ctx context.Context, rt *router.Router, events <-chan []lease.Event) {
-	peers := map[netip.Prefix]netip.Addr{}
-	for {
-		var batch []lease.Event
-		select {
-		case <-ctx.Done():
-			return
-		case batch = <-events:
-		}
-		for _, ev := range batch {
-			switch ev.Type {
-			case lease.EventAdded:
-				if old, ok := peers[ev.Lease.Subnet]; !ok || old != ev.Lease.PublicIP {
-					d.log.Info(fmt.Sprintf("Subnet added: %s", ev.Lease.Subnet), "public_ip", ev.Lease.PublicIP)
-				}
-				peers[ev.Lease.Subnet] = ev.Lease.PublicIP
-			case lease.EventRemoved:
-				if _, ok := peers[ev.Lease.Subnet]; ok {
-					d.log.Info(fmt.Sprintf("Subnet removed: %s", ev.Lease.Subnet))
-				}
-				delete(peers, ev.Lease.Subnet)
-			}
-		}
-		routes := make([]router.Route, 0, len(peers))
-		for s, ip := range peers {
-			routes = append(routes, router.Route{Subnet: s, Peer: ip})
-		}
-		sort.Slice(routes, func(i, j int) bool { return routes[i].Subnet.Addr().Less(routes[j].Subnet.Addr()) })
-		rt.SetRoutes(routes)
-		d.routes.Store(int64(len(routes)))
 	}
 }

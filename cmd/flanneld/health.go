@@ -7,15 +7,22 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/flannel-go/flannel-go/internal/pcap"
 )
 
-type healthServer struct{ srv *http.Server }
+// healthServer is one HTTP listener. Its requests' contexts end when it
+// shuts down, so that a running /debug/pcap capture ends with it.
+type healthServer struct {
+	srv    *http.Server
+	cancel context.CancelFunc
+}
 
 // startHTTP serves /metrics on addr and, with health, upstream's /healthz
-// and /readyz.
+// and /readyz and the /debug/pcap capture.
 func (d *daemon) startHTTP(addr string, health bool) (*healthServer, error) {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", metricsHandler)
+	mux.HandleFunc("/metrics", d.metricsHandler)
 	if !health {
 		return d.serve(addr, mux)
 	}
@@ -30,6 +37,7 @@ func (d *daemon) startHTTP(addr string, health bool) (*healthServer, error) {
 		}
 		fmt.Fprint(w, "flanneld is ready")
 	})
+	mux.Handle("/debug/pcap", pcap.NewHandler(d.attachPcap, d.log))
 	return d.serve(addr, mux)
 }
 
@@ -38,16 +46,22 @@ func (d *daemon) serve(addr string, mux *http.ServeMux) (*healthServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start HTTP server on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	base, cancel := context.WithCancel(context.Background())
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("healthz server stopped", "error", err)
 		}
 	}()
-	return &healthServer{srv: srv}, nil
+	return &healthServer{srv: srv, cancel: cancel}, nil
 }
 
 func (h *healthServer) shutdown() {
+	h.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	_ = h.srv.Shutdown(ctx)

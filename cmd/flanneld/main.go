@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"github.com/flannel-go/flannel-go/internal/routesync"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,6 +35,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		switch args[1] {
 		case "mk-docker-opts":
 			return mkDockerOpts(args[2:], getenv, stdout, stderr)
+		case "pcap":
+			return pcapMain(args[2:], stdout, stderr)
 		}
 	}
 
@@ -52,7 +56,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	log = newLogger(stderr, o.verbosity)
 	slog.SetDefault(log)
 
-	d := &daemon{o: o, log: log}
+	d := &daemon{o: o, log: log, routes: routesync.New(log)}
 	if err := d.run(context.Background()); err != nil {
 		log.Error(err.Error())
 		return 1

@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -14,29 +20,66 @@ func init() {
 	metrics.ExposeMetadata(true)
 }
 
-// registerRouterMetrics exposes the router's counters. They are read from
-// the per-worker counters at scrape time, so counting costs the packet path
-// nothing beyond its own atomic adds.
-func (d *daemon) registerRouterMetrics() {
-	metrics.RegisterMetricsWriter(func(w io.Writer) {
-		rt := d.router.Load()
-		if rt == nil {
-			return
-		}
-		writeRouterStats(w, rt.Stats())
-		metrics.WriteGaugeUint64(w, "flannel_routes", uint64(d.routes.Load()))
-	})
+// promWriter writes the Prometheus text format. Each family gets its HELP
+// and TYPE lines once, before its samples, as the format requires.
+type promWriter struct{ w io.Writer }
+
+func (p promWriter) family(name, typ, help string) {
+	fmt.Fprintf(p.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
 }
 
+func (p promWriter) sample(name, labels string, v uint64) {
+	if labels != "" {
+		fmt.Fprintf(p.w, "%s{%s} %d\n", name, labels, v)
+		return
+	}
+	fmt.Fprintf(p.w, "%s %d\n", name, v)
+}
+
+// metricsHandler serves /metrics: the registered metrics (etcd client, Go
+// runtime and process), then this daemon's data-plane state, read from the
+// router's per-worker counters at scrape time so that counting costs the
+// packet path nothing beyond its own atomic adds.
+func (d *daemon) metricsHandler(w http.ResponseWriter, _ *http.Request) {
+	var b bytes.Buffer
+	metrics.WritePrometheus(&b, true)
+	d.writeMetrics(&b)
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Write(b.Bytes())
+}
+
+// writeMetrics writes the daemon's own metrics.
+func (d *daemon) writeMetrics(w io.Writer) {
+	p := promWriter{w}
+	p.family("flannel_ready", "gauge", "1 when the subnet file is written and the data plane runs (the state /readyz reports).")
+	ready := uint64(0)
+	if d.ready.Load() {
+		ready = 1
+	}
+	p.sample("flannel_ready", "", ready)
+	rt := d.router.Load()
+	if rt == nil {
+		return
+	}
+	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table.")
+	p.sample("flannel_routes", "", uint64(d.routes.Routes()))
+	writeRouterStats(w, rt.Stats())
+}
+
+// writeRouterStats writes the router's counters. Direction "in" is from
+// peers into the TUN, "out" from the TUN to peers.
 func writeRouterStats(w io.Writer, s router.Stats) {
-	metrics.WriteCounterUint64(w, `flannel_router_packets_total{direction="tx"}`, s.TxPackets)
-	metrics.WriteCounterUint64(w, `flannel_router_packets_total{direction="rx"}`, s.RxPackets)
-	metrics.WriteCounterUint64(w, `flannel_router_bytes_total{direction="tx"}`, s.TxBytes)
-	metrics.WriteCounterUint64(w, `flannel_router_bytes_total{direction="rx"}`, s.RxBytes)
-	metrics.WriteCounterUint64(w, `flannel_router_batches_total{direction="tx"}`, s.TxBatches)
-	metrics.WriteCounterUint64(w, `flannel_router_batches_total{direction="rx"}`, s.RxBatches)
-	metrics.WriteCounterUint64(w, `flannel_router_icmp_errors_sent_total`, s.ICMPSent)
-	metrics.WriteCounterUint64(w, `flannel_router_icmp_errors_rate_limited_total`, s.ICMPRateLimited)
+	p := promWriter{w}
+	p.family("flannel_router_packets_total", "counter", "Inner packets forwarded, by direction.")
+	p.sample("flannel_router_packets_total", `direction="in"`, s.RxPackets)
+	p.sample("flannel_router_packets_total", `direction="out"`, s.TxPackets)
+	p.family("flannel_router_bytes_total", "counter", "Bytes of inner packets forwarded (outer headers excluded), by direction.")
+	p.sample("flannel_router_bytes_total", `direction="in"`, s.RxBytes)
+	p.sample("flannel_router_bytes_total", `direction="out"`, s.TxBytes)
+	p.family("flannel_router_batches_total", "counter", "Batches read: recvmmsg calls (in) and TUN reads (out).")
+	p.sample("flannel_router_batches_total", `direction="in"`, s.RxBatches)
+	p.sample("flannel_router_batches_total", `direction="out"`, s.TxBatches)
+	p.family("flannel_router_dropped_packets_total", "counter", "Packets dropped by the router, by reason.")
 	for _, d := range []struct {
 		reason string
 		n      uint64
@@ -50,11 +93,54 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 		{"send_error", s.Drops.SendError},
 		{"tun_write_error", s.Drops.TunWriteError},
 	} {
-		metrics.WriteCounterUint64(w, fmt.Sprintf(`flannel_router_dropped_packets_total{reason=%q}`, d.reason), d.n)
+		p.sample("flannel_router_dropped_packets_total", `reason="`+d.reason+`"`, d.n)
+	}
+	p.family("flannel_router_icmp_errors_sent_total", "counter", "ICMP errors (unreachable, time exceeded, fragmentation needed) the router wrote into the TUN.")
+	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
+	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")
+	p.sample("flannel_router_icmp_errors_rate_limited_total", "", s.ICMPRateLimited)
+}
+
+// etcdMetricsDialOptions instruments every gRPC call of the etcd client.
+// clientv3's retry interceptor runs outside these, so each attempt is
+// measured and every failed attempt counted.
+func etcdMetricsDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(etcdUnaryMetrics),
+		grpc.WithChainStreamInterceptor(etcdStreamMetrics),
 	}
 }
 
-func metricsHandler(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	metrics.WritePrometheus(w, true)
+// etcdMethod shortens "/etcdserverpb.KV/Range" to "KV/Range", a label with
+// a small fixed set of values.
+func etcdMethod(full string) string {
+	full = strings.TrimPrefix(full, "/")
+	if i := strings.IndexByte(full, '.'); i >= 0 {
+		full = full[i+1:]
+	}
+	return full
+}
+
+func etcdUnaryMetrics(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	start := time.Now()
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	m := etcdMethod(method)
+	metrics.GetOrCreatePrometheusHistogram(`flannel_etcd_request_duration_seconds{method="` + m + `"}`).UpdateDuration(start)
+	countEtcdError(m, err)
+	return err
+}
+
+func etcdStreamMetrics(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	m := etcdMethod(method)
+	metrics.GetOrCreateCounter(`flannel_etcd_streams_opened_total{method="` + m + `"}`).Inc()
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	countEtcdError(m, err)
+	return cs, err
+}
+
+func countEtcdError(method string, err error) {
+	if err == nil {
+		return
+	}
+	metrics.GetOrCreateCounter(`flannel_etcd_request_errors_total{method="` + method + `",code="` + status.Code(err).String() + `"}`).Inc()
 }

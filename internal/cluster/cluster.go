@@ -1,7 +1,8 @@
 // Package cluster runs real flanneld processes on a netns testbed: an
-// embedded etcd on the first host, the network config, one "container" per
-// host on the subnet flanneld leased. The demo, the integration tests and
-// the benchmarks all build their overlays with it.
+// embedded etcd on the first host (or separate etcd processes on hosts of
+// their own), the network config, one "container" per host on the subnet
+// flanneld leased. The demo, the integration tests and the benchmarks all
+// build their overlays with it.
 package cluster
 
 import (
@@ -17,13 +18,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/lease"
@@ -48,16 +48,26 @@ type Options struct {
 	Args     []string        // extra flanneld flags for every node
 	Dir      string          // working directory for etcd data, subnet files and logs (default: a new temp dir)
 	Log      io.Writer       // flanneld output is copied here too when set
+	// EtcdMembers > 0 runs etcd as separate processes (the etcd binary, one
+	// member per extra testbed host after the flanneld hosts) instead of
+	// inside flanneld on host 1; every flanneld gets all their endpoints.
+	EtcdMembers int
+	// Idle is how many of the last flanneld hosts are set up but not
+	// started, for a test to start later with Node.Start.
+	Idle int
 }
 
 // Cluster is a running overlay.
 type Cluster struct {
 	Bed   *testbed.Bed
 	Nodes []*Node
-	Etcd  *clientv3.Client // reaches the embedded etcd on host 1 from this process
+	Etcd  *clientv3.Client // reaches etcd from this process
+	// EtcdMembers are the separate etcd processes (Options.EtcdMembers).
+	EtcdMembers []*EtcdMember
 
 	opts    Options
 	ownDir  bool
+	etcdDir string // separate members' data, removed by Close
 	closeMu sync.Mutex
 }
 
@@ -77,8 +87,9 @@ type Node struct {
 	logBuf  *lockedBuffer
 }
 
-// Start builds the testbed, starts flanneld on every host (host 1 runs the
-// embedded etcd), publishes the config and waits until every node is ready.
+// Start builds the testbed, starts etcd and flanneld on every host (host 1
+// runs the embedded etcd unless Options.EtcdMembers is set), publishes the
+// config and waits until every started node is ready.
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Flanneld == "" {
 		return nil, errors.New("cluster: Options.Flanneld is required")
@@ -101,12 +112,15 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Close()
 		}
 	}()
+	if opts.Idle < 0 || opts.Idle >= opts.Hosts && opts.EtcdMembers == 0 || opts.Idle > opts.Hosts {
+		return nil, fmt.Errorf("cluster: Options.Idle %d out of range for %d hosts", opts.Idle, opts.Hosts)
+	}
 	bopts := opts.Bed
-	bopts.Hosts = opts.Hosts
+	bopts.Hosts = opts.Hosts + opts.EtcdMembers
 	if c.Bed, err = testbed.New(ctx, bopts); err != nil {
 		return nil, err
 	}
-	for i, h := range c.Bed.Hosts {
+	for i, h := range c.Bed.Hosts[:opts.Hosts] {
 		n := &Node{Index: i + 1, Host: h, cluster: c, Dir: filepath.Join(c.opts.Dir, fmt.Sprintf("h%d", i+1))}
 		n.SubnetFile = filepath.Join(n.Dir, "subnet.env")
 		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
@@ -114,21 +128,36 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
-	if err := c.Nodes[0].Start(ctx); err != nil {
-		return nil, err
-	}
-	if c.Etcd, err = c.dialEtcd(); err != nil {
-		return nil, err
+	active := c.Nodes[:opts.Hosts-opts.Idle]
+	rest := active
+	if opts.EtcdMembers > 0 {
+		if err := c.startEtcdMembers(ctx, c.Bed.Hosts[opts.Hosts:]); err != nil {
+			return nil, err
+		}
+		if c.Etcd, err = NewEtcdClient(c.etcdHost(), c.EtcdEndpoints()...); err != nil {
+			return nil, err
+		}
+		if err := c.WaitEtcd(ctx, 30*time.Second); err != nil {
+			return nil, fmt.Errorf("%w\n%s", err, c.Logs())
+		}
+	} else {
+		if err := c.Nodes[0].Start(ctx); err != nil {
+			return nil, err
+		}
+		if c.Etcd, err = NewEtcdClient(c.etcdHost(), c.EtcdEndpoint()); err != nil {
+			return nil, err
+		}
+		rest = active[1:]
 	}
 	if err := c.PutConfig(ctx, opts.Config); err != nil {
 		return nil, err
 	}
-	for _, n := range c.Nodes[1:] {
+	for _, n := range rest {
 		if err := n.Start(ctx); err != nil {
 			return nil, err
 		}
 	}
-	for _, n := range c.Nodes {
+	for _, n := range active {
 		if err := n.WaitReady(ctx, 30*time.Second); err != nil {
 			return nil, err
 		}
@@ -139,27 +168,6 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 // EtcdEndpoint is the client URL of the embedded etcd on host 1.
 func (c *Cluster) EtcdEndpoint() string {
 	return fmt.Sprintf("http://%s:%d", c.Bed.Hosts[0].Addr, EtcdPort)
-}
-
-// dialEtcd connects this process to the etcd inside host 1's namespace: each
-// connection's socket is opened in that namespace.
-func (c *Cluster) dialEtcd() (*clientv3.Client, error) {
-	h := c.Bed.Hosts[0]
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := h.Do(func() (err error) {
-			var d net.Dialer
-			conn, err = d.DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return conn, err
-	}
-	return clientv3.New(clientv3.Config{
-		Endpoints:   []string{c.EtcdEndpoint()},
-		DialTimeout: 10 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
-		Logger:      zap.NewNop(),
-	})
 }
 
 // PutConfig publishes the network config.
@@ -179,9 +187,15 @@ func (c *Cluster) Close() error {
 	for _, n := range c.Nodes {
 		n.Stop(syscall.SIGTERM, 5*time.Second)
 	}
+	for _, m := range c.EtcdMembers {
+		m.Kill()
+	}
 	if c.Etcd != nil {
 		c.Etcd.Close()
 		c.Etcd = nil
+	}
+	if c.etcdDir != "" {
+		os.RemoveAll(c.etcdDir)
 	}
 	var err error
 	if c.Bed != nil {
@@ -199,6 +213,9 @@ func (c *Cluster) Logs() string {
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "=== flanneld on %s (%s)\n%s\n", n.Host.Name, n.Host.Addr, n.Log())
 	}
+	for _, m := range c.EtcdMembers {
+		fmt.Fprintf(&b, "=== etcd %s on %s (%s)\n%s\n", m.Name, m.Host.Name, m.Host.Addr, m.Log())
+	}
 	return b.String()
 }
 
@@ -206,13 +223,13 @@ func (c *Cluster) Logs() string {
 func (n *Node) Start(ctx context.Context) error {
 	c := n.cluster
 	args := []string{
-		"--etcd-endpoints=" + c.EtcdEndpoint(),
+		"--etcd-endpoints=" + strings.Join(c.EtcdEndpoints(), ","),
 		"--iface=" + n.Host.Iface,
 		"--subnet-file=" + n.SubnetFile,
 		"--healthz-ip=127.0.0.1",
 		"--healthz-port=" + strconv.Itoa(HealthPort),
 	}
-	if n.Index == 1 {
+	if n.Index == 1 && len(c.EtcdMembers) == 0 {
 		args = append(args, "--etcd-embedded="+filepath.Join(c.opts.Dir, "etcd"))
 	}
 	args = append(args, c.opts.Args...)

@@ -6,6 +6,7 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -52,6 +53,28 @@ func Embedded(t testing.TB) *clientv3.Client {
 // or fails when CI=true.
 func External(t testing.TB) *clientv3.Client {
 	t.Helper()
+	return startExternalRetry(t, lookEtcd(t), nil)
+}
+
+// TLSOptions makes ExternalTLS serve clients over TLS with client
+// certificate authentication (etcd's --client-cert-auth).
+type TLSOptions struct {
+	CertFile      string      // server certificate (--cert-file)
+	KeyFile       string      // its key (--key-file)
+	TrustedCAFile string      // CA of the client certificates (--trusted-ca-file)
+	Client        *tls.Config // how the returned client reaches the server
+}
+
+// ExternalTLS is External with an https client URL. The endpoint is
+// cli.Endpoints()[0].
+func ExternalTLS(t testing.TB, o TLSOptions) *clientv3.Client {
+	t.Helper()
+	return startExternalRetry(t, lookEtcd(t), &o)
+}
+
+// lookEtcd finds the etcd binary, or skips the test (fails it when CI=true).
+func lookEtcd(t testing.TB) string {
+	t.Helper()
 	bin, err := exec.LookPath(EtcdBinary)
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -59,11 +82,16 @@ func External(t testing.TB) *clientv3.Client {
 		}
 		t.Skipf("etcd binary not found on PATH, skipping external etcd: %v", err)
 	}
+	return bin
+}
+
+func startExternalRetry(t testing.TB, bin string, tlsOpts *TLSOptions) *clientv3.Client {
+	t.Helper()
 	var lastErr error
 	// Free ports are picked by binding and releasing them, so another process
 	// can take one in between; a few attempts make that harmless.
 	for attempt := 0; attempt < 3; attempt++ {
-		cli, err := startExternal(t, bin)
+		cli, err := startExternal(t, bin, tlsOpts)
 		if err == nil {
 			return cli
 		}
@@ -73,28 +101,41 @@ func External(t testing.TB) *clientv3.Client {
 	return nil
 }
 
-func startExternal(t testing.TB, bin string) (*clientv3.Client, error) {
+func startExternal(t testing.TB, bin string, tlsOpts *TLSOptions) (*clientv3.Client, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	client := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	scheme := "http"
+	var tlsArgs []string
+	var clientTLS *tls.Config
+	if tlsOpts != nil {
+		scheme = "https"
+		tlsArgs = []string{
+			"--cert-file=" + tlsOpts.CertFile,
+			"--key-file=" + tlsOpts.KeyFile,
+			"--trusted-ca-file=" + tlsOpts.TrustedCAFile,
+			"--client-cert-auth",
+		}
+		clientTLS = tlsOpts.Client
+	}
+	client := scheme + "://127.0.0.1:" + strconv.Itoa(ports[0])
 	peer := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	dir := t.TempDir()
-	cmd := exec.Command(bin,
+	cmd := exec.Command(bin, append([]string{
 		"--name=etcdtest",
-		"--data-dir="+dir,
-		"--listen-client-urls="+client,
-		"--advertise-client-urls="+client,
-		"--listen-peer-urls="+peer,
-		"--initial-advertise-peer-urls="+peer,
-		"--initial-cluster=etcdtest="+peer,
+		"--data-dir=" + dir,
+		"--listen-client-urls=" + client,
+		"--advertise-client-urls=" + client,
+		"--listen-peer-urls=" + peer,
+		"--initial-advertise-peer-urls=" + peer,
+		"--initial-cluster=etcdtest=" + peer,
 		"--initial-cluster-state=new",
 		"--heartbeat-interval=10",
 		"--election-timeout=100",
 		"--log-level=error",
 		"--logger=zap",
-	)
+	}, tlsArgs...)...)
 	var out lockedBuffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
@@ -114,6 +155,7 @@ func startExternal(t testing.TB, bin string) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{client},
 		DialTimeout: 2 * time.Second,
+		TLS:         clientTLS,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {

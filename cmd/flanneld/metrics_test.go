@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flannel-go/flannel-go/internal/etcdtest"
+	"github.com/flannel-go/flannel-go/router"
+)
+
+// checkExposition checks the Prometheus text format strictly enough to
+// catch what Prometheus rejects: a sample without a TYPE line before it, a
+// family whose TYPE appears twice, names that break the conventions.
+func checkExposition(t *testing.T, body string) map[string]string {
+	t.Helper()
+	types := map[string]string{}
+	sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$`)
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "# TYPE "); ok {
+			name, typ, _ := strings.Cut(rest, " ")
+			if _, dup := types[name]; dup {
+				t.Errorf("second TYPE line for %s", name)
+			}
+			types[name] = typ
+			continue
+		}
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		m := sample.FindStringSubmatch(line)
+		if m == nil {
+			t.Errorf("malformed sample line %q", line)
+			continue
+		}
+		family := m[1]
+		for _, suf := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(family, suf); ok && (types[base] == "histogram" || types[base] == "summary") {
+				family = base
+			}
+		}
+		typ, ok := types[family]
+		if !ok {
+			t.Errorf("sample %q has no TYPE line before it", line)
+		}
+		if strings.HasPrefix(family, "flannel_") && typ == "counter" && !strings.HasSuffix(family, "_total") {
+			t.Errorf("counter %s does not end in _total", family)
+		}
+	}
+	return types
+}
+
+func TestWriteRouterStats(t *testing.T) {
+	var b bytes.Buffer
+	writeRouterStats(&b, router.Stats{
+		TxPackets: 1, TxBytes: 2, RxPackets: 3, RxBytes: 4, TxBatches: 5, RxBatches: 6,
+		ICMPSent: 7, ICMPRateLimited: 8,
+		Drops: router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16},
+	})
+	out := b.String()
+	types := checkExposition(t, out)
+	for _, want := range []string{
+		`flannel_router_packets_total{direction="out"} 1`,
+		`flannel_router_bytes_total{direction="out"} 2`,
+		`flannel_router_packets_total{direction="in"} 3`,
+		`flannel_router_bytes_total{direction="in"} 4`,
+		`flannel_router_batches_total{direction="out"} 5`,
+		`flannel_router_batches_total{direction="in"} 6`,
+		`flannel_router_icmp_errors_sent_total 7`,
+		`flannel_router_icmp_errors_rate_limited_total 8`,
+		`flannel_router_dropped_packets_total{reason="no_route"} 9`,
+		`flannel_router_dropped_packets_total{reason="unknown_peer"} 10`,
+		`flannel_router_dropped_packets_total{reason="ttl_exceeded"} 11`,
+		`flannel_router_dropped_packets_total{reason="malformed"} 12`,
+		`flannel_router_dropped_packets_total{reason="oversize"} 13`,
+		`flannel_router_dropped_packets_total{reason="not_ipv4"} 14`,
+		`flannel_router_dropped_packets_total{reason="send_error"} 15`,
+		`flannel_router_dropped_packets_total{reason="tun_write_error"} 16`,
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
+	}
+	for name, typ := range types {
+		if typ != "counter" {
+			t.Errorf("%s has type %s, want counter", name, typ)
+		}
+	}
+}
+
+// TestSecretsStayOutOfLogsAndMetrics runs flanneld's etcd setup against an
+// etcd with authentication, with the right and a wrong password, and looks
+// for the passwords in everything flanneld logged and in /metrics.
+func TestSecretsStayOutOfLogsAndMetrics(t *testing.T) {
+	const secret = "S3cret-f1annel-pw-7d1c"
+	const wrong = "S3cret-wrong-pw-93ab"
+	admin := etcdtest.Embedded(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := admin.RoleAdd(ctx, "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserAdd(ctx, "root", secret); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ep := admin.Endpoints()[0]
+
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	env := func(k string) string {
+		if k == "FLANNELD_ETCD_PASSWORD" {
+			return wrong // the flag wins over the environment
+		}
+		return ""
+	}
+	for _, pw := range []string{secret, wrong} {
+		o, err := parseOptions("flanneld", []string{"--etcd-endpoints=" + ep, "--etcd-username=root", "--etcd-password=" + pw, "-v=10"}, env, &logs, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli, err := newEtcdClient(o, env, log)
+		if err == nil {
+			_, err = cli.Put(ctx, "/coreos.com/network/config", `{"Network":"198.18.0.0/16"}`)
+			cli.Close()
+		}
+		if pw == secret && err != nil {
+			t.Fatalf("put with the right password: %v", err)
+		}
+		if pw == wrong && err == nil {
+			t.Fatal("a wrong password was accepted")
+		}
+		if err != nil {
+			log.Error(err.Error()) // as run() reports a fatal error
+		}
+	}
+	d := &daemon{o: &options{}, log: log}
+	rec := httptest.NewRecorder()
+	d.metricsHandler(rec, httptest.NewRequest("GET", "/metrics", nil))
+	scrape := rec.Body.String()
+	checkExposition(t, scrape)
+	if !strings.Contains(scrape, `flannel_etcd_request_duration_seconds_bucket{method="KV/Put"`) {
+		t.Errorf("no etcd request latency in /metrics:\n%s", scrape)
+	}
+	if !strings.Contains(scrape, `flannel_etcd_request_errors_total{method="Auth/Authenticate",code="InvalidArgument"}`) {
+		t.Errorf("the failed authentication is not counted in /metrics:\n%s", scrape)
+	}
+	for _, s := range []string{secret, wrong} {
+		if strings.Contains(logs.String(), s) {
+			t.Errorf("password %s appears in the logs:\n%s", s, logs.String())
+		}
+		if strings.Contains(scrape, s) {
+			t.Errorf("password %s appears in /metrics", s)
+		}
+	}
+}
+
+func TestDaemonMetricsBeforeRouter(t *testing.T) {
+	d := &daemon{o: &options{}, log: slog.New(slog.DiscardHandler)}
+	var b bytes.Buffer
+	d.writeMetrics(&b)
+	if got := b.String(); !strings.Contains(got, "# TYPE flannel_ready gauge\nflannel_ready 0\n") || strings.Contains(got, "flannel_router_") {
+		t.Errorf("before the router exists: %q", got)
+	}
+	d.ready.Store(true)
+	b.Reset()
+	d.writeMetrics(&b)
+	if !strings.Contains(b.String(), "flannel_ready 1\n") {
+		t.Errorf("ready daemon: %q", b.String())
+	}
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+)
+
+func TestPcapUnwrapCommand(t *testing.T) {
+	inner := udpPacket(t, netip.MustParseAddr("198.18.32.2"), netip.MustParseAddr("198.18.75.2"), 7000, []byte("hello"))
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: []byte{192, 0, 2, 1}, DstIP: []byte{192, 0, 2, 2}}
+	udp := &layers.UDP{SrcPort: 9000, DstPort: 9000}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	eth := &layers.Ethernet{SrcMAC: []byte{2, 0, 0, 0, 0, 1}, DstMAC: []byte{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(inner)); err != nil {
+		t.Fatal(err)
+	}
+	var file bytes.Buffer
+	w := pcapgo.NewWriter(&file)
+	w.WriteFileHeader(65535, layers.LinkTypeEthernet)
+	ts := time.Unix(1700000000, 250000000)
+	w.WritePacket(gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}, buf.Bytes())
+
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "underlay.pcap"), filepath.Join(dir, "inner.pcap")
+	if err := os.WriteFile(in, file.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"flanneld", "pcap", "unwrap", "--port=9000", in, out}, noEnv, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "1 inner packets written") {
+		t.Errorf("summary %q", stderr.String())
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, ci, err := r.ReadPacketData()
+	if err != nil || !bytes.Equal(data, inner) || !ci.Timestamp.Equal(ts) {
+		t.Errorf("got %x at %v (%v), want the inner packet at %v", data, ci.Timestamp, err, ts)
+	}
+
+	// Usage errors name what is wrong; a failed run leaves no output file.
+	stderr.Reset()
+	if code := run([]string{"flanneld", "pcap"}, noEnv, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "Usage: flanneld pcap unwrap") {
+		t.Errorf("no subcommand: exit %d, %q", code, stderr.String())
+	}
+	stderr.Reset()
+	bad := filepath.Join(dir, "bad.pcap")
+	if code := run([]string{"flanneld", "pcap", "unwrap", out + ".missing", bad}, noEnv, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "no such file") {
+		t.Errorf("missing input: exit %d, %q", code, stderr.String())
+	}
+	if code := run([]string{"flanneld", "pcap", "unwrap", filepath.Join(dir, "underlay.pcap"), dir + "/no/such/dir/x.pcap"}, noEnv, &stdout, &stderr); code != 1 {
+		t.Errorf("unwritable output: exit %d", code)
+	}
+	textIn := filepath.Join(dir, "text")
+	os.WriteFile(textIn, []byte("not a capture at all, just text"), 0o644)
+	if code := run([]string{"flanneld", "pcap", "unwrap", textIn, bad}, noEnv, &stdout, &stderr); code != 1 {
+		t.Errorf("text input: exit %d", code)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Errorf("a failed unwrap left %s behind", bad)
+	}
+}

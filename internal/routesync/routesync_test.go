@@ -1,0 +1,83 @@
+package routesync
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/flannel-go/flannel-go/lease"
+	"github.com/flannel-go/flannel-go/router"
+)
+
+type recorder struct{ swaps chan []router.Route }
+
+func (r recorder) SetRoutes(routes []router.Route) { r.swaps <- slices.Clone(routes) }
+
+func ev(typ lease.EventType, subnet, ip string) lease.Event {
+	return lease.Event{Type: typ, Lease: lease.Lease{Subnet: netip.MustParsePrefix(subnet), PublicIP: netip.MustParseAddr(ip)}}
+}
+
+func sorted(routes []router.Route) []string {
+	var out []string
+	for _, r := range routes {
+		out = append(out, r.Subnet.String()+">"+r.Peer.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRunFollowsEvents(t *testing.T) {
+	events := make(chan []lease.Event, 8)
+	rec := recorder{swaps: make(chan []router.Route, 8)}
+	s := New(slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx, events, rec); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	next := func() []string {
+		t.Helper()
+		select {
+		case r := <-rec.swaps:
+			return sorted(r)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no table swap")
+			return nil
+		}
+	}
+	events <- []lease.Event{ev(lease.EventAdded, "198.18.1.0/24", "192.0.2.1"), ev(lease.EventAdded, "198.18.2.0/24", "192.0.2.2")}
+	if got, want := next(), []string{"198.18.1.0/24>192.0.2.1", "198.18.2.0/24>192.0.2.2"}; !slices.Equal(got, want) {
+		t.Fatalf("routes %v, want %v", got, want)
+	}
+	// A moved subnet, a removal, and the removal of something unknown.
+	events <- []lease.Event{ev(lease.EventAdded, "198.18.2.0/24", "192.0.2.9"), ev(lease.EventRemoved, "198.18.1.0/24", "192.0.2.1"), ev(lease.EventRemoved, "198.18.7.0/24", "192.0.2.7")}
+	if got, want := next(), []string{"198.18.2.0/24>192.0.2.9"}; !slices.Equal(got, want) {
+		t.Fatalf("routes %v, want %v", got, want)
+	}
+	if s.Routes() != 1 {
+		t.Fatalf("Routes() = %d, want 1", s.Routes())
+	}
+}
+
+func TestBurstIsOneSwap(t *testing.T) {
+	events := make(chan []lease.Event, 100)
+	for i := range 100 {
+		events <- []lease.Event{ev(lease.EventAdded, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24).String(), "192.0.2.1")}
+	}
+	rec := recorder{swaps: make(chan []router.Route, 100)}
+	s := New(slog.New(slog.DiscardHandler))
+	var applied int
+	s.OnApply = func(evs []lease.Event) { applied += len(evs) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx, events, rec); close(done) }()
+	got := <-rec.swaps
+	cancel()
+	<-done
+	if len(got) != 100 || applied != 100 {
+		t.Fatalf("first swap has %d routes after %d events, want all 100 queued batches in one swap", len(got), applied)
+	}
+}

@@ -1,0 +1,247 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/flannel-go/flannel-go/internal/etcdserver"
+	"github.com/flannel-go/flannel-go/internal/etcdtest"
+)
+
+// TestWaitConfigEtcdUnreachable starts WaitConfig against an endpoint where
+// no etcd listens yet: it must log the outage once, keep retrying, and
+// return by itself once etcd appears there with a config.
+func TestWaitConfigEtcdUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "http://" + l.Addr().String()
+	l.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	m, lb := newManager(cli, nodeA, Options{CallTimeout: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	type result struct {
+		cfg *Config
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		cfg, err := m.WaitConfig(ctx)
+		done <- result{cfg, err}
+	}()
+	const unreachable = "etcd is unreachable, retrying with backoff up to 5s"
+	eventually(t, "the unreachable log line", func() bool { return strings.Contains(lb.String(), unreachable) })
+	// Several failed attempts (1 s each) later, still one line.
+	deadline := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if n := strings.Count(lb.String(), unreachable); n != 1 {
+			t.Fatalf("unreachable etcd logged %d times, want once:\n%s", n, lb.String())
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("WaitConfig returned %+v with no etcd", r)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: t.TempDir(), ClientURLs: []string{endpoint}, Fast: true, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	appeared := time.Now()
+	put(t, etcdtest.NewClient(t, srv.Endpoints()), prefix+"/config", testConfig)
+	select {
+	case r := <-done:
+		if r.err != nil || r.cfg.Network != netip.MustParsePrefix("198.18.0.0/16") {
+			t.Fatalf("WaitConfig = %+v, %v", r.cfg, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("WaitConfig still waiting 30 s after etcd appeared:\n%s", lb.String())
+	}
+	t.Logf("config read %s after etcd appeared", time.Since(appeared).Round(time.Millisecond))
+	logs := lb.String()
+	if strings.Count(logs, unreachable) != 1 || strings.Count(logs, "etcd is reachable again") != 1 {
+		t.Errorf("want one line per state change:\n%s", logs)
+	}
+}
+
+// TestConcurrentLeaseEvents runs three nodes' Watch and Keep against one
+// etcd while writers add, change and delete other leases, revoke etcd
+// leases and compact, all at once (run it with -race). In the end every
+// watcher's view equals etcd's and every node still holds its lease.
+func TestConcurrentLeaseEvents(t *testing.T) {
+	cli := etcdtest.Embedded(t)
+	cfg := putConfig(t, cli)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	type node struct {
+		m     *Manager
+		lb    *logBuffer
+		lease Lease
+		mu    sync.Mutex
+		view  map[netip.Prefix]netip.Addr
+	}
+	var nodes []*node
+	var wg sync.WaitGroup
+	runCtx, stop := context.WithCancel(ctx)
+	for i := range 3 {
+		m, lb := newManager(cli, netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), Options{})
+		l, err := m.Acquire(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := &node{m: m, lb: lb, lease: l, view: map[netip.Prefix]netip.Addr{}}
+		nodes = append(nodes, n)
+		events := make(chan []Event)
+		wg.Go(func() {
+			if err := m.Watch(runCtx, func() netip.Prefix { return n.lease.Subnet }, events); err != nil {
+				t.Errorf("Watch: %v", err)
+			}
+		})
+		wg.Go(func() {
+			for {
+				select {
+				case <-runCtx.Done():
+					return
+				case b := <-events:
+					n.mu.Lock()
+					for _, e := range b {
+						if e.Type == EventAdded {
+							n.view[e.Lease.Subnet] = e.Lease.PublicIP
+						} else {
+							delete(n.view, e.Lease.Subnet)
+						}
+					}
+					n.mu.Unlock()
+				}
+			}
+		})
+		wg.Go(func() {
+			if err := m.Keep(runCtx, cfg, l, func(nl Lease) { t.Errorf("node %d moved to %v", i, nl) }); err != nil {
+				t.Errorf("Keep: %v", err)
+			}
+		})
+	}
+	own := map[netip.Prefix]bool{}
+	for _, n := range nodes {
+		own[n.lease.Subnet] = true
+	}
+
+	// Writers churn 64 subnets the nodes do not hold.
+	var churn []netip.Prefix
+	for i := 100; len(churn) < 64; i++ {
+		p := netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", i))
+		if !own[p] {
+			churn = append(churn, p)
+		}
+	}
+	writeEnd := time.Now().Add(2 * time.Second)
+	var writers sync.WaitGroup
+	var ops, compactions sync.Map
+	for w := range 8 {
+		writers.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(w), 1))
+			n := 0
+			for time.Now().Before(writeEnd) {
+				p := churn[rnd.IntN(len(churn))]
+				key := subnetKeyPath(p.String())
+				var err error
+				switch rnd.IntN(4) {
+				case 0, 1:
+					ip := netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + rnd.IntN(50))})
+					var g *clientv3.LeaseGrantResponse
+					if g, err = cli.Grant(ctx, 3600); err == nil {
+						_, err = cli.Put(ctx, key, string(MarshalLeaseAttrs(ip)), clientv3.WithLease(g.ID))
+					}
+				case 2:
+					_, err = cli.Delete(ctx, key)
+				case 3:
+					var r *clientv3.GetResponse
+					if r, err = cli.Get(ctx, key); err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease != 0 {
+						// Another writer may have revoked it first.
+						if _, err = cli.Revoke(ctx, clientv3.LeaseID(r.Kvs[0].Lease)); errors.Is(err, rpctypes.ErrLeaseNotFound) {
+							err = nil
+						}
+					}
+				}
+				if err != nil {
+					t.Errorf("writer %d: %v", w, err)
+					return
+				}
+				n++
+			}
+			ops.Store(w, n)
+		})
+	}
+	writers.Go(func() {
+		n := 0
+		for time.Now().Before(writeEnd) {
+			r, err := cli.Get(ctx, "/unrelated")
+			if err == nil {
+				_, err = cli.Compact(ctx, r.Header.Revision)
+			}
+			if err != nil {
+				t.Errorf("compact: %v", err)
+				return
+			}
+			n++
+			time.Sleep(200 * time.Millisecond) // pacing the compactions, not synchronisation
+		}
+		compactions.Store(0, n)
+	})
+	writers.Wait()
+	total := 0
+	ops.Range(func(_, v any) bool { total += v.(int); return true })
+	nc, _ := compactions.Load(0)
+	t.Logf("%d lease operations and %v compactions in 2 s", total, nc)
+
+	resp, err := cli.Get(ctx, prefix+"/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := map[netip.Prefix]netip.Addr{}
+	for _, kv := range resp.Kvs {
+		p, _ := ParseSubnetKey(string(kv.Key))
+		ip, _ := ParseLeaseAttrs(kv.Value)
+		final[p] = ip
+	}
+	for i, n := range nodes {
+		want := map[netip.Prefix]netip.Addr{}
+		for p, ip := range final {
+			if p != n.lease.Subnet {
+				want[p] = ip
+			}
+		}
+		eventually(t, fmt.Sprintf("node %d's view equals etcd", i), func() bool {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return fmt.Sprint(n.view) == fmt.Sprint(want)
+		})
+		if ip, ok := final[n.lease.Subnet]; !ok || ip != n.m.publicIP {
+			t.Errorf("node %d lost its lease %s", i, n.lease.Subnet)
+		}
+	}
+	stop()
+	wg.Wait()
+}

@@ -1,0 +1,273 @@
+package tun
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+)
+
+// naiveSum is a byte-by-byte RFC 1071 sum, independent of sum16.
+func naiveSum(b []byte, sum uint32) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return uint16(sum)
+}
+
+// validIPv4 checks the header checksum, the total length and, for TCP and
+// UDP, the L4 checksum of a packet with a 20-byte header or more.
+func validIPv4(p []byte) bool {
+	if len(p) < 20 || p[0]>>4 != 4 {
+		return false
+	}
+	hl := int(p[0]&0xf) * 4
+	if hl < 20 || hl > len(p) || int(binary.BigEndian.Uint16(p[2:])) != len(p) || naiveSum(p[:hl], 0) != 0xffff {
+		return false
+	}
+	l4 := p[hl:]
+	pseudo := uint32(naiveSum(p[12:20], 0)) + uint32(p[9]) + uint32(len(l4))
+	switch p[9] {
+	case protoTCP:
+		return naiveSum(l4, pseudo) == 0xffff
+	case protoUDP:
+		return len(l4) >= 8 && naiveSum(l4, pseudo) == 0xffff
+	}
+	return true
+}
+
+func FuzzSplit(f *testing.F) {
+	tcp := tcpFlow(1, 2, payload(3000, 1)).build(f)
+	udp := udpFlow(3, payload(2500, 2)).build(f)
+	hdr := func(h vnetHdr) []byte { b := make([]byte, vnetHdrLen); h.encode(b); return b }
+	f.Add(hdr(vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1000, csumStart: 20, csumOffset: 16}), tcp)
+	f.Add(hdr(vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoUDPL4, hdrLen: 28, gsoSize: 1000, csumStart: 20, csumOffset: 6}), udp)
+	f.Add(hdr(vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: 16}), tcp)
+	f.Add(hdr(vnetHdr{gsoType: gsoTCPv4 | gsoECN, gsoSize: 1}), tcp[:60])
+	bufs := make([][]byte, 64)
+	for i := range bufs {
+		bufs[i] = make([]byte, Headroom+65535)
+	}
+	sizes := make([]int, len(bufs))
+	f.Fuzz(func(t *testing.T, hb, p []byte) {
+		if len(hb) < vnetHdrLen || len(p) > 65535 {
+			return
+		}
+		var h vnetHdr
+		h.decode(hb)
+		copy(bufs[0][Headroom:], p)
+		n, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(p)], bufs, sizes, Headroom)
+		if err != nil {
+			return
+		}
+		gso := h.gsoType &^ gsoECN
+		if n < 1 || n > len(bufs) {
+			t.Fatalf("%d segments", n)
+		}
+		if gso == gsoNone {
+			if n != 1 || sizes[0] != len(p) {
+				t.Fatalf("a plain packet became %d packets", n)
+			}
+			if h.flags&vnetFlagNeedsCsum != 0 && naiveSum(bufs[0][Headroom+int(h.csumStart):Headroom+len(p)], 0) != 0xffff {
+				t.Fatalf("completed checksum wrong: %+v", h)
+			}
+			return
+		}
+		if p[0]>>4 != 4 {
+			return // handed back whole, for the router to drop
+		}
+		total := 0
+		for i := range n {
+			seg := bufs[i][Headroom : Headroom+sizes[i]]
+			if !validIPv4(seg) {
+				t.Fatalf("segment %d of %d has a wrong length or checksum: %x", i, n, seg)
+			}
+			total += len(seg)
+		}
+		hl := int(p[0]&0xf)*4 + 8
+		if p[9] == protoTCP {
+			hl = int(p[0]&0xf)*4 + int(p[int(p[0]&0xf)*4+12]>>4)*4
+		}
+		if total-(n-1)*hl != len(p) {
+			t.Fatalf("%d segments of %d bytes in all from %d bytes", n, total, len(p))
+		}
+	})
+}
+
+// fuzzPacket builds a valid TCP or UDP packet from 4 fuzz bytes, in one of
+// four flows, so that random specs still form trains worth merging.
+type fuzzFlow struct {
+	seq uint32
+	id  uint16
+}
+
+func fuzzPackets(spec []byte) [][]byte {
+	var flows [8]fuzzFlow
+	var out [][]byte
+	for len(spec) >= 4 && len(out) < 200 {
+		b := spec[:4]
+		spec = spec[4:]
+		f := int(b[0] & 7)
+		isUDP := f >= 6
+		plen := 1000
+		if b[1]&0x80 != 0 {
+			plen = int(b[1]&0x7f) * 9
+		}
+		fl := &flows[f]
+		if b[2]&0x40 != 0 {
+			fl.id += 3
+		}
+		if b[2]&0x80 != 0 {
+			fl.seq += 17
+		}
+		hl := 20 + 20
+		if isUDP {
+			hl = 28
+		}
+		opts := !isUDP && b[3]&1 != 0
+		if opts {
+			hl += 12
+		}
+		p := make([]byte, hl+plen)
+		p[0], p[1] = 0x45, b[3]&0x4
+		binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+		binary.BigEndian.PutUint16(p[4:], fl.id)
+		if b[3]&0x8 == 0 {
+			p[6] = 0x40
+		}
+		p[8] = 63 - b[2]>>5&1
+		copy(p[12:], []byte{198, 18, 5, byte(f)})
+		copy(p[16:], []byte{198, 18, 32, 5})
+		binary.BigEndian.PutUint16(p[20:], 40000+uint16(f))
+		binary.BigEndian.PutUint16(p[22:], 5201)
+		for i := hl; i < len(p); i++ {
+			p[i] = byte(i) ^ b[0]
+		}
+		if isUDP {
+			p[9] = protoUDP
+			binary.BigEndian.PutUint16(p[24:], uint16(len(p)-20))
+		} else {
+			p[9] = protoTCP
+			binary.BigEndian.PutUint32(p[24:], fl.seq)
+			binary.BigEndian.PutUint32(p[28:], 777+uint32(b[3]>>7))
+			p[32] = byte((hl - 20) / 4 << 4)
+			p[33] = tcpFlagACK | b[2]&(tcpFlagFIN|tcpFlagSYN|tcpFlagPSH|tcpFlagECE|tcpFlagCWR)
+			binary.BigEndian.PutUint16(p[34:], 501)
+			if opts {
+				copy(p[40:], []byte{1, 1, 8, 10, 0, 0, 0, b[3] >> 6, 0, 0, 0, 1})
+			}
+			fl.seq += uint32(plen)
+		}
+		fl.id++
+		l4 := p[20:]
+		at := 16
+		if isUDP {
+			at = 6
+		}
+		c := ^naiveSum(l4, uint32(naiveSum(p[12:20], 0))+uint32(p[9])+uint32(len(l4)))
+		if c == 0 && isUDP {
+			c = 0xffff
+		}
+		binary.BigEndian.PutUint16(l4[at:], c)
+		binary.BigEndian.PutUint16(p[10:], ^naiveSum(p[:20], 0))
+		out = append(out, p)
+	}
+	return out
+}
+
+func FuzzCoalesce(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0}, false, true)
+	f.Add([]byte{0, 0, 0, 0, 1, 0, 0, 0, 0, 0x85, 0, 0, 1, 0x85, 0, 0, 6, 0, 0, 0, 6, 0x90, 0, 0}, true, false)
+	f.Add([]byte{0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x80, 1, 0, 0, 0x40, 1, 0, 0, 0x82, 0}, false, false)
+	g := &groTable{tcp: true}
+	f.Fuzz(func(t *testing.T, spec []byte, raw, verify bool) {
+		var pkts [][]byte
+		if raw {
+			// Arbitrary bytes: only "never panic" and "every packet
+			// leaves exactly once" can be asked of them.
+			for len(spec) > 0 && len(pkts) < 100 {
+				n := min(int(spec[0])+1, len(spec)-1)
+				pkts = append(pkts, spec[1:1+n])
+				spec = spec[1+n:]
+			}
+		} else {
+			pkts = fuzzPackets(spec)
+		}
+		if len(pkts) == 0 {
+			return
+		}
+		g.udp, g.verify = len(spec)%2 == 0, verify
+		orig := make([][]byte, len(pkts))
+		for i := range pkts {
+			orig[i] = bytes.Clone(pkts[i])
+		}
+		out := coalesce(g, pkts)
+		seen := make([]int, len(pkts))
+		var order []int
+		for i := range g.items {
+			it := &g.items[i]
+			for m := it.head; ; m = g.next[m] {
+				seen[m]++
+				order = append(order, int(m))
+				if m == it.tail {
+					break
+				}
+			}
+		}
+		for i, n := range seen {
+			if n != 1 {
+				t.Fatalf("packet %d written %d times", i, n)
+			}
+		}
+		// Packets of one flow keep their order.
+		last := map[string]int{}
+		for _, k := range order {
+			p := orig[k]
+			if len(p) < 24 {
+				continue
+			}
+			key := string(p[9:10]) + string(p[12:24])
+			if prev, ok := last[key]; ok && prev > k {
+				t.Fatalf("packet %d written after packet %d of its flow", k, prev)
+			}
+			last[key] = k
+		}
+		for i, w := range out {
+			it := &g.items[i]
+			if it.count == 1 {
+				if !bytes.Equal(w.pkt, orig[it.head]) {
+					t.Fatalf("single packet %d changed", it.head)
+				}
+				continue
+			}
+			if raw {
+				t.Fatalf("raw bytes coalesced")
+			}
+			sp := bytes.Clone(w.pkt)
+			if err := completeChecksum(sp, int(w.h.csumStart), int(w.h.csumOffset)); err != nil || !validIPv4(sp) {
+				t.Fatalf("super-packet %d invalid (%v): %x", i, err, sp[:40])
+			}
+			bufs := bufsFor(64, w.h, w.pkt)
+			sizes := make([]int, 64)
+			n, err := splitGSO(&w.h, bufs[0][Headroom:Headroom+len(w.pkt)], bufs, sizes, Headroom)
+			if err != nil || n != int(it.count) {
+				t.Fatalf("re-split of write %d: %d segments, %v; want %d", i, n, err, it.count)
+			}
+			j := 0
+			for m := it.head; ; m = g.next[m] {
+				if d := diff(bufs[j][Headroom:Headroom+sizes[j]], orig[m]); d != "" {
+					t.Fatalf("write %d segment %d is not packet %d: %s", i, j, m, d)
+				}
+				j++
+				if m == it.tail {
+					break
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,548 @@
+package tun
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"testing"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+)
+
+// pkt describes a TCP or UDP packet for gopacket to build, so that every
+// expected header byte and checksum comes from an implementation other
+// than the one under test.
+type pkt struct {
+	udp          bool
+	src, dst     [4]byte
+	sport, dport uint16
+	seq, ack     uint32
+	flags        uint8
+	win          uint16
+	opts         []layers.TCPOption
+	id           uint16
+	ttl, tos     uint8
+	df           bool
+	ipOpts       bool
+	payload      []byte
+}
+
+var (
+	addrA = [4]byte{198, 18, 5, 7}
+	addrB = [4]byte{198, 18, 32, 5}
+	addrC = [4]byte{198, 18, 68, 9}
+)
+
+func tcpFlow(seq uint32, id uint16, payload []byte) pkt {
+	return pkt{src: addrA, dst: addrB, sport: 40000, dport: 5201, seq: seq, ack: 777, flags: tcpFlagACK,
+		win: 501, id: id, ttl: 63, df: true, payload: payload}
+}
+
+func udpFlow(id uint16, payload []byte) pkt {
+	return pkt{udp: true, src: addrA, dst: addrB, sport: 40000, dport: 5201, id: id, ttl: 63, payload: payload}
+}
+
+func (p pkt) build(t testing.TB) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TOS: p.tos, Id: p.id, TTL: p.ttl, SrcIP: net.IP(p.src[:]), DstIP: net.IP(p.dst[:])}
+	if p.df {
+		ip.Flags = layers.IPv4DontFragment
+	}
+	if p.ipOpts {
+		ip.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}
+	}
+	var l4 gopacket.SerializableLayer
+	if p.udp {
+		ip.Protocol = layers.IPProtocolUDP
+		u := &layers.UDP{SrcPort: layers.UDPPort(p.sport), DstPort: layers.UDPPort(p.dport)}
+		u.SetNetworkLayerForChecksum(ip)
+		l4 = u
+	} else {
+		ip.Protocol = layers.IPProtocolTCP
+		tc := &layers.TCP{SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport), Seq: p.seq, Ack: p.ack,
+			Window: p.win, Options: p.opts,
+			FIN: p.flags&tcpFlagFIN != 0, SYN: p.flags&tcpFlagSYN != 0, RST: p.flags&tcpFlagRST != 0,
+			PSH: p.flags&tcpFlagPSH != 0, ACK: p.flags&tcpFlagACK != 0, URG: p.flags&tcpFlagURG != 0,
+			ECE: p.flags&tcpFlagECE != 0, CWR: p.flags&tcpFlagCWR != 0}
+		tc.SetNetworkLayerForChecksum(ip)
+		l4 = tc
+	}
+	b := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		ip, l4, gopacket.Payload(p.payload)); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(b.Bytes())
+}
+
+// hdrLen is the IPv4+L4 header length of a packet built from p.
+func (p pkt) hdrLen(t testing.TB) int {
+	q := p
+	q.payload = nil
+	return len(q.build(t))
+}
+
+func payload(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7)
+	}
+	return b
+}
+
+// bufsFor makes n buffers of Headroom+65535 bytes with p at Headroom of
+// the first, after its virtio-net header.
+func bufsFor(n int, h vnetHdr, p []byte) [][]byte {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, Headroom+65535)
+	}
+	h.encode(bufs[0][Headroom-vnetHdrLen:])
+	copy(bufs[0][Headroom:], p)
+	return bufs
+}
+
+func TestSplitGSO(t *testing.T) {
+	ts := []layers.TCPOption{{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop},
+		{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{0, 0, 1, 2, 0, 0, 3, 4}}}
+	type tc struct {
+		name  string
+		super pkt
+		gso   uint8
+		mss   int
+		want  []pkt // nil: the input comes back unsplit
+	}
+	var tcs []tc
+	// TCP: FIN and PSH only on the last segment, CWR only on the first,
+	// IP ID and sequence number counting up, options on every segment.
+	{
+		s := tcpFlow(0xfffff000, 0xfffe, payload(3*1000+123, 1)) // seq and ID wrap
+		s.flags = tcpFlagACK | tcpFlagPSH | tcpFlagFIN | tcpFlagCWR | tcpFlagECE
+		s.opts = ts
+		s.tos = 0x02
+		var want []pkt
+		for i := range 4 {
+			seg := s
+			seg.seq = s.seq + uint32(i*1000)
+			seg.id = s.id + uint16(i)
+			seg.payload = s.payload[i*1000 : min((i+1)*1000, len(s.payload))]
+			seg.flags = tcpFlagACK | tcpFlagECE
+			if i == 0 {
+				seg.flags |= tcpFlagCWR
+			}
+			if i == 3 {
+				seg.flags |= tcpFlagPSH | tcpFlagFIN
+			}
+			want = append(want, seg)
+		}
+		tcs = append(tcs, tc{"tcp4 with options, flags and wrap", s, gsoTCPv4 | gsoECN, 1000, want})
+	}
+	{
+		s := tcpFlow(1, 7, payload(45*1420, 2))
+		var want []pkt
+		for i := range 45 {
+			seg := s
+			seg.seq, seg.id, seg.payload = 1+uint32(i*1420), 7+uint16(i), s.payload[i*1420:(i+1)*1420]
+			want = append(want, seg)
+		}
+		tcs = append(tcs, tc{"tcp4 64K of full segments", s, gsoTCPv4, 1420, want})
+	}
+	{
+		s := tcpFlow(1, 7, payload(500, 3))
+		tcs = append(tcs, tc{"tcp4 one short segment", s, gsoTCPv4, 1420, []pkt{s}})
+	}
+	{
+		s := udpFlow(100, payload(2*1200+1, 4))
+		var want []pkt
+		for i := range 3 {
+			seg := s
+			seg.id = 100 + uint16(i)
+			seg.payload = s.payload[i*1200 : min((i+1)*1200, len(s.payload))]
+			want = append(want, seg)
+		}
+		tcs = append(tcs, tc{"udp4 (USO)", s, gsoUDPL4, 1200, want})
+	}
+	for _, c := range tcs {
+		t.Run(c.name, func(t *testing.T) {
+			in := c.super.build(t)
+			hl := c.super.hdrLen(t)
+			h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: c.gso, hdrLen: uint16(hl), gsoSize: uint16(c.mss), csumStart: 20}
+			// The kernel hands over a partial checksum; the split must not care.
+			at := 20 + 16
+			if c.super.udp {
+				at = 20 + 6
+			}
+			in[at], in[at+1] = 0xde, 0xad
+			bufs := bufsFor(64, h, in)
+			sizes := make([]int, 64)
+			n, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != len(c.want) {
+				t.Fatalf("%d segments, want %d", n, len(c.want))
+			}
+			for i, w := range c.want {
+				want := w.build(t)
+				if d := diff(bufs[i][Headroom:Headroom+sizes[i]], want); d != "" {
+					t.Errorf("segment %d: %s", i, d)
+				}
+			}
+		})
+	}
+}
+
+func TestSplitCompletesChecksum(t *testing.T) {
+	for _, p := range []pkt{tcpFlow(5, 6, payload(333, 5)), udpFlow(9, payload(77, 6))} {
+		want := p.build(t)
+		in := bytes.Clone(want)
+		// CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
+		at, l4 := 20+16, len(in)-20
+		proto := uint8(protoTCP)
+		if p.udp {
+			at, proto = 20+6, protoUDP
+		}
+		binary.BigEndian.PutUint16(in[at:], fold(pseudoSum(in, proto, l4)))
+		h := vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: uint16(at - 20)}
+		bufs := bufsFor(1, h, in)
+		sizes := []int{0}
+		n, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+		if err != nil || n != 1 {
+			t.Fatalf("n %d err %v", n, err)
+		}
+		if d := diff(bufs[0][Headroom:Headroom+sizes[0]], want); d != "" {
+			t.Errorf("udp=%v: %s", p.udp, d)
+		}
+	}
+}
+
+func TestSplitErrors(t *testing.T) {
+	good := tcpFlow(1, 1, payload(4000, 7)).build(t)
+	udp := udpFlow(1, payload(100, 8)).build(t)
+	v6 := bytes.Clone(good)
+	v6[0] = 0x60
+	for _, c := range []struct {
+		name  string
+		h     vnetHdr
+		p     []byte
+		nbufs int
+		ok    bool
+	}{
+		{"too many segments", vnetHdr{gsoType: gsoTCPv4, gsoSize: 100}, good, 8, false},
+		{"gso size 0", vnetHdr{gsoType: gsoTCPv4}, good, 64, false},
+		{"tcp gso on udp", vnetHdr{gsoType: gsoTCPv4, gsoSize: 10}, udp, 64, false},
+		{"udp gso on tcp", vnetHdr{gsoType: gsoUDPL4, gsoSize: 1000}, good, 64, false},
+		{"ufo", vnetHdr{gsoType: 3, gsoSize: 10}, udp, 64, false},
+		{"truncated header", vnetHdr{gsoType: gsoTCPv4, gsoSize: 10}, good[:30], 64, false},
+		{"csum outside", vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 4039, csumOffset: 0}, good, 1, false},
+		{"csum offset outside", vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: 65000}, good, 1, false},
+		{"ipv6 stays whole", vnetHdr{gsoType: gsoTCPv6, gsoSize: 10}, v6, 1, true},
+		{"plain", vnetHdr{}, good, 1, true},
+	} {
+		bufs := bufsFor(c.nbufs, c.h, c.p)
+		sizes := make([]int, c.nbufs)
+		n, err := splitGSO(&c.h, bufs[0][Headroom:Headroom+len(c.p)], bufs, sizes, Headroom)
+		if c.ok != (err == nil) || (c.ok && (n != 1 || sizes[0] != len(c.p))) {
+			t.Errorf("%s: n %d err %v", c.name, n, err)
+		}
+	}
+	// A buffer too small for a segment is an error, not a panic.
+	bufs := bufsFor(8, vnetHdr{}, good)
+	bufs[2] = bufs[2][:Headroom+100]
+	if _, err := splitGSO(&vnetHdr{gsoType: gsoTCPv4, gsoSize: 1000}, bufs[0][Headroom:Headroom+len(good)], bufs, make([]int, 8), Headroom); err == nil {
+		t.Error("short buffer: no error")
+	}
+}
+
+// diff describes where got and want differ, or returns "".
+func diff(got, want []byte) string {
+	if bytes.Equal(got, want) {
+		return ""
+	}
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			lo, hi := max(0, i-4), min(i+8, len(got), len(want))
+			return fmt.Sprintf("byte %d differs (lengths %d, %d): got ..%x.. want ..%x..", i, len(got), len(want), got[lo:hi], want[lo:hi])
+		}
+	}
+	return fmt.Sprintf("lengths %d and %d", len(got), len(want))
+}
+
+// write is one TUN write as the queue would make it.
+type write struct {
+	h   vnetHdr
+	pkt []byte
+}
+
+// coalesce runs the queue's grouping and assembles the writes.
+func coalesce(g *groTable, pkts [][]byte) []write {
+	bufs := make([][]byte, len(pkts))
+	for i, p := range pkts {
+		bufs[i] = append(make([]byte, Headroom), p...)
+	}
+	g.group(bufs, Headroom)
+	var out []write
+	for i := range g.items {
+		it := &g.items[i]
+		var w write
+		finish(it, bufs, Headroom, !g.verify, &w.h)
+		head := bufs[it.head][Headroom:]
+		if it.count == 1 {
+			w.pkt = bytes.Clone(head)
+		} else {
+			w.pkt = bytes.Clone(head[:it.hl+it.gsoSize])
+			for m := g.next[it.head]; ; m = g.next[m] {
+				w.pkt = append(w.pkt, bufs[m][Headroom+int(it.hl):]...)
+				if m == it.tail {
+					break
+				}
+			}
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// super builds the super-packet the kernel should see for members: the
+// first member's headers with the summed length and the last one's PSH,
+// with the L4 checksum left partial as NEEDS_CSUM wants.
+func super(t *testing.T, members []pkt) []byte {
+	s := members[0]
+	s.payload = nil
+	for _, m := range members {
+		s.payload = append(s.payload, m.payload...)
+	}
+	s.flags |= members[len(members)-1].flags & tcpFlagPSH
+	b := s.build(t)
+	at, proto := 20+16, uint8(protoTCP)
+	if s.udp {
+		at, proto = 20+6, protoUDP
+	}
+	binary.BigEndian.PutUint16(b[at:], fold(pseudoSum(b, proto, len(b)-20)))
+	return b
+}
+
+func TestCoalesce(t *testing.T) {
+	full := func(i int) []byte { return payload(1000, byte(i)) }
+	seg := func(i int) pkt { return tcpFlow(1000+uint32(i*1000), 50+uint16(i), full(i)) }
+	psh := seg(2)
+	psh.flags |= tcpFlagPSH
+	psh1 := seg(1)
+	psh1.flags |= tcpFlagPSH
+	short := seg(2)
+	short.payload = payload(10, 9)
+	after := seg(3)
+	after.seq = short.seq + 10
+	otherFlow := func(p pkt) pkt { p.sport = 40001; return p }
+	with := func(p pkt, f func(*pkt)) pkt { f(&p); return p }
+	ts := []layers.TCPOption{{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{0, 0, 0, 1, 0, 0, 0, 2}}, {OptionType: 1}, {OptionType: 1}}
+	ts2 := []layers.TCPOption{{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{0, 0, 0, 9, 0, 0, 0, 2}}, {OptionType: 1}, {OptionType: 1}}
+	u := func(i int, n int) pkt { return udpFlow(300+uint16(i), payload(n, byte(i))) }
+
+	// groups lists the expected writes: each a list of input indices.
+	type tc struct {
+		name   string
+		in     []pkt
+		groups [][]int
+		noUDP  bool
+	}
+	for _, c := range []tc{
+		{"three in order, PSH last", []pkt{seg(0), seg(1), psh}, [][]int{{0, 1, 2}}, false},
+		{"PSH ends the group", []pkt{seg(0), psh1, seg(2)}, [][]int{{0, 1}, {2}}, false},
+		{"short segment ends the group", []pkt{seg(0), seg(1), short, after}, [][]int{{0, 1, 2}, {3}}, false},
+		{"larger segment starts a new group", []pkt{short, seg(1)}, [][]int{{0}, {1}}, false},
+		{"sequence gap", []pkt{seg(0), seg(2)}, [][]int{{0}, {1}}, false},
+		{"two flows interleaved", []pkt{seg(0), otherFlow(seg(0)), seg(1), otherFlow(seg(1))}, [][]int{{0, 2}, {1, 3}}, false},
+		{"TTL differs", []pkt{seg(0), with(seg(1), func(p *pkt) { p.ttl = 62 })}, [][]int{{0}, {1}}, false},
+		{"TOS differs", []pkt{seg(0), with(seg(1), func(p *pkt) { p.tos = 4 })}, [][]int{{0}, {1}}, false},
+		{"DF differs", []pkt{seg(0), with(seg(1), func(p *pkt) { p.df = false })}, [][]int{{0}, {1}}, false},
+		{"IP ID not consecutive", []pkt{seg(0), with(seg(1), func(p *pkt) { p.id += 5 })}, [][]int{{0}, {1}}, false},
+		{"ACK number differs", []pkt{seg(0), with(seg(1), func(p *pkt) { p.ack++ })}, [][]int{{0}, {1}}, false},
+		{"same options", []pkt{with(seg(0), func(p *pkt) { p.opts = ts }), with(seg(1), func(p *pkt) { p.opts = ts })}, [][]int{{0, 1}}, false},
+		{"options differ", []pkt{with(seg(0), func(p *pkt) { p.opts = ts }), with(seg(1), func(p *pkt) { p.opts = ts2 })}, [][]int{{0}, {1}}, false},
+		{"IP options", []pkt{with(seg(0), func(p *pkt) { p.ipOpts = true }), with(seg(1), func(p *pkt) { p.ipOpts = true })}, [][]int{{0}, {1}}, false},
+		{"CWR on the head only", []pkt{with(seg(0), func(p *pkt) { p.flags |= tcpFlagCWR }), seg(1), with(seg(2), func(p *pkt) { p.flags |= tcpFlagCWR })}, [][]int{{0, 1}, {2}}, false},
+		{"ECE must match", []pkt{seg(0), with(seg(1), func(p *pkt) { p.flags |= tcpFlagECE })}, [][]int{{0}, {1}}, false},
+		{"FIN is not coalesced and keeps order", []pkt{seg(0), with(seg(1), func(p *pkt) { p.flags |= tcpFlagFIN }), seg(2)}, [][]int{{0}, {1}, {2}}, false},
+		{"pure ACK", []pkt{with(seg(0), func(p *pkt) { p.payload = nil }), seg(0)}, [][]int{{0}, {1}}, false},
+		{"UDP train", []pkt{u(0, 1200), u(1, 1200), u(2, 5)}, [][]int{{0, 1, 2}}, false},
+		{"UDP without USO", []pkt{u(0, 1200), u(1, 1200)}, [][]int{{0}, {1}}, true},
+		{"UDP larger second", []pkt{u(0, 100), u(1, 1200)}, [][]int{{0}, {1}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := &groTable{tcp: true, udp: !c.noUDP}
+			var in [][]byte
+			for _, p := range c.in {
+				in = append(in, p.build(t))
+			}
+			out := coalesce(g, in)
+			if len(out) != len(c.groups) {
+				t.Fatalf("%d writes, want %d", len(out), len(c.groups))
+			}
+			for i, grp := range c.groups {
+				w := out[i]
+				if len(grp) == 1 {
+					if d := diff(w.pkt, in[grp[0]]); d != "" || w.h != (vnetHdr{flags: vnetFlagDataValid}) {
+						t.Errorf("write %d: %+v %s; want packet %d unchanged with DATA_VALID", i, w.h, d, grp[0])
+					}
+					continue
+				}
+				var members []pkt
+				for _, k := range grp {
+					members = append(members, c.in[k])
+				}
+				want := super(t, members)
+				hl := c.in[grp[0]].hdrLen(t)
+				wh := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: uint16(hl),
+					gsoSize: uint16(len(members[0].payload)), csumStart: 20, csumOffset: 16}
+				if members[0].udp {
+					wh.gsoType, wh.csumOffset = gsoUDPL4, 6
+				}
+				if members[0].flags&tcpFlagCWR != 0 {
+					wh.gsoType |= gsoECN
+				}
+				if w.h != wh {
+					t.Errorf("write %d header %+v, want %+v", i, w.h, wh)
+				}
+				if d := diff(w.pkt, want); d != "" {
+					t.Errorf("write %d: %s", i, d)
+				}
+				// What the kernel will do: segment it back.
+				bufs := bufsFor(64, w.h, w.pkt)
+				sizes := make([]int, 64)
+				n, err := splitGSO(&w.h, bufs[0][Headroom:Headroom+len(w.pkt)], bufs, sizes, Headroom)
+				if err != nil || n != len(grp) {
+					t.Fatalf("re-split: %d, %v", n, err)
+				}
+				for j, k := range grp {
+					if d := diff(bufs[j][Headroom:Headroom+sizes[j]], in[k]); d != "" {
+						t.Errorf("re-split segment %d: %s", j, d)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestCoalesceLimits(t *testing.T) {
+	g := &groTable{tcp: true}
+	var in [][]byte
+	for i := range 70 {
+		in = append(in, tcpFlow(uint32(i*100), uint16(i), payload(100, byte(i))).build(t))
+	}
+	out := coalesce(g, in)
+	if len(out) != 2 || out[0].h.gsoSize != 100 || len(out[0].pkt) != 40+64*100 || len(out[1].pkt) != 40+6*100 {
+		t.Errorf("70 segments: %d writes, want 64 + 6", len(out))
+	}
+	in = in[:0]
+	for i := range 50 {
+		in = append(in, tcpFlow(uint32(i*1460), uint16(i), payload(1460, byte(i))).build(t))
+	}
+	out = coalesce(g, in)
+	for _, w := range out {
+		if len(w.pkt) > 65535 {
+			t.Errorf("super-packet of %d bytes", len(w.pkt))
+		}
+	}
+	if len(out) != 2 || len(out[0].pkt) != 40+44*1460 {
+		t.Errorf("50 x 1460: %d writes, first %d bytes; want 44 segments then 6", len(out), len(out[0].pkt))
+	}
+	// A fragment is never merged.
+	frag := tcpFlow(0, 0, payload(100, 1)).build(t)
+	frag[6] |= 0x20
+	if out := coalesce(g, [][]byte{frag, frag}); len(out) != 2 {
+		t.Errorf("fragments merged: %d writes", len(out))
+	}
+}
+
+func TestCoalesceVerify(t *testing.T) {
+	g := &groTable{tcp: true, udp: true, verify: true}
+	a := tcpFlow(0, 0, payload(100, 1)).build(t)
+	bad := tcpFlow(100, 1, payload(100, 2)).build(t)
+	bad[len(bad)-1] ^= 0xff
+	c := tcpFlow(200, 2, payload(100, 3)).build(t)
+	out := coalesce(g, [][]byte{a, bad, c})
+	if len(out) != 3 {
+		t.Fatalf("%d writes, want 3 (the bad packet splits the train)", len(out))
+	}
+	for i, w := range out {
+		if w.h.flags != 0 || w.h.gsoType != 0 {
+			t.Errorf("write %d: %+v; a verified single goes unmarked, for the kernel to check", i, w.h)
+		}
+	}
+	if out := coalesce(g, [][]byte{a, tcpFlow(100, 1, payload(100, 2)).build(t)}); len(out) != 1 {
+		t.Errorf("good packets not merged under verify: %d writes", len(out))
+	}
+}
+
+func TestOffloadAllocs(t *testing.T) {
+	s := tcpFlow(1, 1, payload(45*1420, 1))
+	in := s.build(t)
+	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1420, csumStart: 20, csumOffset: 16}
+	bufs := bufsFor(64, h, in)
+	sizes := make([]int, 64)
+	if a := testing.AllocsPerRun(100, func() {
+		copy(bufs[0][Headroom:], in)
+		if _, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 0 {
+		t.Errorf("splitGSO: %v allocations", a)
+	}
+	segs := make([][]byte, 45)
+	for i := range segs {
+		segs[i] = append(make([]byte, Headroom), bufs[i][Headroom:Headroom+sizes[i]]...)
+	}
+	g := &groTable{tcp: true, udp: true}
+	var vh vnetHdr
+	if a := testing.AllocsPerRun(100, func() {
+		g.group(segs, Headroom)
+		for i := range g.items {
+			finish(&g.items[i], segs, Headroom, true, &vh)
+		}
+	}); a != 0 {
+		t.Errorf("group+finish: %v allocations", a)
+	}
+}
+
+func BenchmarkSplitTCP64K(b *testing.B) {
+	s := tcpFlow(1, 1, payload(45*1420, 1))
+	in := s.build(b)
+	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1420, csumStart: 20, csumOffset: 16}
+	bufs := bufsFor(64, h, in)
+	sizes := make([]int, 64)
+	b.SetBytes(int64(len(in)))
+	b.ReportAllocs()
+	for b.Loop() {
+		copy(bufs[0][Headroom:Headroom+40], in[:40])
+		splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+	}
+}
+
+func BenchmarkCoalesceTCP(b *testing.B) {
+	for _, flows := range []int{1, 4} {
+		b.Run(fmt.Sprintf("flows=%d", flows), func(b *testing.B) {
+			segs := make([][]byte, 44)
+			total := 0
+			for i := range segs {
+				f := i % flows
+				p := tcpFlow(uint32(i/flows*1420), uint16(i/flows), payload(1420, byte(i)))
+				p.sport += uint16(f)
+				segs[i] = append(make([]byte, Headroom), p.build(b)...)
+				total += len(segs[i]) - Headroom
+			}
+			g := &groTable{tcp: true, udp: true}
+			var vh vnetHdr
+			b.SetBytes(int64(total))
+			b.ReportAllocs()
+			for b.Loop() {
+				g.group(segs, Headroom)
+				for i := range g.items {
+					finish(&g.items[i], segs, Headroom, true, &vh)
+				}
+			}
+		})
+	}
+}
