@@ -33,6 +33,9 @@ func (m *Manager) Keep(ctx context.Context, cfg *Config, l Lease, onChange func(
 			continue
 		}
 		if !found || e.AttrsErr != nil || e.PublicIP != m.publicIP {
+			if found && e.AttrsErr == nil {
+				m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.Subnet, m.publicIP, e.PublicIP))
+			}
 			if !k.reacquire(ctx, onChange) {
 				return nil
 			}
@@ -106,11 +109,13 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 					return false, progressed
 				}
 				m.log.Error(fmt.Sprintf("Error renewing lease (trying again in %s): %v", m.retryInterval, err))
+				m.obs.RenewFailed(err)
 				schedule(m.retryInterval)
 				continue
 			}
 			k.cur.Expiration, k.leaseID = exp, id
 			m.log.Info(fmt.Sprintf("Lease renewed, new expiration: %s", exp))
+			m.obs.LeaseRenewed(k.cur)
 			scheduleRenew()
 		case resp, ok := <-wch:
 			if !ok {
@@ -129,8 +134,14 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 					return true, progressed
 				}
 				ip, err := ParseLeaseAttrs(ev.Kv.Value)
-				if err != nil || ip != m.publicIP {
-					m.log.Warn("own lease was overwritten by another node, re-acquiring", "subnet", k.cur.Subnet, "value", string(ev.Kv.Value))
+				if err != nil {
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", k.cur.Subnet, m.publicIP), "value", string(ev.Kv.Value))
+					return true, progressed
+				}
+				if ip != m.publicIP {
+					// The new holder keeps the subnet: taking it back would
+					// make both nodes' routes flap.
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.Subnet, m.publicIP, ip))
 					return true, progressed
 				}
 				id := clientv3.LeaseID(ev.Kv.Lease)
@@ -158,6 +169,7 @@ func (k *keeper) reacquire(ctx context.Context, onChange func(Lease)) bool {
 		l, err := m.acquire(ctx, k.cfg, k.cur.Subnet)
 		if err == nil {
 			k.cur = l
+			m.obs.LeaseAcquired(l)
 			if onChange != nil {
 				onChange(l)
 			}

@@ -12,8 +12,8 @@ import (
 
 // Lease is one node's subnet as stored under <prefix>/subnets.
 type Lease struct {
-	Subnet     netip.Prefix
-	PublicIP   netip.Addr
+	Subnet   netip.Prefix
+	PublicIP netip.Addr
 	// Expiration is zero for a reservation (a key without an etcd lease).
 	// Watch events leave it zero: they only carry what routes need.
 	Expiration time.Time

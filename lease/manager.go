@@ -11,7 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Defaults for Options.
@@ -36,7 +39,15 @@ type Options struct {
 	RetryInterval time.Duration
 	// CallTimeout bounds each etcd request, default 10 s.
 	CallTimeout time.Duration
-	Logger      *slog.Logger
+	// Identity names this node to others in conflict messages, e.g. its
+	// host name and interface address. When set, Acquire first claims the
+	// PublicIP for this process, so that two nodes configured with the
+	// same PublicIP cannot share a lease. Empty: no claim (upstream's
+	// behaviour).
+	Identity string
+	Logger   *slog.Logger
+	// Observer, when set, is told of acquisitions, renewals and resyncs.
+	Observer Observer
 }
 
 // Manager acquires, keeps and watches subnet leases in etcd. The allocation
@@ -48,10 +59,16 @@ type Manager struct {
 	renewMargin   time.Duration
 	retryInterval time.Duration
 	configRetry   time.Duration
+	identity      string
+	claimTTL      int64 // seconds
+	obs           Observer
 	log           *slog.Logger
 
 	rndMu sync.Mutex
 	rnd   *rand.Rand
+
+	warnMu sync.Mutex
+	warned map[string]string // malformed key -> value already warned about
 
 	// afterList, when set by a test, runs after Watch lists the subnets and
 	// before it starts watching, to change etcd in that window.
@@ -75,6 +92,9 @@ func NewManager(cli *clientv3.Client, opts Options) *Manager {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
 	return &Manager{
 		reg:           registry{cli: cli, prefix: opts.Prefix, timeout: opts.CallTimeout},
 		publicIP:      opts.PublicIP,
@@ -82,8 +102,12 @@ func NewManager(cli *clientv3.Client, opts Options) *Manager {
 		renewMargin:   opts.RenewMargin,
 		retryInterval: opts.RetryInterval,
 		configRetry:   time.Second,
+		identity:      opts.Identity,
+		claimTTL:      defaultClaimTTL,
+		obs:           opts.Observer,
 		log:           opts.Logger,
 		rnd:           rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		warned:        map[string]string{},
 	}
 }
 
@@ -97,7 +121,7 @@ func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
 	backoff := minBackoff
 	for {
 		data, err := m.reg.getConfig(ctx)
-		reachable := err == nil || errors.Is(err, errConfigNotFound)
+		reachable := err == nil || !unreachable(err)
 		var cfg *Config
 		if err == nil {
 			cfg, err = ParseConfig(data)
@@ -133,6 +157,23 @@ func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
 	}
 }
 
+// unreachable tells a failure to reach etcd (no connection, no leader, no
+// answer in time) from an answer that is an error, such as a refused
+// password or a missing config.
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	code := status.Code(err)
+	// clientv3 turns some statuses into typed errors (no leader, leader
+	// changed) that keep the code but not the status.
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	}
+	return code == codes.Unavailable || code == codes.DeadlineExceeded
+}
+
 // stateUnreachable stands for every etcd error in WaitConfig's log-once
 // state: their texts vary (deadline exceeded, connection refused) but they
 // are one condition to the operator.
@@ -142,13 +183,38 @@ const stateUnreachable = "\x00unreachable"
 // node's PublicIP (an incompatible one is deleted), the previous subnet from
 // the subnet file if free and compatible, or a random free subnet among the
 // first 100 in [SubnetMin, SubnetMax]. A lost creation race is retried.
-// Reservations held by this PublicIP are used as they are.
+// Reservations held by this PublicIP are used as they are. An unreachable
+// etcd is waited for (backoff 100 ms to 5 s, logged once). With
+// Options.Identity, the PublicIP is claimed first: while another running
+// node uses the same PublicIP, Acquire waits, having logged one error
+// naming both nodes.
 func (m *Manager) Acquire(ctx context.Context, cfg *Config) (Lease, error) {
-	l, err := m.acquire(ctx, cfg, m.prevSubnet)
-	if err != nil {
-		return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.publicIP, err)
+	if err := m.claim(ctx); err != nil {
+		return Lease{}, fmt.Errorf("claim public IP %s: %w", m.publicIP, err)
 	}
-	return l, nil
+	backoff := minBackoff
+	waited := false
+	for {
+		l, err := m.acquire(ctx, cfg, m.prevSubnet)
+		if err == nil {
+			if waited {
+				m.log.Info("etcd is reachable again")
+			}
+			m.obs.LeaseAcquired(l)
+			return l, nil
+		}
+		if ctx.Err() != nil || !unreachable(err) {
+			return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.publicIP, err)
+		}
+		if !waited {
+			waited = true
+			m.log.Error(fmt.Sprintf("Couldn't acquire a lease: etcd is unreachable, retrying with backoff up to %s: %v", maxBackoff, err))
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.publicIP, err)
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
 }
 
 func (m *Manager) acquire(ctx context.Context, cfg *Config, prev netip.Prefix) (Lease, error) {
@@ -181,7 +247,7 @@ func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev netip.Prefix
 		return Lease{}, fmt.Errorf("list subnets: %w", err)
 	}
 	for _, k := range bad {
-		m.log.Warn("ignoring malformed subnet key", "key", k)
+		m.warnOnce(k, "", "ignoring malformed subnet key")
 	}
 
 	taken := make([]netip.Prefix, 0, len(entries))

@@ -35,6 +35,7 @@ type entry struct {
 	Subnet   netip.Prefix
 	PublicIP netip.Addr
 	AttrsErr error
+	Raw      string // the value, kept only when it is malformed (for log-once)
 	LeaseID  clientv3.LeaseID
 	ModRev   int64
 }
@@ -76,6 +77,9 @@ func (r *registry) parseEntry(key string, value []byte, lease int64, modRev int6
 	}
 	e.Subnet = p
 	e.PublicIP, e.AttrsErr = ParseLeaseAttrs(value)
+	if e.AttrsErr != nil {
+		e.Raw = string(value)
+	}
 	return e, true
 }
 

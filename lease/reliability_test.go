@@ -16,6 +16,10 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
@@ -25,17 +29,8 @@ import (
 // no etcd listens yet: it must log the outage once, keep retrying, and
 // return by itself once etcd appears there with a config.
 func TestWaitConfigEtcdUnreachable(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	endpoint := "http://" + l.Addr().String()
-	l.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	t.Parallel()
+	cli, startEtcd := lateEtcd(t)
 	m, lb := newManager(cli, nodeA, Options{CallTimeout: time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -63,13 +58,8 @@ func TestWaitConfigEtcdUnreachable(t *testing.T) {
 		}
 	}
 
-	srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: t.TempDir(), ClientURLs: []string{endpoint}, Fast: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
 	appeared := time.Now()
-	put(t, etcdtest.NewClient(t, srv.Endpoints()), prefix+"/config", testConfig)
+	put(t, startEtcd(), prefix+"/config", testConfig)
 	select {
 	case r := <-done:
 		if r.err != nil || r.cfg.Network != netip.MustParsePrefix("198.18.0.0/16") {
@@ -82,6 +72,84 @@ func TestWaitConfigEtcdUnreachable(t *testing.T) {
 	logs := lb.String()
 	if strings.Count(logs, unreachable) != 1 || strings.Count(logs, "etcd is reachable again") != 1 {
 		t.Errorf("want one line per state change:\n%s", logs)
+	}
+}
+
+// lateEtcd returns a client for a loopback endpoint where no etcd listens
+// yet, and a function that starts etcd there and returns a second client.
+func lateEtcd(t *testing.T) (*clientv3.Client, func() *clientv3.Client) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "http://" + l.Addr().String()
+	l.Close()
+	// flanneld caps gRPC's reconnect backoff the same way (5 s there).
+	fast := grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, MaxDelay: 500 * time.Millisecond}})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop(), DialOptions: []grpc.DialOption{fast}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli, func() *clientv3.Client {
+		srv, err := etcdserver.Start(context.Background(), etcdserver.Options{Dir: t.TempDir(), ClientURLs: []string{endpoint}, Fast: true, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(srv.Close)
+		return etcdtest.NewClient(t, srv.Endpoints())
+	}
+}
+
+// TestAcquireWaitsForEtcd: etcd gone between reading the config and
+// acquiring is waited for (logged once), not a fatal error.
+func TestAcquireWaitsForEtcd(t *testing.T) {
+	t.Parallel()
+	cli, startEtcd := lateEtcd(t)
+	cfg, err := ParseConfig([]byte(testConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, lb := newManager(cli, nodeA, Options{CallTimeout: time.Second, Identity: "host a"})
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Acquire(testCtx(t), cfg)
+		done <- err
+	}()
+	eventually(t, "the unreachable log line", func() bool { return strings.Contains(lb.String(), "etcd is unreachable") })
+	select {
+	case err := <-done:
+		t.Fatalf("Acquire returned %v with no etcd", err)
+	default:
+	}
+	other := startEtcd()
+	if err := <-done; err != nil {
+		t.Fatalf("Acquire after etcd appeared: %v\n%s", err, lb.String())
+	}
+	if countSubnets(t, other) != 1 {
+		t.Errorf("want one lease in etcd")
+	}
+}
+
+// TestUnreachable: which errors count as an unreachable etcd.
+func TestUnreachable(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{context.DeadlineExceeded, true},
+		{fmt.Errorf("grant lease: %w", context.DeadlineExceeded), true},
+		{status.Error(codes.Unavailable, "connection refused"), true},
+		{fmt.Errorf("list subnets: %w", status.Error(codes.DeadlineExceeded, "slow")), true},
+		{rpctypes.ErrNoLeader, true},
+		{rpctypes.ErrAuthFailed, false},
+		{rpctypes.ErrPermissionDenied, false},
+		{errConfigNotFound, false},
+		{errors.New("network is too small. Minimum useful network prefix is /28"), false},
+	} {
+		if got := unreachable(tt.err); got != tt.want {
+			t.Errorf("unreachable(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }
 
@@ -244,4 +312,63 @@ func TestConcurrentLeaseEvents(t *testing.T) {
 	}
 	stop()
 	wg.Wait()
+}
+
+// TestClaimPublicIP: a second node with the same PublicIP waits, naming
+// both nodes once, while the first runs; a restart of the first (same
+// identity) takes its claim over at once; once the holders are gone and
+// the claim expired, the waiting node proceeds.
+func TestClaimPublicIP(t *testing.T) {
+	t.Parallel()
+	etcdtest.Backends(t, func(t *testing.T, cli *clientv3.Client) {
+		cfg := putConfig(t, cli)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		first := func(ctx context.Context) Lease {
+			m, _ := newManager(cli, nodeA, Options{Identity: "host a, interface eth0 192.0.2.1"})
+			m.claimTTL = 1
+			l, err := m.Acquire(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l
+		}
+		ctx1, stop1 := context.WithCancel(ctx)
+		l1 := first(ctx1)
+
+		m2, lb2 := newManager(cli, nodeA, Options{Identity: "host b, interface eth0 192.0.2.9"})
+		done := make(chan error, 1)
+		var l2 Lease
+		go func() {
+			var err error
+			l2, err = m2.Acquire(ctx, cfg)
+			done <- err
+		}()
+		const conflict = "PublicIP 192.0.2.1 is already used by the running flanneld on host a, interface eth0 192.0.2.1; this node (host b, interface eth0 192.0.2.9)"
+		eventually(t, "the conflict error", func() bool { return strings.Contains(lb2.String(), conflict) })
+
+		// The first node restarts: its claim is taken over, not waited for.
+		stop1()
+		ctx3, stop3 := context.WithCancel(ctx)
+		if l3 := first(ctx3); l3.Subnet != l1.Subnet {
+			t.Errorf("restarted node got %s, want its %s", l3.Subnet, l1.Subnet)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the second node acquired (%v) while the first runs", err)
+		default:
+		}
+		stop3()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(lb2.String(), conflict) != 1 || !strings.Contains(lb2.String(), "is free again") {
+			t.Errorf("want the conflict once, then its end:\n%s", lb2.String())
+		}
+		// With the same PublicIP it reuses the same lease, as upstream:
+		// the first node is gone.
+		if l2.Subnet != l1.Subnet {
+			t.Errorf("second node got %s, want the lease of its PublicIP %s", l2.Subnet, l1.Subnet)
+		}
+	})
 }

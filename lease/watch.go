@@ -20,7 +20,7 @@ const maxWarned = 4096
 // values are skipped with one warning each. Watch returns nil when ctx is
 // done.
 func (m *Manager) Watch(ctx context.Context, own func() netip.Prefix, events chan<- []Event) error {
-	w := watcher{m: m, own: own, events: events, known: map[netip.Prefix]Lease{}, warned: map[string]string{}}
+	w := watcher{m: m, own: own, events: events, known: map[netip.Prefix]Lease{}}
 	backoff := minBackoff
 	relist := true
 	var rev int64
@@ -57,7 +57,6 @@ type watcher struct {
 	own    func() netip.Prefix
 	events chan<- []Event
 	known  map[netip.Prefix]Lease
-	warned map[string]string // key -> value already warned about
 	// started is set once the first snapshot has been sent.
 	started bool
 }
@@ -75,7 +74,7 @@ func (w *watcher) snapshot(ctx context.Context) (int64, error) {
 	current := make(map[netip.Prefix]Lease, len(entries))
 	for _, e := range entries {
 		if e.AttrsErr != nil {
-			w.warn(e.Key, "", "ignoring subnet with malformed value", "err", e.AttrsErr)
+			w.warn(e.Key, e.Raw, "ignoring subnet with malformed value", "err", e.AttrsErr)
 			continue
 		}
 		current[e.Subnet] = w.lease(e)
@@ -109,6 +108,7 @@ func (w *watcher) follow(ctx context.Context, rev int64) (next int64, relist, pr
 	for resp := range w.m.reg.watchSubnets(wctx, rev) {
 		if resp.CompactRevision != 0 || resp.Err() == rpctypes.ErrCompacted {
 			w.m.log.Warn("subnet watch fell behind a compaction, re-listing", "rev", rev, "compacted", resp.CompactRevision)
+			w.m.obs.WatchResynced()
 			return rev, true, progressed
 		}
 		if err := resp.Err(); err != nil {
@@ -148,7 +148,7 @@ func (w *watcher) event(ctx context.Context, ev *clientv3.Event) (Event, bool) {
 	old, had := w.known[e.Subnet]
 	if ev.Type == mvccpb.DELETE || e.AttrsErr != nil {
 		if e.AttrsErr != nil && ev.Type == mvccpb.PUT {
-			w.warn(e.Key, string(kv.Value), "ignoring subnet with malformed value", "err", e.AttrsErr)
+			w.warn(e.Key, e.Raw, "ignoring subnet with malformed value", "err", e.AttrsErr)
 		}
 		if !had {
 			return Event{}, false
@@ -195,14 +195,21 @@ func (w *watcher) send(ctx context.Context, batch []Event, always bool) error {
 	}
 }
 
-// warn logs once per key and value.
 func (w *watcher) warn(key, value, msg string, args ...any) {
-	if v, ok := w.warned[key]; ok && v == value {
+	w.m.warnOnce(key, value, msg, args...)
+}
+
+// warnOnce logs a malformed entry once per key and value, whichever of
+// Acquire and Watch meets it first.
+func (m *Manager) warnOnce(key, value, msg string, args ...any) {
+	m.warnMu.Lock()
+	defer m.warnMu.Unlock()
+	if v, ok := m.warned[key]; ok && v == value {
 		return
 	}
-	if len(w.warned) >= maxWarned {
-		clear(w.warned)
+	if len(m.warned) >= maxWarned {
+		clear(m.warned)
 	}
-	w.warned[key] = value
-	w.m.log.Warn(msg, append([]any{"key", key}, args...)...)
+	m.warned[key] = value
+	m.log.Warn(msg, append([]any{"key", key}, args...)...)
 }

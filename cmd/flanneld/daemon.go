@@ -112,6 +112,8 @@ func (d *daemon) run(parent context.Context) error {
 		PublicIP:    ext.ExtAddr,
 		PrevSubnet:  prev.Subnet,
 		RenewMargin: o.renewMargin(),
+		Observer:    newLeaseMetrics(),
+		Identity:    nodeIdentity(ext),
 		Logger:      log,
 	})
 	cfg, err := mgr.WaitConfig(ctx)
@@ -225,6 +227,12 @@ func (d *daemon) run(parent context.Context) error {
 	cancel()
 	wg.Wait()
 	return runErr
+}
+
+// nodeIdentity names this node in PublicIP conflict messages.
+func nodeIdentity(ext *extIface) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("host %s, interface %s %s", host, ext.Name, ext.IfaceAddr)
 }
 
 // writeSubnetFile writes the subnet file; a failure is only a warning, as

@@ -130,6 +130,12 @@ func TestClusterEndToEnd(t *testing.T) {
 			if string(raw) != wantEnv {
 				t.Errorf("%s:\n%s\nwant:\n%s", n.SubnetFile, raw, wantEnv)
 			}
+			if v := metricValue(t, n, "flannel_lease_acquisitions_total"); v != 1 {
+				t.Errorf("flannel_lease_acquisitions_total on %s = %v, want 1", n.Host.Name, v)
+			}
+			if exp := time.Unix(int64(metricValue(t, n, "flannel_lease_expiry_timestamp_seconds")), 0); time.Until(exp) < 23*time.Hour {
+				t.Errorf("flannel_lease_expiry_timestamp_seconds on %s = %v, want about 24 h ahead", n.Host.Name, exp)
+			}
 			out, err := n.Host.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "flannel0")
 			if err != nil || !strings.Contains(out, n.Env.Subnet.Addr().String()+"/32") {
 				t.Errorf("flannel0 on %s: %q %v, want address %s/32", n.Host.Name, out, err, n.Env.Subnet.Addr())

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 )
 
@@ -144,3 +145,34 @@ func countEtcdError(method string, err error) {
 	}
 	metrics.GetOrCreateCounter(`flannel_etcd_request_errors_total{method="` + method + `",code="` + status.Code(err).String() + `"}`).Inc()
 }
+
+// leaseMetrics turns the lease manager's reports into metrics. They are
+// created at start so that they read 0, not absent, before anything happens.
+type leaseMetrics struct {
+	expiry                      *metrics.Gauge
+	acquisitions, renewals      *metrics.Counter
+	renewFailures, watchResyncs *metrics.Counter
+}
+
+func newLeaseMetrics() *leaseMetrics {
+	return &leaseMetrics{
+		expiry:        metrics.GetOrCreateGauge("flannel_lease_expiry_timestamp_seconds", nil),
+		acquisitions:  metrics.GetOrCreateCounter("flannel_lease_acquisitions_total"),
+		renewals:      metrics.GetOrCreateCounter("flannel_lease_renewals_total"),
+		renewFailures: metrics.GetOrCreateCounter("flannel_lease_renewal_failures_total"),
+		watchResyncs:  metrics.GetOrCreateCounter("flannel_lease_watch_resyncs_total"),
+	}
+}
+
+func (m *leaseMetrics) setExpiry(l lease.Lease) {
+	if l.Expiration.IsZero() {
+		m.expiry.Set(0)
+		return
+	}
+	m.expiry.Set(float64(l.Expiration.UnixNano()) / 1e9)
+}
+
+func (m *leaseMetrics) LeaseAcquired(l lease.Lease) { m.acquisitions.Inc(); m.setExpiry(l) }
+func (m *leaseMetrics) LeaseRenewed(l lease.Lease)  { m.renewals.Inc(); m.setExpiry(l) }
+func (m *leaseMetrics) RenewFailed(error)           { m.renewFailures.Inc() }
+func (m *leaseMetrics) WatchResynced()              { m.watchResyncs.Inc() }

@@ -33,7 +33,7 @@ func startWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 	c, err := cluster.Start(ctx, opts)
-	if c == nil && err != nil {
+	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
 	t.Cleanup(func() {

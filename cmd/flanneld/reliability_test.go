@@ -391,21 +391,29 @@ func TestLeaseChurn(t *testing.T) {
 	opsc := make(chan int, writers)
 	for w := range writers {
 		go func() {
-			tick := time.NewTicker(time.Second * writers / rate)
-			defer tick.Stop()
+			// Operations follow a fixed schedule, catching up when a
+			// call was slow, so the rate holds under load.
+			start, every := time.Now(), time.Second*writers/rate
 			ops := 0
 			defer func() { opsc <- ops }()
 			for i := 0; time.Now().Before(end); i++ {
-				<-tick.C
-				// Each writer owns subnets 100+w, 110+w, ...: puts and
-				// deletes alternate over them.
-				sub := 100 + w + 10*((i/2)%13)
+				if d := time.Until(start.Add(time.Duration(i) * every)); d > 0 {
+					time.Sleep(d) // pacing, not synchronisation
+				}
+				// Each writer owns subnets 100+w, 110+w, ... (13 slots):
+				// it adds a lease to one slot, then removes the one 5 slots
+				// ahead, so about 5 of its leases exist at any time.
+				slot := (i / 2) % 13
+				if i%2 == 1 {
+					slot = (slot + 5) % 13
+				}
+				sub := 100 + w + 10*slot
 				key := fmt.Sprintf("%s198.18.%d.0-24", subnetsPrefix, sub)
 				var err error
 				if i%2 == 0 {
 					val := lease.MarshalLeaseAttrs(netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + sub%100)}))
 					_, err = c.Etcd.Put(ctx, key, string(val), clientv3.WithLease(grant.ID))
-				} else if i%7 != 1 { // some keys are left in place
+				} else {
 					_, err = c.Etcd.Delete(ctx, key)
 				}
 				if err != nil {
@@ -434,14 +442,31 @@ func TestLeaseChurn(t *testing.T) {
 	if s.Lost > 0 {
 		t.Errorf("the stream between the stable nodes lost %d of %d datagrams", s.Lost, s.Sent)
 	}
-	// Behaviour too: a churned subnet whose key is gone has no route.
-	resp, err := c.Etcd.Get(ctx, subnetsPrefix+"198.18.100.0-24")
+	// Behaviour too: every churned subnet whose key is gone has no route.
+	// With the route count equal to the lease count, the routes are
+	// exactly the leases.
+	resp, err := c.Etcd.Get(ctx, subnetsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Kvs) == 0 {
-		waitUnreachable(t, 5*time.Second, n1.Container, netip.MustParseAddr("198.18.100.2"))
+	present := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		present[string(kv.Key)] = true
 	}
+	absent := 0
+	for sub := 100; sub < 100+10*13; sub++ {
+		if present[fmt.Sprintf("%s198.18.%d.0-24", subnetsPrefix, sub)] {
+			continue
+		}
+		absent++
+		dst := netip.AddrFrom4([4]byte{198, 18, byte(sub), 2})
+		for _, n := range c.Nodes {
+			if out, _ := ping(ctx, n.Container, dst); !strings.Contains(out, "Destination Net Unreachable") {
+				t.Errorf("%s: %s has no lease but ping printed %q", n.Host.Name, dst, out)
+			}
+		}
+	}
+	t.Logf("checked %d subnets without a lease: no route on either node", absent)
 	for _, n := range c.Nodes {
 		if !n.Running() {
 			t.Errorf("flanneld on %s exited", n.Host.Name)
@@ -553,18 +578,41 @@ func TestMalformedEntries(t *testing.T) {
 	waitUnreachable(t, 10*time.Second, n1.Container, netip.MustParseAddr("198.18.219.2"))
 	waitUnreachable(t, 10*time.Second, n1.Container, netip.MustParseAddr("198.18.213.2"))
 	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
-	for _, n := range c.Nodes {
-		if !n.Running() {
-			t.Fatalf("flanneld on %s exited", n.Host.Name)
-		}
-		log := n.Log()
-		for _, b := range append(bad, struct{ key, value string }{"198.18.219.0-24", ""}) {
+	all := append(bad, struct{ key, value string }{"198.18.219.0-24", `{"PublicIP":"bogus"}`})
+	once := func(n *cluster.Node, log string) {
+		t.Helper()
+		for _, b := range all {
 			k := strings.Count(log, subnetsPrefix+b.key+" ") + strings.Count(log, subnetsPrefix+b.key+"\n")
 			if k != 1 {
 				t.Errorf("%s logged %s %d times, want once", n.Host.Name, b.key, k)
 			}
 		}
 	}
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			t.Fatalf("flanneld on %s exited", n.Host.Name)
+		}
+		once(n, n.Log())
+	}
+
+	// A restarted node finds them in its first listing: once each again,
+	// and not again when they are written anew.
+	n2.Stop(syscall.SIGTERM, 10*time.Second)
+	from := len(n2.Log())
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range all {
+		if _, err := c.Etcd.Put(ctx, subnetsPrefix+b.key, b.value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putLease(t, c.Etcd, "198.18.220.0/24", "192.0.2.220")
+	waitRoutes(t, 10*time.Second, 2, n1, n2)
+	once(n2, n2.Log()[from:])
 }
 
 // TestInvalidConfigWaits: each invalid config of spec §2.2 is logged once
@@ -662,4 +710,117 @@ func TestBadFlagExits(t *testing.T) {
 			t.Errorf("flanneld %s: exit %d (%v), output %q; want exit 1 naming %s", tt.arg, code, err, out, tt.name)
 		}
 	}
+}
+
+// TestPublicIPConflict: a node started with another running node's
+// PublicIP names both nodes in one error and waits; the first node keeps
+// its lease untouched and its traffic flowing.
+func TestPublicIPConflict(t *testing.T) {
+	t.Parallel()
+	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1})
+	ctx := t.Context()
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	before, err := c.Etcd.Get(ctx, subnetsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
+	st := startStream(t, n1.Container, n2.Container, 7006, 10*time.Millisecond)
+
+	n3.Args = []string{"--public-ip=" + n2.Host.Addr.String()}
+	if err := n3.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const conflict = "is already used by the running flanneld on"
+	waitLog(t, 20*time.Second, n3, conflict)
+	// Watch for 3 s: no lease written, node 3 not ready, one error line.
+	until := time.Now().Add(3 * time.Second)
+	for time.Now().Before(until) {
+		if !n3.Running() {
+			t.Fatalf("node 3 exited:\n%s", n3.Log())
+		}
+		if code, _, _ := n3.HTTPGet(ctx, "/readyz"); code != http.StatusServiceUnavailable {
+			t.Fatalf("node 3 /readyz %d while in conflict, want 503", code)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
+	}
+	var line string
+	for _, l := range strings.Split(n3.Log(), "\n") {
+		if strings.Contains(l, conflict) {
+			line = l
+		}
+	}
+	for _, want := range []string{"PublicIP " + n2.Host.Addr.String(), "eth0 " + n2.Host.Addr.String(), "eth0 " + n3.Host.Addr.String()} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the conflict error does not name %q: %s", want, line)
+		}
+	}
+	if k := strings.Count(n3.Log(), conflict); k != 1 {
+		t.Errorf("conflict logged %d times, want once", k)
+	}
+	t.Logf("MEASURED PublicIP conflict: %s", line)
+	after, err := c.Etcd.Get(ctx, subnetsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after.Kvs) != fmt.Sprint(before.Kvs) {
+		t.Errorf("leases changed while the conflicting node waited:\n%v\nwant\n%v", after.Kvs, before.Kvs)
+	}
+	st.Stop()
+	if s := st.stats(); s.Lost > 0 {
+		t.Errorf("the stream to node 2 lost %d of %d datagrams", s.Lost, s.Sent)
+	}
+}
+
+// TestLeaseTakenOver: another node takes this node's subnet. The node says
+// who took it, moves to another subnet and leaves the taker alone: the
+// keys settle, with no back-and-forth.
+func TestLeaseTakenOver(t *testing.T) {
+	t.Parallel()
+	c := startWith(t, cluster.Options{Hosts: 2})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	old := n2.Env.Subnet
+	key := subnetsPrefix + lease.SubnetKey(old)
+	const taker = "192.0.2.250"
+	putLease(t, c.Etcd, old.String(), taker)
+	const taken = "was taken by the node with PublicIP " + taker
+	waitLog(t, 10*time.Second, n2, taken)
+	var moved netip.Prefix
+	waitFor(t, 10*time.Second, "node 2 on a new subnet", func() error {
+		env, err := lease.ReadSubnetFile(n2.SubnetFile)
+		if err != nil || env.Subnet == old {
+			return fmt.Errorf("subnet file %+v %v", env, err)
+		}
+		moved = env.Subnet
+		return nil
+	})
+	waitRoutes(t, 10*time.Second, 2, n1) // node 2's new subnet and the taker's
+	resp, err := c.Etcd.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	rev := resp.Kvs[0].ModRevision
+	// 3 s of quiet: the taken key is not fought over.
+	until := time.Now().Add(3 * time.Second)
+	for time.Now().Before(until) {
+		r, err := c.Etcd.Get(ctx, key)
+		if err != nil || len(r.Kvs) != 1 || r.Kvs[0].ModRevision != rev {
+			t.Fatalf("%s changed again: %v %v", key, r, err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
+	}
+	if k := strings.Count(n2.Log(), taken); k != 1 {
+		t.Errorf("takeover logged %d times, want once", k)
+	}
+	line := ""
+	for _, l := range strings.Split(n2.Log(), "\n") {
+		if strings.Contains(l, taken) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, old.String()) || !strings.Contains(line, n2.Host.Addr.String()) {
+		t.Errorf("the takeover error does not name the subnet and this node: %s", line)
+	}
+	t.Logf("MEASURED lease taken over: node 2 moved %s -> %s; %s", old, moved, line)
 }

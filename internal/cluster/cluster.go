@@ -78,6 +78,7 @@ type Node struct {
 	Dir        string
 	SubnetFile string
 	Args       []string
+	Environ    []string           // added to flanneld's environment, e.g. FLANNELD_ETCD_PASSWORD=...
 	Env        lease.SubnetFile   // what flanneld wrote, once ready
 	Container  *testbed.Container // on the leased subnet, once added
 
@@ -112,7 +113,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Close()
 		}
 	}()
-	if opts.Idle < 0 || opts.Idle >= opts.Hosts && opts.EtcdMembers == 0 || opts.Idle > opts.Hosts {
+	// The embedded etcd runs in host 1's flanneld, which must start.
+	minActive := 1
+	if opts.EtcdMembers > 0 {
+		minActive = 0
+	}
+	if opts.Idle < 0 || opts.Hosts-opts.Idle < minActive {
 		return nil, fmt.Errorf("cluster: Options.Idle %d out of range for %d hosts", opts.Idle, opts.Hosts)
 	}
 	bopts := opts.Bed
@@ -244,6 +250,9 @@ func (n *Node) Start(ctx context.Context) error {
 		out = io.MultiWriter(n.logBuf, &prefixWriter{w: c.opts.Log, prefix: fmt.Sprintf("[h%d] ", n.Index)})
 	}
 	cmd.Stdout, cmd.Stderr = out, out
+	if len(n.Environ) > 0 {
+		cmd.Env = append(os.Environ(), n.Environ...)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Host.Name, err)
 	}
