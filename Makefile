@@ -29,10 +29,10 @@ test: lint
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 3600s ./bench/ -args -report
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 3600s ./bench/ -args -report -flanneld $(CURDIR)/$(BIN)/flanneld
 
 bench-quick: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 1200s ./bench/ -args -report -quick
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 1200s ./bench/ -args -report -quick -flanneld $(CURDIR)/$(BIN)/flanneld
 
 fuzz:
 	@for pkg in $$($(GO) list ./...); do \

@@ -21,14 +21,15 @@ import (
 const bedPrefix = "fgb"
 
 // flannelVariants are the flanneld configurations measured, each in fresh
-// namespaces. Add a row to measure a flag, e.g. the offload switch once it
-// exists: {"flannel-go q=1 no-offload", []string{"--queues=1", "--offload=false"}}.
+// namespaces, so that each technique's share is visible: the defaults, then
+// without offloads, then also with a single queue.
 var flannelVariants = []struct {
 	name string
 	args []string
 }{
 	{"flannel-go", nil},
-	{"flannel-go q=1", []string{"--queues=1"}},
+	{"no offloads", []string{"--offloads=false"}},
+	{"no offloads q=1", []string{"--offloads=false", "--queues=1"}},
 }
 
 // udpRates are the offered rates of the 64-byte UDP workload, in packets/s.

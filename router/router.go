@@ -3,6 +3,12 @@
 // byte-compatible with upstream flannel's udp backend. Each TUN queue gets
 // a worker with its own SO_REUSEPORT socket; workers share nothing but an
 // immutable route table they read without locks.
+//
+// With offloads, a worker reads 64 KB super-packets from the TUN (split
+// into packets by package tun), sends each peer's run of packets as one
+// UDP GSO train, receives trains with UDP GRO and hands them to the TUN to
+// be coalesced again. The kernel still puts one inner packet in each
+// datagram on the wire, so peers running upstream flanneld interoperate.
 package router
 
 import (
@@ -177,6 +183,10 @@ func (r *Router) Stats() Stats {
 		s.RxPackets += w.in.packets.Load()
 		s.RxBytes += w.in.bytes.Load()
 		s.RxBatches += w.in.batches.Load()
+		s.TxBatchPackets += w.eg.batchPackets.Load()
+		s.RxBatchPackets += w.in.batchPackets.Load()
+		sumBatches(&s.TxBatchSizes, &w.eg)
+		sumBatches(&s.RxBatchSizes, &w.in)
 		s.addDrops(&w.eg)
 		s.addDrops(&w.in)
 	}

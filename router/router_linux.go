@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/flannel-go/flannel-go/tun"
 	"golang.org/x/sys/unix"
@@ -115,7 +116,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.log.Info("Data plane running", "workers", len(r.workers), "local", r.cfg.LocalAddr,
 		"port", r.cfg.Port, "mtu", r.cfg.MTU, "accept_unknown_peers", r.cfg.AcceptUnknownPeers,
 		"tun_vnet_hdr", o.TUNVnetHdr, "tun_tso", o.TUNTSO, "tun_uso", o.TUNUSO,
-		"udp_gso", o.UDPGSO, "udp_gro", o.UDPGRO)
+		"udp_gso", o.UDPGSO, "udp_gro", o.UDPGRO, "gomaxprocs", runtime.GOMAXPROCS(0))
 
 	errc := make(chan error, 2*len(r.workers))
 	for _, w := range r.workers {

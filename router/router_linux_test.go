@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/tun"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -28,20 +33,43 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
-func TestRouterNetns(t *testing.T) {
-	enterNetns(t)
-	// Underlay: the node's, a peer's and a stranger's address on the
-	// namespace's loopback (no dummy module needed).
-	lo, err := netlink.LinkByName("lo")
+// inHost runs fn inside a fresh one-host testbed (192.0.2.1 on eth0) whose
+// loopback also holds a peer's (192.0.2.2) and a stranger's (192.0.2.3)
+// underlay address. Goroutines fn starts run outside the namespace; they
+// only use descriptors opened inside it.
+func inHost(t *testing.T, fn func(h *testbed.Host)) {
+	t.Helper()
+	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		if testbed.InCI() {
+			t.Fatalf("needs /dev/net/tun: %v", err)
+		}
+		t.Skipf("needs /dev/net/tun: %v", err)
+	}
+	err := h.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, a := range []string{"192.0.2.2/32", "192.0.2.3/32"} {
+			nl, _ := netlink.ParseAddr(a)
+			if err := netlink.AddrAdd(lo, nl); err != nil {
+				return fmt.Errorf("add %s: %w", a, err)
+			}
+		}
+		fn(h)
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range []string{"192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"} {
-		nl, _ := netlink.ParseAddr(a)
-		if err := netlink.AddrAdd(lo, nl); err != nil {
-			t.Fatalf("add %s: %v", a, err)
-		}
-	}
+}
+
+func TestRouterNetns(t *testing.T) {
+	inHost(t, func(*testbed.Host) { testRouterNetns(t) })
+}
+
+func testRouterNetns(t *testing.T) {
 
 	tunAddr := netip.MustParseAddr("198.18.32.0")
 	network := netip.MustParsePrefix("198.18.0.0/16")
@@ -193,4 +221,119 @@ func udpOver(t *testing.T, src, dst [4]byte, sport, dport int, payload []byte) [
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// sendGSO sends b from c to to as datagrams of size bytes with one
+// sendmsg and a UDP_SEGMENT control message.
+func sendGSO(t *testing.T, c *net.UDPConn, b []byte, size int, to *net.UDPAddr) {
+	t.Helper()
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(size))
+	if _, _, err := c.WriteMsgUDP(b, oob, to); err != nil {
+		t.Fatalf("send GSO burst: %v", err)
+	}
+}
+
+// TestRouterWireFormat checks what an upstream flanneld peer sees: its
+// socket has no UDP_GRO, so every datagram must be exactly one complete
+// inner packet with valid checksums, even when the TUN hands over a UDP
+// super-packet and the router sends it as one GSO train. (The EIO
+// fallback is tested with an injected sendmmsg: since Linux 6.2 a device
+// without checksum offload no longer makes UDP GSO fail, and this kernel
+// has no IPsec to make it fail otherwise.)
+func TestRouterWireFormat(t *testing.T) {
+	inHost(t, func(*testbed.Host) {
+		tunAddr := netip.MustParseAddr("198.18.32.0")
+		network := netip.MustParsePrefix("198.18.0.0/16")
+		dev, err := tun.Open("flannel0", 1)
+		if err != nil {
+			t.Fatalf("tun.Open: %v", err)
+		}
+		defer dev.Close()
+		if err := dev.Configure(tunAddr, 1472, 500, network); err != nil {
+			t.Fatalf("Configure: %v", err)
+		}
+		r, err := New(Config{
+			Network: network, SubnetLen: 24, OwnSubnet: netip.PrefixFrom(tunAddr, 24),
+			LocalAddr: netip.MustParseAddr("192.0.2.1"), MTU: 1472,
+		}, dev.Queues)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), peerA}})
+		peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: peerA.AsSlice(), Port: DefaultPort})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer app.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- r.Run(ctx) }()
+
+		const n, size = 10, 1000
+		burst := func(tag byte) {
+			t.Helper()
+			msg := bytes.Repeat([]byte{tag}, n*size)
+			for i := range n {
+				msg[i*size] = byte(i)
+			}
+			sendGSO(t, app, msg, size, &net.UDPAddr{IP: net.IPv4(198, 18, 5, 7), Port: 4242})
+			buf := make([]byte, 65535)
+			peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for i := range n {
+				m, err := peer.Read(buf)
+				if err != nil {
+					t.Fatalf("burst %d: datagram %d: %v", tag, i, err)
+				}
+				d := buf[:m]
+				pkt := gopacket.NewPacket(d, layers.LayerTypeIPv4, gopacket.Default)
+				ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+				udp, _ := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
+				if ip == nil || udp == nil || int(ip.Length) != m || ip.TTL != 63 || udp.DstPort != 4242 ||
+					!bytes.Equal(udp.Payload, msg[i*size:(i+1)*size]) {
+					t.Fatalf("burst %d: datagram %d (%d bytes) is not inner packet %d: %x", tag, i, m, i, d[:min(m, 40)])
+				}
+				// Serialising the decoded layers again with fresh checksums
+				// must give the same bytes.
+				udp.SetNetworkLayerForChecksum(ip)
+				sb := gopacket.NewSerializeBuffer()
+				if err := gopacket.SerializeLayers(sb, gopacket.SerializeOptions{ComputeChecksums: true}, ip, udp, gopacket.Payload(udp.Payload)); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(sb.Bytes(), d) {
+					t.Fatalf("burst %d: datagram %d has wrong checksums", tag, i)
+				}
+			}
+		}
+		burst(1)
+		o := r.Offloads()
+		if o.TUNUSO && o.UDPGSO {
+			// Other reads are the kernel's IPv6 chatter on the new link.
+			if s := r.Stats(); s.TxPackets != n || s.TxBatches-s.Drops.NotIPv4 != 1 {
+				t.Errorf("USO burst: %d packets in %d TUN reads (%d not IPv4), want %d in 1", s.TxPackets, s.TxBatches, s.Drops.NotIPv4, n)
+			}
+		}
+		burst(2)
+		if s := r.Stats(); s.Drops.SendError != 0 || s.TxPackets != 2*n {
+			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops.SendError, 2*n)
+		}
+		cancel()
+		select {
+		case err := <-runErr:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return 5 s after cancel")
+		}
+	})
 }

@@ -1,6 +1,9 @@
 package router
 
-import "sync/atomic"
+import (
+	"math/bits"
+	"sync/atomic"
+)
 
 // dropReason says why a packet was dropped; it indexes the drop counters.
 type dropReason uint8
@@ -47,21 +50,46 @@ type Stats struct {
 
 	Drops Drops
 
+	// TxBatchSizes and RxBatchSizes count batches by size: bucket i holds
+	// the batches of more than BatchSizeBounds[i-1] and at most
+	// BatchSizeBounds[i] packets, the last bucket the larger ones.
+	TxBatchSizes, RxBatchSizes [len(BatchSizeBounds) + 1]uint64
+	// TxBatchPackets and RxBatchPackets are the packets in those batches.
+	TxBatchPackets, RxBatchPackets uint64
+
 	// Offloads in use when Stats was called.
 	Offloads Offloads
 }
+
+// BatchSizeBounds are the upper bounds of the batch-size buckets.
+var BatchSizeBounds = [...]int{1, 2, 4, 8, 16, 32, 64, 128}
 
 // counters belong to one direction of one worker: only its goroutine
 // writes them, Stats reads them. The padding keeps two directions off
 // one cache line.
 type counters struct {
 	packets, bytes, batches atomic.Uint64
+	batchPackets            atomic.Uint64
+	batchSizes              [len(BatchSizeBounds) + 1]atomic.Uint64
 	icmpSent, icmpLimited   atomic.Uint64
 	drops                   [numDropReasons]atomic.Uint64
 	_                       [64]byte
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
+
+// batch counts a batch of n >= 1 packets.
+func (c *counters) batch(n int) {
+	c.batches.Add(1)
+	c.batchPackets.Add(uint64(n))
+	c.batchSizes[min(bits.Len(uint(n-1)), len(BatchSizeBounds))].Add(1)
+}
+
+func sumBatches(sizes *[len(BatchSizeBounds) + 1]uint64, c *counters) {
+	for i := range sizes {
+		sizes[i] += c.batchSizes[i].Load()
+	}
+}
 
 func (s *Stats) addDrops(c *counters) {
 	s.Drops.NoRoute += c.drops[dropNoRoute].Load()

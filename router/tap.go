@@ -24,8 +24,9 @@ func (d Direction) String() string {
 // pcap. Capture is called on the packet path, from several workers at
 // once, with each inner packet as a whole IPv4 packet: Out packets as read
 // from the TUN after a super-packet was split (before routing and the TTL
-// decrement, dropped ones included), In packets as received from a peer
-// after a GRO train was split (before the checks and before coalescing).
+// decrement, dropped ones included), In packets from a known peer (any
+// sender with AcceptUnknownPeers) after a GRO train was split, before the
+// packet checks and before coalescing.
 // pkt is only valid during the call: Capture must copy what it keeps and
 // must not modify it.
 type Tap interface {

@@ -43,12 +43,15 @@ var (
 // message headers and control messages are made once: the steady state
 // allocates nothing.
 type worker struct {
-	r     *Router
-	id    int
-	q     tun.Queue
-	sock  int
-	evfd  int
-	start time.Time
+	r    *Router
+	id   int
+	q    tun.Queue
+	sock int
+	evfd int
+	// clock is the time since the worker started; tests stop it.
+	clock func() time.Duration
+	// sendmmsg is the syscall; tests make it fail.
+	sendmmsg func(fd int, msgs []unix.Mmsghdr) (int, unix.Errno)
 
 	// Egress, owned by the egress goroutine.
 	tunBufs  [][]byte
@@ -98,7 +101,6 @@ func newWorker(r *Router, id int, q tun.Queue) *worker {
 		q:        q,
 		sock:     -1,
 		evfd:     -1,
-		start:    time.Now(),
 		tunBufs:  slab(eb, off+maxDatagram),
 		tunSizes: make([]int, eb),
 		outIovs:  make([]unix.Iovec, eb),
@@ -118,6 +120,9 @@ func newWorker(r *Router, id int, q tun.Queue) *worker {
 		inCtl:    make([]byte, udpBatch*groCtlLen),
 		inWrite:  make([][]byte, 0, udpBatch*maxGROSegs),
 	}
+	start := time.Now()
+	w.clock = func() time.Duration { return time.Since(start) }
+	w.sendmmsg = sendmmsg
 	var port [2]byte
 	binary.BigEndian.PutUint16(port[:], uint16(r.cfg.Port))
 	sinPort := binary.NativeEndian.Uint16(port[:]) // sin_port holds network byte order
@@ -239,7 +244,7 @@ func (w *worker) icmpError(pkt []byte, hlen int, typ, code, ttl uint8, nicmp int
 	if !mayReportError(pkt, hlen) {
 		return nicmp
 	}
-	if !w.lim.allow(int64(time.Since(w.start))) {
+	if !w.lim.allow(int64(w.clock())) {
 		w.eg.icmpLimited.Add(1)
 		return nicmp
 	}
@@ -255,7 +260,7 @@ func (w *worker) icmpError(pkt []byte, hlen int, typ, code, ttl uint8, nicmp int
 // datagram.
 func (w *worker) groSize(i int) int {
 	h := &w.inMsgs[i].Hdr
-	if h.Controllen < uint64(unix.CmsgLen(4)) {
+	if int(h.Controllen) < unix.CmsgLen(4) {
 		return 0
 	}
 	ctl := w.inCtl[i*groCtlLen : (i+1)*groCtlLen]
@@ -287,9 +292,13 @@ func (w *worker) ingressBatch(t *table, n int) int {
 		}
 		buf := w.inBufs[i]
 		l := int(m.Len)
+		if l == 0 {
+			w.in.drop(dropMalformed)
+			continue
+		}
 		seg := w.groSize(i)
 		if seg <= 0 {
-			seg = max(l, 1)
+			seg = l
 		}
 		for at := 0; at < l; at += seg {
 			pkt := buf[off+at : off+min(at+seg, l)]
@@ -333,7 +342,7 @@ func (w *worker) runEgress() error {
 		if n == 0 {
 			continue
 		}
-		w.eg.batches.Add(1)
+		w.eg.batch(n)
 		_, nicmp := w.egressBatch(w.r.table.Load(), n)
 		if w.outN > 0 {
 			if err := w.send(); err != nil {
@@ -356,18 +365,17 @@ func (w *worker) runEgress() error {
 // way.
 func (w *worker) send() error {
 	for w.outIdx < w.outN {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(w.sock), uintptr(unsafe.Pointer(&w.outMsgs[w.outIdx])),
-			uintptr(w.outN-w.outIdx), 0, 0, 0)
+		r, e := w.sendmmsg(w.sock, w.outMsgs[w.outIdx:w.outN])
 		switch {
 		case e == 0 && r > 0:
 			var bytes, pkts uint64
-			for k := w.outIdx; k < w.outIdx+int(r); k++ {
+			for k := w.outIdx; k < w.outIdx+r; k++ {
 				bytes += uint64(w.outMsgs[k].Len)
 				pkts += uint64(w.msgSegs[k])
 			}
 			w.eg.packets.Add(pkts)
 			w.eg.bytes.Add(bytes)
-			w.outIdx += int(r)
+			w.outIdx += r
 		case e == unix.EINTR:
 		case e == unix.EAGAIN:
 			if waitFD(&w.spoll) != nil {
@@ -386,6 +394,11 @@ func (w *worker) send() error {
 		}
 	}
 	return nil
+}
+
+func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
+	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
+	return int(r), e
 }
 
 // waitFD sleeps until pfd[0] is ready; it fails once the eventfd in pfd[1]
@@ -413,7 +426,7 @@ func (w *worker) runIngress() error {
 		if err != nil {
 			return err
 		}
-		w.in.batches.Add(1)
+		w.in.batch(n)
 		if k := w.ingressBatch(w.r.table.Load(), n); k > 0 {
 			if err := w.writeTUN(w.inWrite[:k], &w.in, true); err != nil {
 				return err

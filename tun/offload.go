@@ -3,6 +3,7 @@ package tun
 import (
 	"encoding/binary"
 	"errors"
+	"math/bits"
 )
 
 // The virtio-net header (include/uapi/linux/virtio_net.h) that an
@@ -82,15 +83,26 @@ var (
 )
 
 // sum16 adds b as big-endian 16-bit words to sum without folding; a
-// trailing odd byte is the high byte of a last word. Eight bytes per step
-// keep the loop short; the 64-bit accumulator cannot overflow for any
-// packet (2^16 words of at most 2^16 each, times the 4 lanes).
+// trailing odd byte is the high byte of a last word. It adds 64-bit words
+// with end-around carry: 2^64-1 is a multiple of 2^16-1, so this is the
+// same one's-complement sum, four 16-bit words at a time.
 func sum16(b []byte, sum uint64) uint64 {
+	var c uint64
+	for len(b) >= 32 {
+		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b), c)
+		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[8:]), c)
+		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[16:]), c)
+		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[24:]), c)
+		b = b[32:]
+	}
 	for len(b) >= 8 {
-		v := binary.BigEndian.Uint64(b)
-		sum += v>>48 + (v>>32)&0xffff + (v>>16)&0xffff + v&0xffff
+		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b), c)
 		b = b[8:]
 	}
+	sum, c = bits.Add64(sum, c, 0)
+	sum += c
+	// Fold to 32 bits so that the short tail cannot overflow.
+	sum = sum>>32 + sum&0xffffffff
 	for len(b) >= 2 {
 		sum += uint64(binary.BigEndian.Uint16(b))
 		b = b[2:]
@@ -123,10 +135,12 @@ func ipv4HeaderChecksum(h []byte) {
 
 // completeChecksum finishes a CHECKSUM_PARTIAL packet: the field at
 // start+offset holds the pseudo-header sum, and the checksum covers
-// everything from start on.
+// everything from start on. start and offset are 16-bit header fields, so
+// they are never negative.
 func completeChecksum(p []byte, start, offset int) error {
 	at := start + offset
-	if start < 0 || at+2 > len(p) || start > len(p) {
+	// An odd offset would put the field across two checksum words.
+	if at+2 > len(p) || offset&1 != 0 {
 		return errBadCsum
 	}
 	c := ^fold(sum16(p[start:], 0))

@@ -32,7 +32,6 @@ type pkt struct {
 var (
 	addrA = [4]byte{198, 18, 5, 7}
 	addrB = [4]byte{198, 18, 32, 5}
-	addrC = [4]byte{198, 18, 68, 9}
 )
 
 func tcpFlow(seq uint32, id uint16, payload []byte) pkt {

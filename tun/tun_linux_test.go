@@ -2,17 +2,22 @@ package tun
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -37,22 +42,40 @@ func udpPacket(t *testing.T, src, dst netip.Addr, sport, dport int, payload []by
 	return buf.Bytes()
 }
 
-func openConfigured(t *testing.T, queues int) *Device {
+// withDevice runs fn inside a fresh testbed host h (goroutines fn starts
+// are not in it: they enter with h.Do), with flannel0 opened
+// (with opts) and configured there.
+func withDevice(t *testing.T, queues int, fn func(d *Device, h *testbed.Host), opts ...Option) {
 	t.Helper()
-	enterNetns(t)
-	d, err := Open("flannel0", queues)
+	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		if testbed.InCI() {
+			t.Fatalf("needs /dev/net/tun: %v", err)
+		}
+		t.Skipf("needs /dev/net/tun: %v", err)
+	}
+	err := h.Do(func() error {
+		d, err := Open("flannel0", queues, opts...)
+		if err != nil {
+			return fmt.Errorf("Open: %w", err)
+		}
+		defer d.Close()
+		if err := d.Configure(tunAddr, 1472, 1000, overlay); err != nil {
+			return fmt.Errorf("Configure: %w", err)
+		}
+		fn(d, h)
+		return nil
+	})
 	if err != nil {
-		t.Fatalf("Open: %v", err)
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
-	if err := d.Configure(tunAddr, 1472, 1000, overlay); err != nil {
-		t.Fatalf("Configure: %v", err)
-	}
-	return d
 }
 
 func TestOpenConfigure(t *testing.T) {
-	d := openConfigured(t, 2)
+	withDevice(t, 2, func(d *Device, _ *testbed.Host) { testOpenConfigure(t, d) })
+}
+
+func testOpenConfigure(t *testing.T, d *Device) {
 	if len(d.Queues) != 2 {
 		t.Fatalf("got %d queues, want 2", len(d.Queues))
 	}
@@ -114,11 +137,12 @@ func TestOpenConfigure(t *testing.T) {
 }
 
 func TestOpenRefusesExistingName(t *testing.T) {
-	openConfigured(t, 1)
-	_, err := Open("flannel0", 1)
-	if err == nil || !strings.Contains(err.Error(), "already exists") {
-		t.Fatalf("Open of an existing name: err %v, want 'already exists'", err)
-	}
+	withDevice(t, 1, func(*Device, *testbed.Host) {
+		_, err := Open("flannel0", 1)
+		if err == nil || !strings.Contains(err.Error(), "already exists") {
+			t.Errorf("Open of an existing name: err %v, want 'already exists'", err)
+		}
+	})
 }
 
 func TestOpenArgs(t *testing.T) {
@@ -133,8 +157,19 @@ func TestOpenArgs(t *testing.T) {
 }
 
 func TestReadWrite(t *testing.T) {
-	d := openConfigured(t, 1)
-	q := d.Queues[0]
+	for _, off := range []bool{true, false} {
+		t.Run(fmt.Sprintf("offloads=%v", off), func(t *testing.T) {
+			withDevice(t, 1, func(d *Device, _ *testbed.Host) {
+				if d.Offloads.VnetHdr != off || d.Queues[0].Offloads() != d.Offloads {
+					t.Errorf("offloads %+v, queue %+v; want VnetHdr %v", d.Offloads, d.Queues[0].Offloads(), off)
+				}
+				testReadWrite(t, d.Queues[0])
+			}, WithOffloads(off))
+		})
+	}
+}
+
+func testReadWrite(t *testing.T, q Queue) {
 
 	// Host to overlay: the kernel routes the datagram into the TUN.
 	c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: remote.AsSlice(), Port: 9999})
@@ -213,7 +248,10 @@ func TestReadWrite(t *testing.T) {
 }
 
 func TestCloseUnblocksRead(t *testing.T) {
-	d := openConfigured(t, 1)
+	withDevice(t, 1, func(d *Device, _ *testbed.Host) { testCloseUnblocksRead(t, d) })
+}
+
+func testCloseUnblocksRead(t *testing.T, d *Device) {
 	q := d.Queues[0]
 	errc := make(chan error, 1)
 	started := make(chan struct{})
@@ -244,4 +282,16 @@ func TestCloseUnblocksRead(t *testing.T) {
 	if _, err := q.Write([][]byte{make([]byte, 20)}, 0); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("Write after Close: %v, want os.ErrClosed", err)
 	}
+}
+
+// sendGSO sends b from c to to as datagrams of size bytes with one
+// sendmsg and a UDP_SEGMENT control message.
+func sendGSO(c *net.UDPConn, b []byte, size int, to *net.UDPAddr) error {
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(size))
+	_, _, err := c.WriteMsgUDP(b, oob, to)
+	return err
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -140,7 +141,8 @@ func (d *daemon) run(parent context.Context) error {
 	}
 	d.ownNet.Store(&l.Subnet)
 
-	dev, err := tun.Open(tunName, o.queues)
+	raiseGOMAXPROCS(o.queues, log)
+	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums))
 	if err != nil {
 		return fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
 	}
@@ -164,6 +166,7 @@ func (d *daemon) run(parent context.Context) error {
 		SocketBuffer:       o.socketBuffer,
 		AcceptUnknownPeers: o.acceptUnknownPeers,
 		MTU:                mtu,
+		DisableOffloads:    !o.offloads,
 		Logger:             log,
 	}, dev.Queues)
 	if err != nil {
@@ -336,5 +339,21 @@ func (d *daemon) resyncRules(ctx context.Context) {
 				d.log.Error("Resync iptables rules", "error", err)
 			}
 		}
+	}
+}
+
+// raiseGOMAXPROCS gives the Go scheduler a P for each of the data plane's
+// threads (two per queue, in blocking syscalls) plus one. With fewer, the
+// runtime takes the P from a thread in a long syscall and wakes another
+// thread to run it, and the returning thread waits for a P again: on a
+// 2-vCPU machine that cost about 15 % of single-stream throughput
+// (4.9 -> 5.7 Gbit/s). An explicit GOMAXPROCS in the environment is kept.
+func raiseGOMAXPROCS(queues int, log *slog.Logger) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	if want := 2*queues + 1; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+		log.Debug("Raised GOMAXPROCS for the data plane threads", "gomaxprocs", want)
 	}
 }

@@ -170,6 +170,19 @@ func TestClusterEndToEnd(t *testing.T) {
 			t.Fatalf("SHA-256 differs: sent %x, received %x", res.SentSum, res.RecvSum)
 		}
 		t.Logf("100 MiB in %s (%.0f Mbit/s)", res.Duration.Round(time.Millisecond), res.Mbps())
+		// The kernel here has TSO on TUNs and UDP GSO/GRO: the defaults use them.
+		n1 := c.Nodes[0]
+		for _, f := range []string{"tun_vnet_hdr", "tun_tso", "udp_gso", "udp_gro"} {
+			if v := metricValue(t, n1, `flannel_offload_enabled{feature="`+f+`"}`); v != 1 {
+				t.Errorf("offload %s = %v, want 1", f, v)
+			}
+		}
+		batches := metricValue(t, n1, `flannel_router_batch_size_count{direction="out"}`)
+		packets := metricValue(t, n1, `flannel_router_batch_size_sum{direction="out"}`)
+		if batches == 0 || packets/batches < 2 {
+			t.Errorf("sender made %v batches of %v packets: TSO super-packets should make batches of many", batches, packets)
+		}
+		t.Logf("sender: %.1f packets per TUN read", packets/batches)
 	})
 
 	t.Run("TTL expiry answers time exceeded", func(t *testing.T) {

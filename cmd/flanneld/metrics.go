@@ -93,6 +93,7 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 		{"not_ipv4", s.Drops.NotIPv4},
 		{"send_error", s.Drops.SendError},
 		{"tun_write_error", s.Drops.TunWriteError},
+		{"tun_read", s.Drops.TunRead},
 	} {
 		p.sample("flannel_router_dropped_packets_total", `reason="`+d.reason+`"`, d.n)
 	}
@@ -100,6 +101,43 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
 	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")
 	p.sample("flannel_router_icmp_errors_rate_limited_total", "", s.ICMPRateLimited)
+
+	p.family("flannel_router_batch_size", "histogram", "Packets per batch: per recvmmsg call (in), per TUN read after splitting super-packets (out).")
+	p.histogram("flannel_router_batch_size", "in", &s.RxBatchSizes, s.RxBatchPackets)
+	p.histogram("flannel_router_batch_size", "out", &s.TxBatchSizes, s.TxBatchPackets)
+
+	p.family("flannel_offload_enabled", "gauge", "1 when the data plane uses the offload, 0 when the kernel lacks it or it is turned off.")
+	for _, f := range []struct {
+		name string
+		on   bool
+	}{
+		{"tun_vnet_hdr", s.Offloads.TUNVnetHdr},
+		{"tun_tso", s.Offloads.TUNTSO},
+		{"tun_uso", s.Offloads.TUNUSO},
+		{"udp_gso", s.Offloads.UDPGSO},
+		{"udp_gro", s.Offloads.UDPGRO},
+	} {
+		v := uint64(0)
+		if f.on {
+			v = 1
+		}
+		p.sample("flannel_offload_enabled", `feature="`+f.name+`"`, v)
+	}
+}
+
+// histogram writes one direction's cumulative batch-size buckets.
+func (p promWriter) histogram(name, direction string, buckets *[len(router.BatchSizeBounds) + 1]uint64, sum uint64) {
+	var cum uint64
+	for i, b := range buckets {
+		cum += b
+		le := "+Inf"
+		if i < len(router.BatchSizeBounds) {
+			le = fmt.Sprint(router.BatchSizeBounds[i])
+		}
+		p.sample(name+"_bucket", `direction="`+direction+`",le="`+le+`"`, cum)
+	}
+	p.sample(name+"_sum", `direction="`+direction+`"`, sum)
+	p.sample(name+"_count", `direction="`+direction+`"`, cum)
 }
 
 // etcdMetricsDialOptions instruments every gRPC call of the etcd client.
