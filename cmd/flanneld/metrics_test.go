@@ -63,7 +63,12 @@ func TestWriteRouterStats(t *testing.T) {
 	writeRouterStats(&b, router.Stats{
 		TxPackets: 1, TxBytes: 2, RxPackets: 3, RxBytes: 4, TxBatches: 5, RxBatches: 6,
 		ICMPSent: 7, ICMPRateLimited: 8,
-		Drops: router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16},
+		Drops:          router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16, TunRead: 17},
+		TxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{0, 0, 0, 0, 0, 1, 0, 2, 1},
+		TxBatchPackets: 400,
+		RxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{3},
+		RxBatchPackets: 3,
+		Offloads:       router.Offloads{TUNVnetHdr: true, UDPGRO: true},
 	})
 	out := b.String()
 	types := checkExposition(t, out)
@@ -84,14 +89,33 @@ func TestWriteRouterStats(t *testing.T) {
 		`flannel_router_dropped_packets_total{reason="not_ipv4"} 14`,
 		`flannel_router_dropped_packets_total{reason="send_error"} 15`,
 		`flannel_router_dropped_packets_total{reason="tun_write_error"} 16`,
+		`flannel_router_dropped_packets_total{reason="tun_read"} 17`,
+		`flannel_router_batch_size_bucket{direction="out",le="16"} 0`,
+		`flannel_router_batch_size_bucket{direction="out",le="32"} 1`,
+		`flannel_router_batch_size_bucket{direction="out",le="128"} 3`,
+		`flannel_router_batch_size_bucket{direction="out",le="+Inf"} 4`,
+		`flannel_router_batch_size_sum{direction="out"} 400`,
+		`flannel_router_batch_size_count{direction="out"} 4`,
+		`flannel_router_batch_size_bucket{direction="in",le="1"} 3`,
+		`flannel_router_batch_size_count{direction="in"} 3`,
+		`flannel_offload_enabled{feature="tun_vnet_hdr"} 1`,
+		`flannel_offload_enabled{feature="tun_tso"} 0`,
+		`flannel_offload_enabled{feature="udp_gro"} 1`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("missing %q in\n%s", want, out)
 		}
 	}
 	for name, typ := range types {
-		if typ != "counter" {
-			t.Errorf("%s has type %s, want counter", name, typ)
+		want := "counter"
+		switch name {
+		case "flannel_router_batch_size":
+			want = "histogram"
+		case "flannel_offload_enabled":
+			want = "gauge"
+		}
+		if typ != want {
+			t.Errorf("%s has type %s, want %s", name, typ, want)
 		}
 	}
 }
