@@ -58,6 +58,11 @@ type Config struct {
 	// AcceptUnknownPeers accepts datagrams from any source. By default a
 	// datagram whose source is not a current route's Peer is dropped.
 	AcceptUnknownPeers bool
+	// StrictSource drops a datagram whose inner source address is not in a
+	// subnet the sender holds. It stops a member from spoofing other nodes'
+	// container addresses, but also drops traffic a node forwards with an
+	// outside source preserved (NodePort-style), so it is off by default.
+	StrictSource bool
 	// MTU is the TUN MTU. Receive buffers hold the largest datagram, so a
 	// peer with a larger MTU is never truncated; MTU is only checked and
 	// logged.

@@ -19,6 +19,7 @@ const (
 	dropSendError
 	dropTunWriteError
 	dropTunRead
+	dropStrictSource
 	numDropReasons
 )
 
@@ -33,6 +34,7 @@ type Drops struct {
 	SendError     uint64 // sendmmsg refused the datagram
 	TunWriteError uint64 // the TUN refused the packet
 	TunRead       uint64 // the TUN queue returned a malformed (super-)packet
+	StrictSource  uint64 // inner source outside the sender's subnets (Config.StrictSource)
 }
 
 // Stats are the router's counters, summed over its workers. Packets and
@@ -101,6 +103,7 @@ func (s *Stats) addDrops(c *counters) {
 	s.Drops.SendError += c.drops[dropSendError].Load()
 	s.Drops.TunWriteError += c.drops[dropTunWriteError].Load()
 	s.Drops.TunRead += c.drops[dropTunRead].Load()
+	s.Drops.StrictSource += c.drops[dropStrictSource].Load()
 	s.ICMPSent += c.icmpSent.Load()
 	s.ICMPRateLimited += c.icmpLimited.Load()
 }

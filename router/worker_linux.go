@@ -277,7 +277,7 @@ func (w *worker) groSize(i int) int {
 // their number. A batch with more packets than inWrite holds is written
 // in parts.
 func (w *worker) ingressBatch(t *table, n int) int {
-	accept := w.r.cfg.AcceptUnknownPeers
+	accept, strict := w.r.cfg.AcceptUnknownPeers, w.r.cfg.StrictSource
 	tap := w.r.tap.Load()
 	w.inWrite = w.inWrite[:0]
 	for i := range n {
@@ -286,7 +286,8 @@ func (w *worker) ingressBatch(t *table, n int) int {
 			w.in.drop(dropOversize)
 			continue
 		}
-		if !accept && !t.isPeer(be32(w.inNames[i].Addr)) {
+		sender := be32(w.inNames[i].Addr)
+		if !accept && !t.isPeer(sender) {
 			w.in.drop(dropUnknownPeer)
 			continue
 		}
@@ -308,6 +309,10 @@ func (w *worker) ingressBatch(t *table, n int) int {
 			_, total, reason := parseIPv4(pkt)
 			if reason != dropNone {
 				w.in.drop(reason)
+				continue
+			}
+			if strict && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
+				w.in.drop(dropStrictSource)
 				continue
 			}
 			if len(w.inWrite) == cap(w.inWrite) {

@@ -259,3 +259,27 @@ func TestZeroAllocs(t *testing.T) {
 		t.Errorf("lookup: %v allocations", a)
 	}
 }
+
+func TestIngressStrictSource(t *testing.T) {
+	w := testWorker(t, false)
+	w.r.cfg.StrictSource = true
+	dst := [4]byte{198, 18, 32, 7}
+	fromA := ipv4Packet(t, [4]byte{198, 18, 5, 9}, dst, layers.IPProtocolUDP, 63, 0, []byte("A's pod"))
+	spoofB := ipv4Packet(t, [4]byte{198, 18, 68, 9}, dst, layers.IPProtocolUDP, 63, 0, []byte("B's pod, sent by A"))
+	outside := ipv4Packet(t, [4]byte{203, 0, 113, 9}, dst, layers.IPProtocolUDP, 63, 0, []byte("NodePort client"))
+	own := ipv4Packet(t, [4]byte{198, 18, 32, 9}, dst, layers.IPProtocolUDP, 63, 0, []byte("our own pod"))
+	n := loadUDP(w, []netip.Addr{peerA, peerA, peerA, peerA}, [][]byte{fromA, spoofB, outside, own})
+	if k := w.ingressBatch(w.r.table.Load(), n); k != 1 || !bytes.Equal(w.inWrite[0][off:], fromA) {
+		t.Fatalf("%d packets for the TUN, want only A's own pod's", k)
+	}
+	if got := w.in.drops[dropStrictSource].Load(); got != 3 {
+		t.Fatalf("strict_source drops %d, want 3", got)
+	}
+
+	// Off (the default), the NodePort-style packet is delivered.
+	w = testWorker(t, false)
+	n = loadUDP(w, []netip.Addr{peerA}, [][]byte{outside})
+	if k := w.ingressBatch(w.r.table.Load(), n); k != 1 {
+		t.Fatalf("without StrictSource: %d packets, want 1", k)
+	}
+}

@@ -165,6 +165,7 @@ func (d *daemon) run(parent context.Context) error {
 		Port:               cfg.Port,
 		SocketBuffer:       o.socketBuffer,
 		AcceptUnknownPeers: o.acceptUnknownPeers,
+		StrictSource:       o.strictSource,
 		MTU:                mtu,
 		DisableOffloads:    !o.offloads,
 		Logger:             log,

@@ -94,6 +94,7 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 		{"send_error", s.Drops.SendError},
 		{"tun_write_error", s.Drops.TunWriteError},
 		{"tun_read", s.Drops.TunRead},
+		{"strict_source", s.Drops.StrictSource},
 	} {
 		p.sample("flannel_router_dropped_packets_total", `reason="`+d.reason+`"`, d.n)
 	}
