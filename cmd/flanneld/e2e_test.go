@@ -38,28 +38,10 @@ func TestMain(m *testing.M) {
 }
 
 // startCluster builds a cluster of n hosts with a container on each and
-// tears it down when the test ends; on failure it prints every flanneld log.
+// tears it down when the test ends; on failure it prints every log.
 func startCluster(t *testing.T, n int, args ...string) *cluster.Cluster {
 	t.Helper()
-	testbed.RequireRoot(t)
-	testbed.RequireTool(t, "ip")
-	testbed.RequireTool(t, "ping")
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Flanneld: flanneldBin, Hosts: n, Args: args, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(c.Logs())
-		}
-		c.Close()
-	})
-	if err := c.AddContainers(ctx); err != nil {
-		t.Fatalf("add containers: %v", err)
-	}
-	return c
+	return startWith(t, cluster.Options{Hosts: n, Args: args})
 }
 
 // waitFor polls cond until it holds or the deadline passes.

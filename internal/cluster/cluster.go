@@ -25,6 +25,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/lease"
 )
@@ -85,7 +86,7 @@ type Node struct {
 	cluster *Cluster
 	cmd     *exec.Cmd
 	done    chan struct{}
-	logBuf  *lockedBuffer
+	logBuf  *syncbuf.Buffer
 }
 
 // Start builds the testbed, starts etcd and flanneld on every host (host 1
@@ -243,7 +244,7 @@ func (n *Node) Start(ctx context.Context) error {
 	// The process must outlive the caller's context: it is stopped by Stop.
 	cmd := n.Host.Command(context.WithoutCancel(ctx), c.opts.Flanneld, args...)
 	if n.logBuf == nil {
-		n.logBuf = &lockedBuffer{}
+		n.logBuf = &syncbuf.Buffer{}
 	}
 	var out io.Writer = n.logBuf
 	if c.opts.Log != nil {
@@ -381,23 +382,6 @@ func (c *Cluster) AddContainers(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // prefixWriter prefixes every line with the node's name.

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 )
 
@@ -42,7 +43,7 @@ type EtcdMember struct {
 	bin            string
 	cmd            *exec.Cmd
 	done           chan struct{}
-	logBuf         *lockedBuffer
+	logBuf         *syncbuf.Buffer
 }
 
 // DefaultClientURL is the member's client URL on its underlay address.
@@ -76,7 +77,7 @@ func (m *EtcdMember) Start(ctx context.Context) error {
 		"--logger=zap",
 	)
 	if m.logBuf == nil {
-		m.logBuf = &lockedBuffer{}
+		m.logBuf = &syncbuf.Buffer{}
 	}
 	cmd.Stdout, cmd.Stderr = m.logBuf, m.logBuf
 	if err := cmd.Start(); err != nil {

@@ -4,7 +4,6 @@
 package etcdtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
 )
 
 // EtcdBinary is the external etcd server run by External.
@@ -136,7 +135,7 @@ func startExternal(t testing.TB, bin string, tlsOpts *TLSOptions) (*clientv3.Cli
 		"--log-level=error",
 		"--logger=zap",
 	}, tlsArgs...)...)
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	if err := cmd.Start(); err != nil {
@@ -230,23 +229,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// lockedBuffer collects the child's output, written by exec's copier
-// goroutines and read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
