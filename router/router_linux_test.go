@@ -317,8 +317,9 @@ func TestRouterWireFormat(t *testing.T) {
 		burst(1)
 		o := r.Offloads()
 		if o.TUNUSO && o.UDPGSO {
-			// Other reads are the kernel's IPv6 chatter on the new link.
-			if s := r.Stats(); s.TxPackets != n || s.TxBatches-s.Drops.NotIPv4 != 1 {
+			// Other batches are the kernel's IPv6 chatter on the new
+			// link, which a batch with the burst may also carry.
+			if s := r.Stats(); s.TxPackets != n || s.TxBatches == 0 || s.TxBatches > 1+s.Drops.NotIPv4 {
 				t.Errorf("USO burst: %d packets in %d TUN reads (%d not IPv4), want %d in 1", s.TxPackets, s.TxBatches, s.Drops.NotIPv4, n)
 			}
 		}

@@ -49,11 +49,13 @@ func FuzzSplit(f *testing.F) {
 	f.Add(hdr(vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoUDPL4, hdrLen: 28, gsoSize: 1000, csumStart: 20, csumOffset: 6}), udp)
 	f.Add(hdr(vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: 16}), tcp)
 	f.Add(hdr(vnetHdr{gsoType: gsoTCPv4 | gsoECN, gsoSize: 1}), tcp[:60])
+	f.Add(append(hdr(vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1000, csumStart: 20, csumOffset: 16}), 1), tcp)
 	bufs := make([][]byte, 64)
 	for i := range bufs {
 		bufs[i] = make([]byte, Headroom+65535)
 	}
 	sizes := make([]int, len(bufs))
+	spare := make([]byte, 65535)
 	f.Fuzz(func(t *testing.T, hb, p []byte) {
 		if len(hb) < vnetHdrLen || len(p) > 65535 {
 			return
@@ -68,7 +70,14 @@ func FuzzSplit(f *testing.F) {
 		if at := int(h.csumStart) + int(h.csumOffset); at+2 <= len(p) {
 			field = binary.BigEndian.Uint16(p[at:])
 		}
-		n, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(p)], bufs, sizes, Headroom)
+		// An odd byte after the header splits from a spare buffer, as
+		// Read does after its first packet.
+		src := bufs[0][Headroom : Headroom+len(p)]
+		if len(hb) > vnetHdrLen && hb[vnetHdrLen]&1 != 0 {
+			src = spare[:len(p)]
+			copy(src, p)
+		}
+		n, err := splitGSO(&h, src, bufs, sizes, Headroom)
 		if err != nil {
 			return
 		}

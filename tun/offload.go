@@ -152,10 +152,13 @@ func completeChecksum(p []byte, start, offset int) error {
 }
 
 // splitGSO turns the packet p read from the TUN with the virtio-net
-// header h into ordinary IPv4 packets. p must be bufs[0][offset:]; the
-// first segment stays in place and the others are written to
-// bufs[1:][offset:]. sizes[i] gets the length of segment i. It returns
-// the number of packets.
+// header h into ordinary IPv4 packets, segment i in bufs[i][offset:].
+// When p is bufs[0][offset:] the first segment stays in place; otherwise
+// (a packet read into the queue's spare buffer) it is copied too.
+// sizes[i] gets the length of segment i. It returns the number of
+// packets. It changes nothing, neither p nor bufs, when it fails, so a
+// packet refused with errTooManySegs may be split later into more
+// buffers.
 //
 // A GSO packet is cut at h.gsoSize bytes of L4 payload, as the kernel's
 // own segmentation would: every segment gets the full headers, an IP ID
@@ -166,17 +169,16 @@ func completeChecksum(p []byte, start, offset int) error {
 // only. Non-IPv4 GSO packets are returned unsplit for the caller to drop.
 func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int, error) {
 	gso := h.gsoType &^ gsoECN
-	if gso == gsoNone {
-		if h.flags&vnetFlagNeedsCsum != 0 {
+	if gso == gsoNone || len(p) < ipv4Len || p[0]>>4 != 4 {
+		if len(bufs[0]) < offset+len(p) {
+			return 0, errSegmentSpace
+		}
+		if gso == gsoNone && h.flags&vnetFlagNeedsCsum != 0 {
 			if err := completeChecksum(p, int(h.csumStart), int(h.csumOffset)); err != nil {
 				return 0, err
 			}
 		}
-		sizes[0] = len(p)
-		return 1, nil
-	}
-	if len(p) < ipv4Len || p[0]>>4 != 4 {
-		sizes[0] = len(p)
+		sizes[0] = place(bufs[0][offset:], p)
 		return 1, nil
 	}
 	iphl := int(p[0]&0xf) * 4
@@ -208,8 +210,8 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 	if n > len(bufs) || n > len(sizes) {
 		return 0, errTooManySegs
 	}
-	for i := 1; i < n; i++ {
-		if len(bufs[i]) < offset+hl+mss {
+	for i := range n {
+		if len(bufs[i]) < offset+min(hl+mss, len(p)) {
 			return 0, errSegmentSpace
 		}
 	}
@@ -227,7 +229,8 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 		end := min(start+mss, len(p))
 		var seg []byte
 		if i == 0 {
-			seg = p[:end]
+			seg = bufs[0][offset : offset+end]
+			place(seg, p[:end])
 		} else {
 			seg = bufs[i][offset : offset+hl+end-start]
 			copy(seg, p[:hl])
@@ -262,6 +265,14 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 		sizes[i] = len(seg)
 	}
 	return n, nil
+}
+
+// place copies src to the start of dst, unless src already is there.
+func place(dst, src []byte) int {
+	if len(src) > 0 && &dst[0] == &src[0] {
+		return len(src)
+	}
+	return copy(dst, src)
 }
 
 // maxCoalesce is the most packets one super-packet written to the TUN

@@ -196,3 +196,93 @@ func TestUDPThroughTUN(t *testing.T) {
 		}
 	})
 }
+
+// TestReadBatches checks that with offloads one Read takes every packet
+// already queued, and that a super-packet with more segments than the
+// buffers left waits whole for the next Read instead of being dropped.
+func TestReadBatches(t *testing.T) {
+	withDevice(t, 1, func(d *Device, _ *testbed.Host) {
+		if !d.Offloads.VnetHdr {
+			t.Skip("the kernel refused IFF_VNET_HDR")
+		}
+		q := d.Queues[0]
+		ln, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 7777})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		to := &net.UDPAddr{IP: remote.AsSlice(), Port: 9999}
+		ours := func(p []byte) bool {
+			return len(p) > 28 && p[0] == 0x45 && p[9] == protoUDP && binary.BigEndian.Uint16(p[22:]) == 9999
+		}
+
+		// The datagrams are in the TUN's queue once WriteTo returns.
+		const small = 20
+		for i := range small {
+			if _, err := ln.WriteTo(payload(64, byte(i)), to); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bufs := make([][]byte, q.BatchSize())
+		for i := range bufs {
+			bufs[i] = make([]byte, Headroom+65535)
+		}
+		sizes := make([]int, len(bufs))
+		got := readUntil(t, q, bufs, sizes, ours)
+		if len(got) != small {
+			t.Fatalf("first Read returned %d of the %d queued datagrams", len(got), small)
+		}
+		for i, p := range got {
+			if !validIPv4(p) || !bytes.Equal(p[28:], payload(64, byte(i))) {
+				t.Fatalf("datagram %d invalid or wrong: %x", i, p[:28])
+			}
+		}
+
+		// Two datagrams, then a 10-segment train, read with 11 buffers:
+		// with USO the train is one super-packet that no longer fits.
+		const segs, size = 10, 1000
+		for i := range 2 {
+			if _, err := ln.WriteTo(payload(64, byte(100+i)), to); err != nil {
+				t.Fatal(err)
+			}
+		}
+		train := payload(segs*size, 7)
+		if err := sendGSO(ln, train, size, to); err != nil {
+			t.Fatal(err)
+		}
+		bufs, sizes = bufs[:segs+1], sizes[:segs+1]
+		var reads [][][]byte
+		for n := 0; n < 2+segs; {
+			r := readUntil(t, q, bufs, sizes, ours)
+			reads = append(reads, r)
+			n += len(r)
+		}
+		var all [][]byte
+		for _, r := range reads {
+			all = append(all, r...)
+		}
+		if len(all) != 2+segs {
+			t.Fatalf("read %d datagrams, want %d", len(all), 2+segs)
+		}
+		for i, p := range all {
+			want := payload(64, byte(100+i))
+			if i >= 2 {
+				want = train[(i-2)*size : (i-1)*size]
+			}
+			if !validIPv4(p) || !bytes.Equal(p[28:], want) {
+				t.Fatalf("datagram %d invalid or wrong: %x", i, p[:28])
+			}
+		}
+		if d.Offloads.USO && (len(reads) != 2 || len(reads[0]) != 2) {
+			t.Errorf("reads of %d datagrams each, want 2 and then the %d segments", lens(reads), segs)
+		}
+	})
+}
+
+func lens(reads [][][]byte) []int {
+	var l []int
+	for _, r := range reads {
+		l = append(l, len(r))
+	}
+	return l
+}

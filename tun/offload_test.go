@@ -3,6 +3,7 @@ package tun
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"testing"
@@ -164,32 +165,55 @@ func TestSplitGSO(t *testing.T) {
 		tcs = append(tcs, tc{"udp4 (USO)", s, gsoUDPL4, 1200, want})
 	}
 	for _, c := range tcs {
-		t.Run(c.name, func(t *testing.T) {
-			in := c.super.build(t)
-			hl := c.super.hdrLen(t)
-			h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: c.gso, hdrLen: uint16(hl), gsoSize: uint16(c.mss), csumStart: 20}
-			// The kernel hands over a partial checksum; the split must not care.
-			at := 20 + 16
-			if c.super.udp {
-				at = 20 + 6
+		for _, inPlace := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/in_place=%v", c.name, inPlace), func(t *testing.T) {
+				testSplitGSO(t, c.super, c.gso, c.mss, c.want, inPlace)
+			})
+		}
+	}
+}
+
+// testSplitGSO splits super, either where Read puts it (bufs[0]) or from a
+// spare buffer, which a refusal for too few buffers must leave unchanged.
+func testSplitGSO(t *testing.T, super pkt, gso uint8, mss int, want []pkt, inPlace bool) {
+	in := super.build(t)
+	hl := super.hdrLen(t)
+	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gso, hdrLen: uint16(hl), gsoSize: uint16(mss), csumStart: 20}
+	// The kernel hands over a partial checksum; the split must not care.
+	at := 20 + 16
+	if super.udp {
+		at = 20 + 6
+	}
+	in[at], in[at+1] = 0xde, 0xad
+	bufs := bufsFor(64, h, in)
+	sizes := make([]int, 64)
+	src := bufs[0][Headroom : Headroom+len(in)]
+	if !inPlace {
+		src = bytes.Clone(src)
+		for i := range bufs[0] {
+			bufs[0][i] = 0xee
+		}
+		if len(want) > 1 {
+			before := bytes.Clone(src)
+			if _, err := splitGSO(&h, src, bufs[:len(want)-1], sizes, Headroom); !errors.Is(err, errTooManySegs) {
+				t.Fatalf("split into %d buffers: %v, want errTooManySegs", len(want)-1, err)
 			}
-			in[at], in[at+1] = 0xde, 0xad
-			bufs := bufsFor(64, h, in)
-			sizes := make([]int, 64)
-			n, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
-			if err != nil {
-				t.Fatal(err)
+			if !bytes.Equal(src, before) {
+				t.Fatal("a refused split changed the packet")
 			}
-			if n != len(c.want) {
-				t.Fatalf("%d segments, want %d", n, len(c.want))
-			}
-			for i, w := range c.want {
-				want := w.build(t)
-				if d := diff(bufs[i][Headroom:Headroom+sizes[i]], want); d != "" {
-					t.Errorf("segment %d: %s", i, d)
-				}
-			}
-		})
+		}
+	}
+	n, err := splitGSO(&h, src, bufs, sizes, Headroom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(want) {
+		t.Fatalf("%d segments, want %d", n, len(want))
+	}
+	for i, w := range want {
+		if d := diff(bufs[i][Headroom:Headroom+sizes[i]], w.build(t)); d != "" {
+			t.Errorf("segment %d: %s", i, d)
+		}
 	}
 }
 

@@ -15,10 +15,13 @@ const Headroom = 16
 type Queue interface {
 	// Read reads packets into bufs[i][offset:], setting sizes[i] to each
 	// packet's length, and returns their number. It blocks until at least
-	// one packet is available. With offloads, the packets of one call may
-	// be the segments of one super-packet, so bufs should hold BatchSize
-	// buffers of 65535+offset bytes. An error wrapping ErrDropped means
-	// one malformed packet was dropped and the queue is still usable.
+	// one packet is available, then takes what else is already queued
+	// while buffers are left. With offloads, the packets of one call may
+	// be the segments of super-packets, so bufs should hold BatchSize
+	// buffers of 65535+offset bytes; a super-packet that does not fit
+	// into the buffers left is returned by the next call. An error
+	// wrapping ErrDropped means one malformed packet was dropped and the
+	// queue is still usable.
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
 	// Write writes the packets bufs[i][offset:]. With offloads it may
 	// merge packets of one flow into one super-packet and then rewrites

@@ -233,7 +233,13 @@ type queue struct {
 	life     sync.RWMutex // Read and Write hold it shared, Close exclusively
 	closed   atomic.Bool
 
-	rpoll [2]unix.PollFd // Read's, owned by the reading goroutine
+	// Read's, owned by the reading goroutine. With offloads, the reads
+	// after a call's first go to spare, because a super-packet's segment
+	// count is known only once it was read; one that does not fit into
+	// the buffers left stays there (pending) for the next call.
+	rpoll   [2]unix.PollFd
+	spare   []byte
+	pending int // bytes in spare waiting for the next Read, -1 for none
 
 	wmu   sync.Mutex // serialises writers; guards the fields below
 	wpoll [2]unix.PollFd
@@ -250,9 +256,13 @@ func newQueue(fd int, off Offloads, o options) (*queue, error) {
 	}
 	q := &queue{
 		fd: fd, evfd: evfd, off: off,
-		gro:   groTable{tcp: off.VnetHdr, udp: off.USO, verify: o.verifyChecksum},
-		trust: !o.verifyChecksum,
-		iovs:  make([]unix.Iovec, maxCoalesce+2),
+		gro:     groTable{tcp: off.VnetHdr, udp: off.USO, verify: o.verifyChecksum},
+		trust:   !o.verifyChecksum,
+		iovs:    make([]unix.Iovec, maxCoalesce+2),
+		pending: -1,
+	}
+	if off.VnetHdr {
+		q.spare = make([]byte, vnetHdrLen+maxIPv4Total)
 	}
 	q.rpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(evfd), Events: unix.POLLIN}}
 	q.wpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(evfd), Events: unix.POLLIN}}
@@ -324,6 +334,10 @@ func (q *queue) read(b []byte) (int, error) {
 	}
 }
 
+// Read, with offloads, reads super-packets and packets until the batch is
+// full or the fd runs dry; it sleeps only while nothing was read yet. Small
+// packets thus share one call (and one sendmmsg) as they do without
+// offloads.
 func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if len(bufs) == 0 || len(sizes) == 0 {
 		return 0, nil
@@ -339,21 +353,70 @@ func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < vnetHdrLen {
 		return 0, fmt.Errorf("TUN read: offset %d leaves no room for the %d-byte virtio-net header", offset, vnetHdrLen)
 	}
-	b := bufs[0][offset-vnetHdrLen:]
-	n, err := q.read(b)
-	if err != nil {
-		return 0, err
+	var k int
+	if q.pending >= 0 {
+		n := q.pending
+		q.pending = -1
+		var err error
+		if k, err = splitRead(q.spare[:n], bufs, sizes, offset); err != nil {
+			return 0, dropped(q.spare[:n], err)
+		}
+	} else {
+		b := bufs[0][offset-vnetHdrLen:]
+		n, err := q.read(b)
+		if err != nil {
+			return 0, err
+		}
+		if k, err = splitRead(b[:n], bufs, sizes, offset); err != nil {
+			return 0, dropped(b[:n], err)
+		}
 	}
-	if n < vnetHdrLen {
-		return 0, fmt.Errorf("TUN read: %w: %w", ErrDropped, errShortVnet)
+	for k < min(len(bufs), len(sizes)) {
+		// No more than the caller's buffer would take, as in place.
+		room := min(len(q.spare), len(bufs[k])-offset+vnetHdrLen)
+		if room <= vnetHdrLen {
+			break
+		}
+		n, err := unix.Read(q.fd, q.spare[:room])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			break // EAGAIN; a real error shows again on the next Read
+		}
+		m, err := splitRead(q.spare[:n], bufs[k:], sizes[k:], offset)
+		if err != nil {
+			// Too many segments for the buffers left, or malformed:
+			// the next call splits it into all its buffers or reports
+			// the drop. splitGSO changed nothing.
+			q.pending = n
+			break
+		}
+		k += m
+	}
+	return k, nil
+}
+
+// splitRead splits the virtio-net header and packet b, as read from the
+// TUN, into bufs[i][offset:]. Its errors are bare, so that a packet kept
+// for the next call costs no allocation; dropped wraps them.
+func splitRead(b []byte, bufs [][]byte, sizes []int, offset int) (int, error) {
+	if len(b) < vnetHdrLen {
+		return 0, errShortVnet
 	}
 	var h vnetHdr
 	h.decode(b)
-	k, err := splitGSO(&h, b[vnetHdrLen:n], bufs, sizes, offset)
-	if err != nil {
-		return 0, fmt.Errorf("TUN read (gso type %d, size %d, %d bytes): %w: %w", h.gsoType, h.gsoSize, n-vnetHdrLen, ErrDropped, err)
+	return splitGSO(&h, b[vnetHdrLen:], bufs, sizes, offset)
+}
+
+// dropped is the error of Read for the packet b that splitRead refused.
+func dropped(b []byte, err error) error {
+	if len(b) < vnetHdrLen {
+		return fmt.Errorf("TUN read: %w: %w", ErrDropped, err)
 	}
-	return k, nil
+	var h vnetHdr
+	h.decode(b)
+	return fmt.Errorf("TUN read (gso type %d, size %d, %d bytes): %w: %w", h.gsoType, h.gsoSize, len(b)-vnetHdrLen, ErrDropped, err)
 }
 
 // readPlain reads packets until the batch is full or the fd runs dry; it
