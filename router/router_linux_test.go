@@ -90,26 +90,10 @@ func testRouterNetns(t *testing.T) {
 	}
 	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParseAddr("192.0.2.2")}})
 
-	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 2), Port: DefaultPort})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 3), Port: DefaultPort})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stranger.Close()
-	inner, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 7777})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inner.Close()
-	app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	peer := listenUDP(t, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 2), Port: DefaultPort})
+	stranger := listenUDP(t, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 3), Port: DefaultPort})
+	inner := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 7777})
+	app := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -264,16 +248,8 @@ func TestRouterWireFormat(t *testing.T) {
 			t.Fatalf("New: %v", err)
 		}
 		r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), peerA}})
-		peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: peerA.AsSlice(), Port: DefaultPort})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer peer.Close()
-		app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer app.Close()
+		peer := listenUDP(t, &net.UDPAddr{IP: peerA.AsSlice(), Port: DefaultPort})
+		app := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		runErr := make(chan error, 1)
@@ -337,4 +313,16 @@ func TestRouterWireFormat(t *testing.T) {
 			t.Fatal("Run did not return 5 s after cancel")
 		}
 	})
+}
+
+// listenUDP opens a UDP socket in the calling thread's namespace, closed
+// when the test ends.
+func listenUDP(t *testing.T, addr *net.UDPAddr) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
