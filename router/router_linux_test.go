@@ -72,23 +72,7 @@ func TestRouterNetns(t *testing.T) {
 func testRouterNetns(t *testing.T) {
 
 	tunAddr := netip.MustParseAddr("198.18.32.0")
-	network := netip.MustParsePrefix("198.18.0.0/16")
-	dev, err := tun.Open("flannel0", 2)
-	if err != nil {
-		t.Fatalf("tun.Open: %v", err)
-	}
-	t.Cleanup(func() { dev.Close() })
-	if err := dev.Configure(tunAddr, 1472, 500, network); err != nil {
-		t.Fatalf("Configure: %v", err)
-	}
-	r, err := New(Config{
-		Network: network, SubnetLen: 24, OwnSubnet: netip.PrefixFrom(tunAddr, 24),
-		LocalAddr: netip.MustParseAddr("192.0.2.1"), MTU: 1472,
-	}, dev.Queues)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParseAddr("192.0.2.2")}})
+	dev, r := newTestRouter(t, tunAddr, 2)
 
 	peer := listenUDP(t, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 2), Port: DefaultPort})
 	stranger := listenUDP(t, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 3), Port: DefaultPort})
@@ -231,23 +215,7 @@ func sendGSO(t *testing.T, c *net.UDPConn, b []byte, size int, to *net.UDPAddr) 
 func TestRouterWireFormat(t *testing.T) {
 	inHost(t, func(*testbed.Host) {
 		tunAddr := netip.MustParseAddr("198.18.32.0")
-		network := netip.MustParsePrefix("198.18.0.0/16")
-		dev, err := tun.Open("flannel0", 1)
-		if err != nil {
-			t.Fatalf("tun.Open: %v", err)
-		}
-		defer dev.Close()
-		if err := dev.Configure(tunAddr, 1472, 500, network); err != nil {
-			t.Fatalf("Configure: %v", err)
-		}
-		r, err := New(Config{
-			Network: network, SubnetLen: 24, OwnSubnet: netip.PrefixFrom(tunAddr, 24),
-			LocalAddr: netip.MustParseAddr("192.0.2.1"), MTU: 1472,
-		}, dev.Queues)
-		if err != nil {
-			t.Fatalf("New: %v", err)
-		}
-		r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), peerA}})
+		_, r := newTestRouter(t, tunAddr, 1)
 		peer := listenUDP(t, &net.UDPAddr{IP: peerA.AsSlice(), Port: DefaultPort})
 		app := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
 		ctx, cancel := context.WithCancel(context.Background())
@@ -325,4 +293,29 @@ func listenUDP(t *testing.T, addr *net.UDPAddr) *net.UDPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// newTestRouter opens flannel0 with queues queues in the calling thread's
+// namespace, addressed tunAddr in 198.18.0.0/16, and a Router on it bound to
+// 192.0.2.1 with a route for 198.18.5.0/24 to peerA (192.0.2.2).
+func newTestRouter(t *testing.T, tunAddr netip.Addr, queues int) (*tun.Device, *Router) {
+	t.Helper()
+	network := netip.MustParsePrefix("198.18.0.0/16")
+	dev, err := tun.Open("flannel0", queues)
+	if err != nil {
+		t.Fatalf("tun.Open: %v", err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	if err := dev.Configure(tunAddr, 1472, 500, network); err != nil {
+		t.Fatalf("Configure: %v", err)
+	}
+	r, err := New(Config{
+		Network: network, SubnetLen: 24, OwnSubnet: netip.PrefixFrom(tunAddr, 24),
+		LocalAddr: netip.MustParseAddr("192.0.2.1"), MTU: 1472,
+	}, dev.Queues)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), peerA}})
+	return dev, r
 }
