@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 	"unsafe"
@@ -40,12 +39,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func inHost(t *testing.T, fn func(h *testbed.Host)) {
 	t.Helper()
 	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		if testbed.InCI() {
-			t.Fatalf("needs /dev/net/tun: %v", err)
-		}
-		t.Skipf("needs /dev/net/tun: %v", err)
-	}
+	testbed.RequireTUN(t)
 	err := h.Do(func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
@@ -79,10 +73,7 @@ func testRouterNetns(t *testing.T) {
 	inner := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 7777})
 	app := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- r.Run(ctx) }()
+	stop := runRouter(t, r)
 
 	// Egress: a datagram to a remote pod leaves as one UDP datagram to the
 	// peer whose payload is the inner packet with its TTL decremented.
@@ -158,15 +149,7 @@ func testRouterNetns(t *testing.T) {
 		t.Errorf("Stats %+v: want 1 packet each way", s)
 	}
 
-	cancel()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return 5 s after cancel")
-	}
+	stop()
 	if err := dev.Close(); err != nil {
 		t.Errorf("dev.Close after Run: %v", err)
 	}
@@ -218,10 +201,7 @@ func TestRouterWireFormat(t *testing.T) {
 		_, r := newTestRouter(t, tunAddr, 1)
 		peer := listenUDP(t, &net.UDPAddr{IP: peerA.AsSlice(), Port: DefaultPort})
 		app := listenUDP(t, &net.UDPAddr{IP: tunAddr.AsSlice(), Port: 9999})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		runErr := make(chan error, 1)
-		go func() { runErr <- r.Run(ctx) }()
+		stop := runRouter(t, r)
 
 		const n, size = 10, 1000
 		burst := func(tag byte) {
@@ -271,15 +251,7 @@ func TestRouterWireFormat(t *testing.T) {
 		if s := r.Stats(); s.Drops.SendError != 0 || s.TxPackets != 2*n {
 			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops.SendError, 2*n)
 		}
-		cancel()
-		select {
-		case err := <-runErr:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("Run did not return 5 s after cancel")
-		}
+		stop()
 	})
 }
 
@@ -318,4 +290,25 @@ func newTestRouter(t *testing.T, tunAddr netip.Addr, queues int) (*tun.Device, *
 	}
 	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), peerA}})
 	return dev, r
+}
+
+// runRouter runs r until the returned stop is called; stop cancels Run and
+// checks that it returns cleanly within 5 s.
+func runRouter(t *testing.T, r *Router) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(ctx) }()
+	t.Cleanup(cancel)
+	return func() {
+		t.Helper()
+		cancel()
+		select {
+		case err := <-runErr:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return 5 s after cancel")
+		}
+	}
 }

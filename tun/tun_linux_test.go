@@ -48,12 +48,7 @@ func udpPacket(t *testing.T, src, dst netip.Addr, sport, dport int, payload []by
 func withDevice(t *testing.T, queues int, fn func(d *Device, h *testbed.Host), opts ...Option) {
 	t.Helper()
 	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		if testbed.InCI() {
-			t.Fatalf("needs /dev/net/tun: %v", err)
-		}
-		t.Skipf("needs /dev/net/tun: %v", err)
-	}
+	testbed.RequireTUN(t)
 	err := h.Do(func() error {
 		d, err := Open("flannel0", queues, opts...)
 		if err != nil {

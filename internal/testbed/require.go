@@ -42,6 +42,15 @@ func RequireTool(t testing.TB, name string) {
 	}
 }
 
+// RequireTUN skips t unless /dev/net/tun exists; with CI=true it fails t
+// instead.
+func RequireTUN(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		skipOrFail(t, "test needs /dev/net/tun: %v", err)
+	}
+}
+
 // NewT builds a bed for a test: it requires root and ip(8), fails t if New
 // fails, and registers Close with t.Cleanup.
 func NewT(t testing.TB, opts Options) *Bed {
