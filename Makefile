@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./internal/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test vet lint bench bench-quick fuzz demo clean
+.PHONY: all build test vet lint check-repo bench bench-quick fuzz demo clean
 
 all: build
 
@@ -22,8 +22,16 @@ lint: vet
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
 
-# All tests: unit tests (race detector on), root/netns tests, integration tests.
-test: lint
+# Nothing built may be committed: no tracked ELF file, no tracked file over 1 MiB.
+check-repo:
+	@bad=0; for f in $$(git ls-files); do \
+	  [ -f "$$f" ] || continue; \
+	  if [ "$$(head -c 4 "$$f" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then echo "check-repo: $$f is an ELF binary (build outputs are never committed)"; bad=1; fi; \
+	  if [ "$$(stat -c %s "$$f")" -gt 1048576 ]; then echo "check-repo: $$f is over 1 MiB"; bad=1; fi; \
+	done; exit $$bad
+
+# All tests: repository checks, unit tests (race detector on), root/netns tests, integration tests.
+test: check-repo lint
 	$(GO) test -count=1 -race -timeout 300s $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 480s ./cmd/... ./bench/... ./dist/...
 
