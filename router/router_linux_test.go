@@ -239,6 +239,9 @@ func TestRouterWireFormat(t *testing.T) {
 			}
 		}
 		burst(1)
+		// The peer can read a datagram before the worker that sent it has
+		// counted it.
+		waitFor(t, "first burst counted", func() bool { return r.Stats().TxPackets >= n })
 		o := r.Offloads()
 		if o.TUNUSO && o.UDPGSO {
 			// Other batches are the kernel's IPv6 chatter on the new
@@ -248,6 +251,7 @@ func TestRouterWireFormat(t *testing.T) {
 			}
 		}
 		burst(2)
+		waitFor(t, "second burst counted", func() bool { return r.Stats().TxPackets >= 2*n })
 		if s := r.Stats(); s.Drops.SendError != 0 || s.TxPackets != 2*n {
 			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops.SendError, 2*n)
 		}
