@@ -41,6 +41,7 @@ type options struct {
 	healthzIP   string
 	healthzPort int
 	metricsAddr string
+	debugPcap   bool
 
 	queues             int
 	socketBuffer       int
@@ -96,6 +97,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for healthz server to listen")
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for healthz server to listen (0 to disable)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "also serve /metrics on this host:port")
+	fs.BoolVar(&o.debugPcap, "debug-pcap", false, "serve /debug/pcap (a capture of the overlay's packets) on the healthz port; off by default because that port listens on 0.0.0.0")
 
 	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU by default")
 	fs.IntVar(&o.socketBuffer, "socket-buffer", 4<<20, "UDP socket send and receive buffer size in bytes")
