@@ -107,8 +107,9 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.offloads, "offloads", true, "use TSO/GRO on the TUN device and UDP GSO/GRO on the sockets where the kernel has them")
 	fs.BoolVar(&o.verifyChecksums, "verify-checksums", false, "re-verify inner TCP/UDP checksums of received packets instead of trusting the outer UDP checksum")
 
-	fs.IntVar(&o.verbosity, "v", 0, "log verbosity; 1 or more enables debug logs")
+	fs.IntVar(&o.verbosity, "v", 0, "log verbosity: 0 logs Info and above, 1 or more also Debug")
 	fs.BoolVar(&o.version, "version", false, "print version and exit")
+	addForeignFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [OPTION]...\n", name)
 		fs.PrintDefaults()
@@ -122,9 +123,10 @@ func envName(name string) string {
 }
 
 // setFlagsFromEnv fills every flag not given on the command line from its
-// FLANNELD_* variable, as upstream does after parsing. A bad value is logged
-// and ignored, also as upstream.
-func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) {
+// FLANNELD_* variable, as upstream does after parsing, and returns the
+// names it set. A bad value is logged and ignored, also as upstream.
+func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) map[string]bool {
+	set := map[string]bool{}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	fs.VisitAll(func(f *flag.Flag) {
@@ -137,8 +139,11 @@ func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Log
 		}
 		if err := fs.Set(f.Name, v); err != nil {
 			log.Error("Failed to set flag FLANNELD from env", "flag", f.Name, "variable", envName(f.Name), "error", err)
+			return
 		}
+		set[f.Name] = true
 	})
+	return set
 }
 
 // parseOptions parses args and the environment into options and checks
@@ -150,12 +155,17 @@ func parseOptions(name string, args []string, getenv func(string) string, out io
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (flags start with - or --)", fs.Arg(0))
+		// Upstream ignores them silently; a unit that starts there must
+		// start here, but the flags after them are not parsed by either.
+		log.Warn(fmt.Sprintf("Ignoring %d command-line argument(s) from %q on: they are not flags (flags start with - or --), and nothing after the first of them is parsed, as in upstream", fs.NArg(), fs.Arg(0)))
 	}
 	if o.version {
 		return o, nil
 	}
-	setFlagsFromEnv(fs, getenv, log)
+	fromEnv := setFlagsFromEnv(fs, getenv, log)
+	if err := checkForeignFlags(fs, fromEnv, log); err != nil {
+		return nil, err
+	}
 	return o, o.validate()
 }
 
