@@ -114,7 +114,7 @@ func (d *daemon) run(parent context.Context) error {
 		PrevSubnet:  prev.Subnet,
 		RenewMargin: o.renewMargin(),
 		Observer:    newLeaseMetrics(),
-		Identity:    nodeIdentity(ext),
+		Identity:    claimIdentity(o, ext),
 		Logger:      log,
 	})
 	cfg, err := mgr.WaitConfig(ctx)

@@ -28,6 +28,7 @@ type options struct {
 	ifaceRegexes  stringList
 	ifaceCanReach string
 	publicIP      string
+	publicIPClaim bool
 
 	subnetFile        string
 	subnetRenewMargin int
@@ -84,6 +85,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.Var(&o.ifaceRegexes, "iface-regex", "regex expression to match the first interface to use (IP or name) for inter-host communication; can be given more than once")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "detect the interface to use by the route to this IP")
 	fs.StringVar(&o.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication")
+	fs.BoolVar(&o.publicIPClaim, "public-ip-claim", true, "claim the PublicIP in etcd under <etcd-prefix>/flannel-go/public-ips/, so that a second node with the same PublicIP waits instead of sharing this node's lease")
 
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ... ) will be written to")
 	fs.IntVar(&o.subnetRenewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")

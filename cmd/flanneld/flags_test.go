@@ -190,3 +190,15 @@ func TestStrayArgumentsWarn(t *testing.T) {
 		t.Errorf("no warning naming the argument:\n%s", logs.String())
 	}
 }
+
+func TestPublicIPClaimFlag(t *testing.T) {
+	ext := &extIface{Name: "eth0"}
+	o, err := parse(t, nil, nil)
+	if err != nil || !o.publicIPClaim || claimIdentity(o, ext) == "" {
+		t.Fatalf("default: claim %v, identity %q, %v; want the claim on", o.publicIPClaim, claimIdentity(o, ext), err)
+	}
+	o, err = parse(t, nil, map[string]string{"FLANNELD_PUBLIC_IP_CLAIM": "false"})
+	if err != nil || claimIdentity(o, ext) != "" {
+		t.Fatalf("FLANNELD_PUBLIC_IP_CLAIM=false: identity %q, %v; want none (no claim)", claimIdentity(o, ext), err)
+	}
+}
