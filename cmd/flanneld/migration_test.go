@@ -1,0 +1,62 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flannel-go/flannel-go/internal/cluster"
+)
+
+// TestUpstreamUnitStarts starts a node the way an upstream unit would on a
+// host where flannel0 is already taken (a leftover TUN): with upstream's
+// klog flags, --public-ipv6, --kube-subnet-mgr=false and a stray argument.
+// It starts with one warning about the ignored flags and one about the
+// argument, takes flannel1 as upstream's "flannel%d" does, reports it in the
+// log and /metrics, and carries traffic to the other node.
+func TestUpstreamUnitStarts(t *testing.T) {
+	t.Parallel()
+	c := startWith(t, cluster.Options{Hosts: 2, Idle: 1})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	if out, err := n2.Host.Run(ctx, "ip", "tuntap", "add", "dev", "flannel0", "mode", "tun"); err != nil {
+		t.Fatalf("leftover flannel0: %v\n%s", err, out)
+	}
+	n2.Args = []string{"--vmodule=main=2", "--log_backtrace_at=main.go:1", "--logtostderr", "--public-ipv6=2001:db8::2",
+		"--kube-subnet-mgr=false", "-v=2", "stray-argument", "--iface=nonexistent0"}
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n2.AddContainer(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
+	waitPing(t, 10*time.Second, n2.Container, n1.Container.Addr)
+
+	log := n2.Log()
+	if !strings.Contains(log, "Opened TUN device") || !strings.Contains(log, "device=flannel1") {
+		t.Errorf("the log does not name flannel1:\n%s", log)
+	}
+	if out, err := n2.Host.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "flannel1"); err != nil || !strings.Contains(out, n2.Env.Subnet.Addr().String()+"/32") {
+		t.Errorf("flannel1: %q %v, want address %s/32", out, err, n2.Env.Subnet.Addr())
+	}
+	_, metrics, err := n2.HTTPGet(ctx, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(metrics, `flannel_tun_device_info{device="flannel1"} 1`) {
+		t.Errorf("/metrics does not report flannel1:\n%s", metrics)
+	}
+	if n := strings.Count(log, "Ignoring flags that have no meaning"); n != 1 || !strings.Contains(log, "--vmodule") || !strings.Contains(log, "--public-ipv6") {
+		t.Errorf("%d warnings about ignored flags, want one naming them:\n%s", n, log)
+	}
+	if !strings.Contains(log, "stray-argument") {
+		t.Errorf("no warning about the stray argument:\n%s", log)
+	}
+	if !strings.Contains(log, "level=DEBUG") {
+		t.Errorf("-v=2 did not enable debug logs")
+	}
+}
