@@ -208,6 +208,9 @@ func (d *daemon) run(parent context.Context) error {
 	if rules != nil {
 		wg.Go(func() { d.resyncRules(runCtx) })
 	}
+	if o.ipBlackholeRoute {
+		wg.Go(func() { d.resyncBlackholeRoute(runCtx) })
+	}
 	wg.Go(func() {
 		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dev, rt, nl, mtu) })
 		if err != nil && runCtx.Err() == nil {
