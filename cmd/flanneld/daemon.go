@@ -311,7 +311,7 @@ func (d *daemon) setupRules(cfg *lease.Config, prev lease.SubnetFile, subnet net
 	if sets == 0 {
 		return nil, nil
 	}
-	rules, err := ipmasq.New(cfg.Network, subnet, !d.o.ipMasqFullyRandomDisable, sets)
+	rules, err := d.newRules(cfg, subnet, !d.o.ipMasqFullyRandomDisable, sets)
 	if err == nil && d.o.ipMasq {
 		err = rules.DeleteStale(prev.Network, prev.Subnet)
 	}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
+	"github.com/flannel-go/flannel-go/internal/testbed"
 )
 
 // TestUpstreamUnitStarts starts a node the way an upstream unit would on a
@@ -59,4 +61,43 @@ func TestUpstreamUnitStarts(t *testing.T) {
 	if !strings.Contains(log, "level=DEBUG") {
 		t.Errorf("-v=2 did not enable debug logs")
 	}
+}
+
+// TestNFTablesCluster runs two nodes with EnableNFTables and --ip-masq:
+// the rules are upstream's nftables table (and no iptables chain), a rule
+// deleted by hand is back within --iptables-resync, and containers reach
+// each other.
+func TestNFTablesCluster(t *testing.T) {
+	t.Parallel()
+	testbed.RequireTool(t, "nft")
+	c := startWith(t, cluster.Options{Hosts: 2, Args: []string{"--ip-masq", "--iptables-resync=1"},
+		Config: `{"Network":"198.18.0.0/16","Backend":{"Type":"udp"},"EnableNFTables":true}`})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
+	for _, n := range c.Nodes {
+		out, err := n.Host.Run(ctx, "nft", "list", "table", "ip", "flannel-ipv4")
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", n.Host.Name, err, out)
+		}
+		for _, want := range []string{"type nat hook postrouting priority srcnat", "type filter hook forward priority filter",
+			"ip saddr " + n.Env.Subnet.String() + " ip daddr 198.18.0.0/16 return", "ip daddr 198.18.0.0/16 accept"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: flannel-ipv4 lacks %q:\n%s", n.Host.Name, want, out)
+			}
+		}
+		if out, err := n.Host.Run(ctx, "iptables-save"); err == nil && strings.Contains(out, "FLANNEL") {
+			t.Errorf("%s: iptables rules next to the nftables ones:\n%s", n.Host.Name, out)
+		}
+	}
+	if out, err := n1.Host.Run(ctx, "nft", "flush", "chain", "ip", "flannel-ipv4", "postrtg"); err != nil {
+		t.Fatalf("flush: %v\n%s", err, out)
+	}
+	waitFor(t, 10*time.Second, "the flushed chain is rebuilt", func() error {
+		out, err := n1.Host.Run(ctx, "nft", "list", "chain", "ip", "flannel-ipv4", "postrtg")
+		if err != nil || !strings.Contains(out, "masquerade") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 }
