@@ -47,6 +47,9 @@ func TestPcapUnwrapCommand(t *testing.T) {
 	if !strings.Contains(stderr.String(), "1 inner packets written") {
 		t.Errorf("summary %q", stderr.String())
 	}
+	if info, err := os.Stat(out); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("capture file mode %v %v, want 0600 (it holds container traffic)", info.Mode(), err)
+	}
 	f, err := os.Open(out)
 	if err != nil {
 		t.Fatal(err)
