@@ -15,7 +15,8 @@ import (
 // klog flags, --public-ipv6, --kube-subnet-mgr=false and a stray argument.
 // It starts with one warning about the ignored flags and one about the
 // argument, takes flannel1 as upstream's "flannel%d" does, reports it in the
-// log and /metrics, and carries traffic to the other node.
+// log and /metrics, carries traffic to the other node, and routes to an
+// upstream node that holds a dual-stack key.
 func TestUpstreamUnitStarts(t *testing.T) {
 	t.Parallel()
 	c := startWith(t, cluster.Options{Hosts: 2, Idle: 1})
@@ -37,6 +38,13 @@ func TestUpstreamUnitStarts(t *testing.T) {
 	}
 	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
 	waitPing(t, 10*time.Second, n2.Container, n1.Container.Addr)
+
+	// An upstream node of a dual-stack cluster holds its lease in the
+	// dual-stack key form: both nodes route to it.
+	if _, err := c.Etcd.Put(ctx, subnetsPrefix+"198.18.250.0-24&2001:db8:100:fa::-64", `{"PublicIP":"192.0.2.250","PublicIPv6":"2001:db8::fa"}`); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, 10*time.Second, 2, n1, n2)
 
 	log := n2.Log()
 	if !strings.Contains(log, "Opened TUN device") || !strings.Contains(log, "device=flannel1") {
