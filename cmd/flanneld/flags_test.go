@@ -123,10 +123,13 @@ func TestUpstreamFlagsAccepted(t *testing.T) {
 	if n := strings.Count(out, "level=WARN"); n != 1 {
 		t.Errorf("%d warnings, want 1:\n%s", n, out)
 	}
-	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--public-ipv6", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR=/var/log/flannel"} {
+	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--public-ipv6", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("warning does not name %s:\n%s", w, out)
 		}
+	}
+	if strings.Contains(out, "/var/log/flannel") {
+		t.Errorf("the warning repeats a value:\n%s", out)
 	}
 	if strings.Contains(out, "kube-subnet-mgr") || strings.Contains(out, "-v=") {
 		t.Errorf("--kube-subnet-mgr=false or -v reported as ignored:\n%s", out)
@@ -165,6 +168,9 @@ func TestKubeFlagsRefused(t *testing.T) {
 		msg := errb.String()
 		if code != 1 || !strings.Contains(msg, "supports only the etcd subnet manager") || !strings.Contains(msg, tc.want) {
 			t.Errorf("%v %v: exit %d, want 1 with a sentence naming %s:\n%s", tc.args, tc.env, code, tc.want, msg)
+		}
+		if strings.Contains(msg, "192.0.2.10") {
+			t.Errorf("%v: the error repeats the flag's value (a URL may carry credentials):\n%s", tc.args, msg)
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("%v: took %v to refuse", tc.args, d)

@@ -95,9 +95,13 @@ func addForeignFlags(fs *flag.FlagSet) {
 func checkForeignFlags(fs *flag.FlagSet, fromEnv map[string]bool, log *slog.Logger) error {
 	var kube, ignored []string
 	fs.Visit(func(f *flag.Flag) {
+		// Names only, never values: a URL or path may carry credentials.
 		how := "--" + f.Name
 		if fromEnv[f.Name] {
-			how = envName(f.Name) + "=" + f.Value.String()
+			how = envName(f.Name)
+			if f.Name == "kube-subnet-mgr" {
+				how += "=true"
+			}
 		}
 		if _, ok := kubeFlags[f.Name]; ok {
 			if f.Name == "kube-subnet-mgr" && f.Value.String() != "" {
