@@ -2,10 +2,14 @@ package lease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // defaultClaimTTL is the life of a PublicIP claim once its flanneld is
@@ -16,7 +20,23 @@ const defaultClaimTTL = 15
 // claimKey is where the running flanneld that uses a PublicIP names
 // itself. It lies outside <prefix>/subnets, so upstream nodes never see it.
 func (r *registry) claimKey(m *Manager) string {
-	return path.Join(r.prefix, "flannel-go", "public-ips", m.publicIP.String())
+	return r.claimPrefix() + m.publicIP.String()
+}
+
+// claimPrefix is the prefix of every claim key, the one a scoped etcd role
+// must grant for claims to work.
+func (r *registry) claimPrefix() string {
+	return path.Join(r.prefix, "flannel-go", "public-ips") + "/"
+}
+
+// permissionDenied reports whether etcd refused an operation under its
+// authentication.
+func permissionDenied(err error) bool {
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return ee.Code() == codes.PermissionDenied
+	}
+	return status.Code(err) == codes.PermissionDenied
 }
 
 // claim makes this process the one flanneld using its PublicIP, so that two
@@ -26,7 +46,9 @@ func (r *registry) claimKey(m *Manager) string {
 // previous run of this node and is taken over. A claim by another Identity
 // is waited out, with one error naming both nodes: the other node keeps
 // its lease and its routes, nothing flaps. An unreachable etcd is waited
-// for; other etcd errors are returned.
+// for; a claim etcd refuses (a role scoped to <prefix>/config and
+// <prefix>/subnets, as upstream needs) is logged once and skipped; other
+// etcd errors are returned.
 func (m *Manager) claim(ctx context.Context) error {
 	if m.identity == "" {
 		return nil
@@ -45,6 +67,13 @@ func (m *Manager) claim(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if err != nil && permissionDenied(err) {
+			m.warnOnce(key, "\x00denied", fmt.Sprintf("PublicIP claim not permitted by etcd (%v): running without it, as upstream does. "+
+				"The claim stops a second node configured with the same PublicIP (%s) from sharing this node's lease. "+
+				"To enable it, let this node's etcd role read and write the prefix %s (etcdctl role grant-permission ROLE --prefix=true readwrite %s); "+
+				"to silence this, give --public-ip-claim=false", err, m.publicIP, m.reg.claimPrefix(), m.reg.claimPrefix()))
+			return nil
 		}
 		if err != nil && !unreachable(err) {
 			return err

@@ -34,6 +34,9 @@ type Config struct {
 	IPv6SubnetMax netip.Addr
 	BackendType   string // lower-cased; "udp" when Backend is absent
 	Port          int    // udp backend port, default 8285
+	// EnableNFTables installs the --ip-masq and forward rules with
+	// nftables instead of iptables, as upstream v0.28 does.
+	EnableNFTables bool
 }
 
 // jsonConfig mirrors the JSON document; encoding/json already matches keys
@@ -50,6 +53,9 @@ type jsonConfig struct {
 	IPv6SubnetMin addr6
 	IPv6SubnetMax addr6
 	Backend       json.RawMessage
+	// EnableNFTables is a plain bool, as upstream's: a non-boolean value
+	// fails the whole config there too.
+	EnableNFTables bool
 }
 
 type cidr4 struct{ p netip.Prefix }
@@ -136,6 +142,8 @@ func ParseConfig(data []byte) (*Config, error) {
 		IPv6SubnetLen: int(min(jc.IPv6SubnetLen, 1<<16)),
 		IPv6SubnetMin: jc.IPv6SubnetMin.a,
 		IPv6SubnetMax: jc.IPv6SubnetMax.a,
+
+		EnableNFTables: jc.EnableNFTables,
 	}
 	if jc.EnableIPv4 != nil {
 		cfg.EnableIPv4 = *jc.EnableIPv4

@@ -102,3 +102,20 @@ func TestParseConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConfigEnableNFTables(t *testing.T) {
+	for doc, want := range map[string]bool{
+		`{"Network":"198.18.0.0/16"}`:                        false,
+		`{"Network":"198.18.0.0/16","EnableNFTables":true}`:  true,
+		`{"Network":"198.18.0.0/16","enablenftables":true}`:  true,
+		`{"Network":"198.18.0.0/16","EnableNFTables":false}`: false,
+	} {
+		cfg, err := ParseConfig([]byte(doc))
+		if err != nil || cfg.EnableNFTables != want {
+			t.Errorf("%s: EnableNFTables %v %v, want %v", doc, cfg != nil && cfg.EnableNFTables, err, want)
+		}
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"198.18.0.0/16","EnableNFTables":"yes"}`)); err == nil {
+		t.Error(`"EnableNFTables":"yes" accepted; upstream refuses the config`)
+	}
+}

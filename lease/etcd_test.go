@@ -525,7 +525,7 @@ func TestWatch(t *testing.T) {
 		own := netip.MustParsePrefix("198.18.10.0/24")
 		put(t, cli, subnetKeyPath("198.18.10.0/24"), string(MarshalLeaseAttrs(nodeA)))
 		put(t, cli, subnetKeyPath("198.18.11.0/24"), string(MarshalLeaseAttrs(b)))
-		put(t, cli, prefix+"/subnets/198.18.12.5-24", string(MarshalLeaseAttrs(c)))
+		put(t, cli, prefix+"/subnets/198.18.12.0-32", string(MarshalLeaseAttrs(c)))
 		put(t, cli, subnetKeyPath("198.18.13.0/24"), `{"PublicIP":"nonsense"}`)
 
 		m, lb := newManager(cli, nodeA, Options{})
@@ -534,7 +534,7 @@ func TestWatch(t *testing.T) {
 		if len(w.batches[0]) != 1 || w.batches[0][0].Type != EventAdded || w.batches[0][0].Lease.Subnet != netip.MustParsePrefix("198.18.11.0/24") || w.batches[0][0].Lease.PublicIP != b {
 			t.Fatalf("snapshot batch = %+v, want only 198.18.11.0/24 via %s", w.batches[0], b)
 		}
-		if !strings.Contains(lb.String(), "198.18.12.5-24") || !strings.Contains(lb.String(), "198.18.13.0-24") {
+		if !strings.Contains(lb.String(), "198.18.12.0-32") || !strings.Contains(lb.String(), "198.18.13.0-24") {
 			t.Errorf("malformed entries were not warned about:\n%s", lb.String())
 		}
 

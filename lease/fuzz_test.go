@@ -1,32 +1,11 @@
 package lease
 
 import (
+	"net"
 	"net/netip"
-	"strings"
+	"strconv"
 	"testing"
 )
-
-func FuzzParseSubnetKey(f *testing.F) {
-	for _, s := range []string{"198.18.32.0-24", "/coreos.com/network/subnets/198.18.68.0-24", "198.18.32.0-24&2001:db8:0:1::-64", "198.18.32.1-24", "1.2.3.4-99"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, key string) {
-		p, ok := ParseSubnetKey(key)
-		if !ok {
-			return
-		}
-		if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
-			t.Fatalf("ParseSubnetKey(%q) = %v: not a canonical IPv4 prefix", key, p)
-		}
-		k := SubnetKey(p)
-		if !strings.Contains(key, k) {
-			t.Fatalf("SubnetKey(%v) = %q is not part of %q", p, k, key)
-		}
-		if q, ok := ParseSubnetKey(k); !ok || q != p {
-			t.Fatalf("round trip of %q: %v, %v", k, q, ok)
-		}
-	})
-}
 
 func FuzzParseLeaseAttrs(f *testing.F) {
 	for _, s := range []string{`{"PublicIP":"192.0.2.1","PublicIPv6":null}`, `{"publicip":"192.0.2.1"}`, `{"PublicIP":"2001:db8::1"}`, `{}`, `null`} {
@@ -76,6 +55,62 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if cfg.Port < 1 || cfg.Port > 65535 {
 			t.Fatalf("port %d", cfg.Port)
+		}
+	})
+}
+
+// upstreamParse is an independent statement of upstream's key parsing
+// with the net package (its IP parser), for comparison.
+func upstreamParse(key string) (v4 net.IPNet, v6 *net.IPNet, ok bool) {
+	m := subnetKeyRE.FindStringSubmatch(key)
+	if m == nil {
+		return v4, nil, false
+	}
+	ip := net.ParseIP(m[1]).To4()
+	n, err := strconv.ParseUint(m[2], 10, 5)
+	if ip == nil || err != nil {
+		return v4, nil, false
+	}
+	v4 = net.IPNet{IP: ip.Mask(net.CIDRMask(int(n), 32)), Mask: net.CIDRMask(int(n), 32)}
+	if m[3] != "" {
+		ip6 := net.ParseIP(m[3])
+		n6, err := strconv.ParseUint(m[4], 10, 7)
+		if ip6 == nil || err != nil {
+			return v4, nil, false
+		}
+		v6 = &net.IPNet{IP: ip6, Mask: net.CIDRMask(int(n6), 128)}
+	}
+	return v4, v6, true
+}
+
+func FuzzParseSubnetKeyParts(f *testing.F) {
+	f.Fuzz(func(t *testing.T, key string) {
+		k, ok := ParseSubnetKeyParts(key)
+		v4, v6, uok := upstreamParse(key)
+		if ok != uok {
+			t.Fatalf("%q: parsed %v, upstream %v", key, ok, uok)
+		}
+		if p, rok := ReadableSubnet(key); rok && (!p.Addr().Is4() || p.Masked() != p) {
+			t.Fatalf("ReadableSubnet(%q) = %v: not a masked IPv4 prefix", key, p)
+		}
+		if !ok {
+			return
+		}
+		ones, _ := v4.Mask.Size()
+		if !k.Subnet.Addr().Is4() || k.Subnet.Masked() != k.Subnet || k.Subnet.Bits() != ones || !v4.IP.Equal(k.Subnet.Addr().AsSlice()) {
+			t.Fatalf("%q: subnet %v, upstream %v", key, k.Subnet, v4.String())
+		}
+		if k.Canonical != (key == SubnetKey(k.Subnet)) {
+			t.Fatalf("%q: canonical %v", key, k.Canonical)
+		}
+		if (v6 == nil) != !k.IPv6Subnet.IsValid() {
+			t.Fatalf("%q: IPv6 part %v, upstream %v", key, k.IPv6Subnet, v6)
+		}
+		if v6 != nil {
+			ones6, _ := v6.Mask.Size()
+			if !k.IPv6Subnet.Addr().Is6() || k.IPv6Subnet.Bits() != ones6 || !v6.IP.Equal(k.IPv6Subnet.Addr().AsSlice()) {
+				t.Fatalf("%q: IPv6 part %v, upstream %v", key, k.IPv6Subnet, v6)
+			}
 		}
 	})
 }

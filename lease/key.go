@@ -53,28 +53,87 @@ type Event struct {
 // be matched against the full etcd key.
 var subnetKeyRE = regexp.MustCompile(`(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$`)
 
-// ParseSubnetKey parses a subnet key "A.B.C.D-LEN" (alone or at the end of a
-// full etcd key). A dual-stack "&IPv6-LEN" suffix is accepted and ignored.
-// Keys with host bits set or a zero-padded length are rejected, so a parsed
-// prefix always maps back to the same key.
-func ParseSubnetKey(key string) (netip.Prefix, bool) {
+// SubnetKeyParts is a subnet key as upstream reads it.
+type SubnetKeyParts struct {
+	// Subnet is the IPv4 subnet with any host bits cleared: what routes
+	// and the allocator use.
+	Subnet netip.Prefix
+	// IPv6Subnet is the dual-stack part ("&2001:db8:100:3::-64") as
+	// written, host bits included; the zero Prefix when the key has none.
+	IPv6Subnet netip.Prefix
+	// Canonical reports whether the key is exactly SubnetKey(Subnet), the
+	// form this node writes for its own lease.
+	Canonical bool
+}
+
+// ParseSubnetKeyParts parses a subnet key (alone or at the end of a full
+// etcd key) exactly as upstream's ParseSubnetKey does, so that every key an
+// upstream node holds routes and counts as taken here: the end-anchored
+// pattern, an IPv4 length of 0 to 31 and an IPv6 length of 0 to 127 (with
+// leading zeros), host bits allowed. A key with an IPv6 part that does not
+// parse is rejected whole, as upstream rejects it.
+func ParseSubnetKeyParts(key string) (SubnetKeyParts, bool) {
 	m := subnetKeyRE.FindStringSubmatch(key)
+	if m == nil {
+		return SubnetKeyParts{}, false
+	}
+	ip, err := netip.ParseAddr(m[1])
+	bits, berr := strconv.ParseUint(m[2], 10, 5)
+	if err != nil || !ip.Is4() || berr != nil {
+		return SubnetKeyParts{}, false
+	}
+	k := SubnetKeyParts{Subnet: netip.PrefixFrom(ip, int(bits)).Masked()}
+	if m[3] != "" {
+		ip6, err := netip.ParseAddr(m[3])
+		bits6, berr := strconv.ParseUint(m[4], 10, 7)
+		if err != nil || berr != nil || !ip6.Is6() {
+			return SubnetKeyParts{}, false
+		}
+		k.IPv6Subnet = netip.PrefixFrom(ip6, int(bits6))
+	}
+	k.Canonical = key == SubnetKey(k.Subnet)
+	return k, true
+}
+
+// readableKeyRE finds a dotted quad, with or without a length, anywhere in
+// a key that does not parse.
+var readableKeyRE = regexp.MustCompile(`(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:-(\d{1,3}))?`)
+
+// ReadableSubnet salvages the IPv4 subnet from a key that no flanneld can
+// parse (a /32 length, a bad IPv6 part, zero-padded octets): the first
+// dotted quad and its length, or the single address when the length is
+// missing or over 32. The allocator treats it as taken, so a node whose key
+// was mangled never gets its subnet handed to another node.
+func ReadableSubnet(key string) (netip.Prefix, bool) {
+	m := readableKeyRE.FindStringSubmatch(key)
 	if m == nil {
 		return netip.Prefix{}, false
 	}
-	ip, err := netip.ParseAddr(m[1])
-	if err != nil || !ip.Is4() {
+	var a [4]byte
+	for i := range a {
+		n, err := strconv.Atoi(m[i+1])
+		if err != nil || n > 255 {
+			return netip.Prefix{}, false
+		}
+		a[i] = byte(n)
+	}
+	bits := 32
+	if n, err := strconv.Atoi(m[5]); err == nil && n <= 32 {
+		bits = n
+	}
+	return netip.PrefixFrom(netip.AddrFrom4(a), bits).Masked(), true
+}
+
+// badKey logs a subnet key no flanneld can parse, once, and returns the
+// subnet readable in it, which the allocator must not hand out.
+func (m *Manager) badKey(key string) (netip.Prefix, bool) {
+	rest, _ := cutPrefix(key, m.reg.subnetsDir())
+	p, ok := ReadableSubnet(rest)
+	if !ok {
+		m.warnOnce(key, "", "ignoring malformed subnet key")
 		return netip.Prefix{}, false
 	}
-	// Upstream parses the length with 5 bits, so /32 is not a subnet key.
-	bits, err := strconv.ParseUint(m[2], 10, 5)
-	if err != nil || strconv.FormatUint(bits, 10) != m[2] {
-		return netip.Prefix{}, false
-	}
-	p := netip.PrefixFrom(ip, int(bits))
-	if p.Masked() != p {
-		return netip.Prefix{}, false
-	}
+	m.warnOnce(key, "", "ignoring malformed subnet key; its subnet is never allocated", "subnet", p)
 	return p, true
 }
 

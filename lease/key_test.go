@@ -20,19 +20,19 @@ func TestParseSubnetKey(t *testing.T) {
 		"/coreos.com/network/subnets/198.18.1.128-25&fd00::-64": "198.18.1.128/25",
 	}
 	for key, want := range good {
-		p, ok := ParseSubnetKey(key)
-		if !ok || p != netip.MustParsePrefix(want) {
-			t.Errorf("ParseSubnetKey(%q) = %v, %v; want %s", key, p, ok, want)
+		k, ok := ParseSubnetKeyParts(key)
+		if !ok || k.Subnet != netip.MustParsePrefix(want) {
+			t.Errorf("ParseSubnetKeyParts(%q) = %v, %v; want %s", key, k, ok, want)
 		}
 	}
 	bad := []string{
 		"", "198.18.32.0", "198.18.32.0-", "198.18.32.0-32", "198.18.32.0-99",
-		"198.18.32.1-24", "198.18.256.0-24", "198.018.32.0-24", "198.18.32.0-24x",
-		"198.18.32.0/24", "2001:db8::-64", "198.18.32.0-024", "198.18.32.0-24&2001:DB8::-64",
+		"198.18.256.0-24", "198.018.32.0-24", "198.18.32.0-24x",
+		"198.18.32.0/24", "2001:db8::-64", "198.18.32.0-24&2001:DB8::-64",
 	}
 	for _, key := range bad {
-		if p, ok := ParseSubnetKey(key); ok {
-			t.Errorf("ParseSubnetKey(%q) = %v, want failure", key, p)
+		if k, ok := ParseSubnetKeyParts(key); ok {
+			t.Errorf("ParseSubnetKeyParts(%q) = %v, want failure", key, k)
 		}
 	}
 	if got := SubnetKey(netip.MustParsePrefix("198.18.32.0/24")); got != "198.18.32.0-24" {

@@ -246,13 +246,14 @@ func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev netip.Prefix
 	if err != nil {
 		return Lease{}, fmt.Errorf("list subnets: %w", err)
 	}
+	taken := make([]netip.Prefix, 0, len(entries)+len(bad))
 	for _, k := range bad {
-		m.warnOnce(k, "", "ignoring malformed subnet key")
+		if p, ok := m.badKey(k); ok {
+			taken = append(taken, p)
+		}
 	}
-
-	taken := make([]netip.Prefix, 0, len(entries))
 	for _, e := range entries {
-		if e.AttrsErr != nil || e.PublicIP != m.publicIP {
+		if e.AttrsErr != nil || e.PublicIP != m.publicIP || e.Foreign {
 			taken = append(taken, e.Subnet)
 			continue
 		}

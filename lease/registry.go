@@ -31,13 +31,18 @@ type registry struct {
 // entry is one key under <prefix>/subnets. Subnet is valid when the key
 // parses; PublicIP is valid when the value parses too.
 type entry struct {
-	Key      string
-	Subnet   netip.Prefix
-	PublicIP netip.Addr
-	AttrsErr error
-	Raw      string // the value, kept only when it is malformed (for log-once)
-	LeaseID  clientv3.LeaseID
-	ModRev   int64
+	Key    string
+	Subnet netip.Prefix
+	// IPv6Subnet is a dual-stack key's IPv6 part; Foreign marks a key not
+	// in the form this node writes (dual-stack, host bits, zero-padded
+	// length): it routes and is taken, but is never this node's own lease.
+	IPv6Subnet netip.Prefix
+	Foreign    bool
+	PublicIP   netip.Addr
+	AttrsErr   error
+	Raw        string // the value, kept only when it is malformed (for log-once)
+	LeaseID    clientv3.LeaseID
+	ModRev     int64
 }
 
 func (r *registry) configKey() string  { return path.Join(r.prefix, "config") }
@@ -71,11 +76,11 @@ func (r *registry) parseEntry(key string, value []byte, lease int64, modRev int6
 	if !found {
 		return e, false
 	}
-	p, ok := ParseSubnetKey(rest)
-	if !ok || SubnetKey(p) != rest {
+	k, ok := ParseSubnetKeyParts(rest)
+	if !ok {
 		return e, false
 	}
-	e.Subnet = p
+	e.Subnet, e.IPv6Subnet, e.Foreign = k.Subnet, k.IPv6Subnet, !k.Canonical
 	e.PublicIP, e.AttrsErr = ParseLeaseAttrs(value)
 	if e.AttrsErr != nil {
 		e.Raw = string(value)

@@ -290,7 +290,8 @@ func TestConcurrentLeaseEvents(t *testing.T) {
 	}
 	final := map[netip.Prefix]netip.Addr{}
 	for _, kv := range resp.Kvs {
-		p, _ := ParseSubnetKey(string(kv.Key))
+		k, _ := ParseSubnetKeyParts(string(kv.Key))
+		p := k.Subnet
 		ip, _ := ParseLeaseAttrs(kv.Value)
 		final[p] = ip
 	}

@@ -69,7 +69,7 @@ func (w *watcher) snapshot(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	for _, k := range bad {
-		w.warn(k, "", "ignoring malformed subnet key")
+		w.m.badKey(k)
 	}
 	current := make(map[netip.Prefix]Lease, len(entries))
 	for _, e := range entries {
@@ -141,7 +141,7 @@ func (w *watcher) event(ctx context.Context, ev *clientv3.Event) (Event, bool) {
 	e, ok := w.m.reg.parseEntry(string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
 	if !ok {
 		if ev.Type == mvccpb.PUT {
-			w.warn(string(kv.Key), "", "ignoring malformed subnet key")
+			w.m.badKey(string(kv.Key))
 		}
 		return Event{}, false
 	}

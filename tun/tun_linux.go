@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -50,8 +51,10 @@ type Device struct {
 // which we used before, cannot pass it (nor set offloads, and it leaks a
 // file descriptor when attaching fails).
 //
-// An existing interface of that name is refused: attaching queues to a TUN
-// another process owns would silently share its traffic.
+// A name with "%d" (upstream's "flannel%d") lets the kernel pick the lowest
+// free number; Device.Name is the name it picked. An existing interface of
+// a fixed name is refused: attaching queues to a TUN another process owns
+// would silently share its traffic.
 func Open(name string, queues int, opts ...Option) (*Device, error) {
 	o := options{offloads: true}
 	for _, opt := range opts {
@@ -66,7 +69,7 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 	if queues < 1 {
 		return nil, fmt.Errorf("open TUN device %s: %d queues, need at least 1", name, queues)
 	}
-	if l, err := netlink.LinkByName(name); err == nil {
+	if l, err := netlink.LinkByName(name); err == nil && !strings.Contains(name, "%d") {
 		return nil, fmt.Errorf("open TUN device %s: an interface of that name (type %s) already exists; delete it (ip link del %s) or choose another name",
 			name, l.Type(), name)
 	}
@@ -76,16 +79,18 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 		flags |= unix.IFF_VNET_HDR
 	}
 	for i := range queues {
-		fd, err := openQueue(name, flags)
+		fd, got, err := openQueue(name, flags)
 		if err != nil && i == 0 && flags&unix.IFF_VNET_HDR != 0 {
 			// A kernel without IFF_VNET_HDR: run without offloads.
 			flags &^= unix.IFF_VNET_HDR
-			fd, err = openQueue(name, flags)
+			fd, got, err = openQueue(name, flags)
 		}
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("open TUN device %s queue %d: %w", name, i, err)
 		}
+		// The other queues attach to the device the first one created.
+		name, d.Name = got, got
 		if i == 0 && flags&unix.IFF_VNET_HDR != 0 {
 			d.Offloads = setOffloads(fd)
 			if d.Offloads.TSO {
@@ -106,23 +111,24 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 	return d, nil
 }
 
-// openQueue attaches one non-blocking queue to the TUN name, creating it.
-func openQueue(name string, flags uint16) (int, error) {
+// openQueue attaches one non-blocking queue to the TUN name, creating it,
+// and returns the device's name as the kernel set it.
+func openQueue(name string, flags uint16) (int, string, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
+		return -1, "", fmt.Errorf("open /dev/net/tun: %w", err)
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		unix.Close(fd)
-		return -1, err
+		return -1, "", err
 	}
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("TUNSETIFF: %w", err)
+		return -1, "", fmt.Errorf("TUNSETIFF: %w", err)
 	}
-	return fd, nil
+	return fd, ifr.Name(), nil
 }
 
 // setOffloads asks for the most the kernel grants: USO needs Linux 6.2,

@@ -1,31 +1,66 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// blackholeMetric puts the blackhole route behind the container bridge's
-// connected route for the same prefix (metric 0): the two coexist, and the
-// blackhole catches the subnet's traffic only while no bridge serves it.
-const blackholeMetric = 1000
+// blackholeMetric is upstream's: the route upstream adds has no metric, so
+// a blackhole route an upstream flanneld left behind is this one and is
+// taken over as it is.
+const blackholeMetric = 0
 
 // blackholeRoute is the --ip-blackhole-route route for subnet.
 func blackholeRoute(subnet netip.Prefix) *netlink.Route {
 	return &netlink.Route{
 		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
 		Type:     unix.RTN_BLACKHOLE,
+		Family:   netlink.FAMILY_V4,
 		Priority: blackholeMetric,
 	}
 }
 
+// addBlackholeRoute makes sure the subnet has upstream's blackhole route:
+// added unless one is there (one an upstream flanneld left is taken over),
+// and one at another metric (flannel-go before it used upstream's) is
+// replaced. The kernel lets a blackhole route at metric 0 shadow a
+// container bridge's connected route for the same subnet when the bridge
+// comes up after it (upstream's route then drops every packet to the
+// containers), so while any other route serves the subnet the blackhole
+// route is removed instead; it comes back at the next resync once that
+// route is gone.
 func addBlackholeRoute(subnet netip.Prefix) error {
-	if err := netlink.RouteAdd(blackholeRoute(subnet)); err != nil && !errors.Is(err, unix.EEXIST) {
+	want := blackholeRoute(subnet)
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, want, netlink.RT_FILTER_DST)
+	if err != nil {
+		return fmt.Errorf("list routes for %s: %w", subnet, err)
+	}
+	served := slices.ContainsFunc(routes, func(r netlink.Route) bool { return r.Type != unix.RTN_BLACKHOLE })
+	have := false
+	for _, r := range routes {
+		if r.Type != unix.RTN_BLACKHOLE {
+			continue
+		}
+		if r.Priority == blackholeMetric && !served {
+			have = true
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("delete blackhole route for %s with metric %d: %w", subnet, r.Priority, err)
+		}
+	}
+	if have || served {
+		return nil
+	}
+	if err := netlink.RouteAdd(want); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add blackhole route for %s: %w", subnet, err)
 	}
 	return nil
@@ -36,4 +71,25 @@ func delBlackholeRoute(subnet netip.Prefix) error {
 		return fmt.Errorf("delete blackhole route for %s: %w", subnet, err)
 	}
 	return nil
+}
+
+// resyncBlackholeRoute re-adds the blackhole route for the current subnet
+// every --iptables-resync seconds, as upstream does, in case someone
+// deleted it.
+func (d *daemon) resyncBlackholeRoute(ctx context.Context) {
+	t := time.NewTicker(time.Duration(d.o.iptablesResync) * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.subnetMu.Lock()
+		err := addBlackholeRoute(d.ownSubnet())
+		d.subnetMu.Unlock()
+		if err != nil {
+			d.log.Error("Failed to setup blackhole route", "error", err)
+		}
+	}
 }

@@ -24,8 +24,9 @@ import (
 	"github.com/flannel-go/flannel-go/tun"
 )
 
-// tunName is upstream's device name; existing units and scripts expect it.
-const tunName = "flannel0"
+// tunName is upstream's device name pattern: the kernel picks the lowest
+// free number, flannel0 unless another flanneld (or a leftover) holds it.
+const tunName = "flannel%d"
 
 // encapOverhead is the outer IPv4 and UDP headers around each inner packet.
 const encapOverhead = 28
@@ -114,7 +115,7 @@ func (d *daemon) run(parent context.Context) error {
 		PrevSubnet:  prev.Subnet,
 		RenewMargin: o.renewMargin(),
 		Observer:    newLeaseMetrics(),
-		Identity:    nodeIdentity(ext),
+		Identity:    claimIdentity(o, ext),
 		Logger:      log,
 	})
 	cfg, err := mgr.WaitConfig(ctx)
@@ -147,13 +148,14 @@ func (d *daemon) run(parent context.Context) error {
 		return fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
 	}
 	defer dev.Close()
+	reportTUN(dev.Name, log)
 	if err := dev.Configure(l.Subnet.Addr(), mtu, o.tunTxQueueLen, cfg.Network); err != nil {
-		return fmt.Errorf("configure %s: %w", tunName, err)
+		return fmt.Errorf("configure %s: %w", dev.Name, err)
 	}
 	// The router's ICMP errors come from the TUN's own address; without
 	// accept_local the kernel drops them as martians and traceroute, PMTU
 	// and "net unreachable" never reach the sender.
-	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+tunName+"/accept_local", []byte("1"), 0o644); err != nil {
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev.Name+"/accept_local", []byte("1"), 0o644); err != nil {
 		log.Warn("Could not set accept_local on the TUN; ICMP errors from the router will be dropped by the kernel", "error", err)
 	}
 
@@ -205,6 +207,9 @@ func (d *daemon) run(parent context.Context) error {
 	wg.Go(func() { d.routes.Run(runCtx, events, rt) })
 	if rules != nil {
 		wg.Go(func() { d.resyncRules(runCtx) })
+	}
+	if o.ipBlackholeRoute {
+		wg.Go(func() { d.resyncBlackholeRoute(runCtx) })
 	}
 	wg.Go(func() {
 		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dev, rt, nl, mtu) })
@@ -306,7 +311,7 @@ func (d *daemon) setupRules(cfg *lease.Config, prev lease.SubnetFile, subnet net
 	if sets == 0 {
 		return nil, nil
 	}
-	rules, err := ipmasq.New(cfg.Network, subnet, !d.o.ipMasqFullyRandomDisable, sets)
+	rules, err := d.newRules(cfg, subnet, !d.o.ipMasqFullyRandomDisable, sets)
 	if err == nil && d.o.ipMasq {
 		err = rules.DeleteStale(prev.Network, prev.Subnet)
 	}

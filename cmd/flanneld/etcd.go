@@ -56,8 +56,12 @@ func tlsFiles(o *options, getenv func(string) string) (ca, cert, key string) {
 // only when both the certificate and the key are given; the CA is optional.
 func clientTLS(ca, cert, key string, log *slog.Logger) (*tls.Config, error) {
 	if cert == "" || key == "" {
-		if cert != "" || key != "" {
-			return nil, errors.New("--etcd-certfile and --etcd-keyfile must be given together")
+		if err := halfGivenTLS(cert, key); err != nil {
+			return nil, err
+		}
+		if ca != "" {
+			log.Warn("--etcd-cafile is ignored without --etcd-certfile and --etcd-keyfile: connecting to etcd with http. This is insecure", "cafile", ca)
+			return nil, nil
 		}
 		log.Warn("no certificate provided: connecting to etcd with http. This is insecure")
 		return nil, nil
@@ -90,6 +94,20 @@ func clientTLS(ca, cert, key string, log *slog.Logger) (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
+}
+
+// halfGivenTLS refuses a client certificate without its key or a key
+// without its certificate, naming the flag that is missing. Upstream
+// silently falls back to plain http there, which an operator who meant TLS
+// learns only from etcd's refusals.
+func halfGivenTLS(cert, key string) error {
+	switch {
+	case cert != "" && key == "":
+		return fmt.Errorf("--etcd-certfile %s is given but --etcd-keyfile is missing: give the client certificate's key with --etcd-keyfile (or FLANNELD_ETCD_KEYFILE), or drop --etcd-certfile to connect without TLS", cert)
+	case key != "" && cert == "":
+		return fmt.Errorf("--etcd-keyfile %s is given but --etcd-certfile is missing: give the client certificate with --etcd-certfile (or FLANNELD_ETCD_CERTFILE), or drop --etcd-keyfile to connect without TLS", key)
+	}
+	return nil
 }
 
 // newEtcdClient creates the etcd v3 client. clientv3 connects lazily, so

@@ -28,6 +28,7 @@ type options struct {
 	ifaceRegexes  stringList
 	ifaceCanReach string
 	publicIP      string
+	publicIPClaim bool
 
 	subnetFile        string
 	subnetRenewMargin int
@@ -41,6 +42,7 @@ type options struct {
 	healthzIP   string
 	healthzPort int
 	metricsAddr string
+	debugPcap   bool
 
 	queues             int
 	socketBuffer       int
@@ -83,6 +85,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.Var(&o.ifaceRegexes, "iface-regex", "regex expression to match the first interface to use (IP or name) for inter-host communication; can be given more than once")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "detect the interface to use by the route to this IP")
 	fs.StringVar(&o.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication")
+	fs.BoolVar(&o.publicIPClaim, "public-ip-claim", true, "claim the PublicIP in etcd under <etcd-prefix>/flannel-go/public-ips/, so that a second node with the same PublicIP waits instead of sharing this node's lease")
 
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ... ) will be written to")
 	fs.IntVar(&o.subnetRenewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
@@ -96,6 +99,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for healthz server to listen")
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for healthz server to listen (0 to disable)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "also serve /metrics on this host:port")
+	fs.BoolVar(&o.debugPcap, "debug-pcap", false, "serve /debug/pcap (a capture of the overlay's packets) on the healthz port; off by default because that port listens on 0.0.0.0")
 
 	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU by default")
 	fs.IntVar(&o.socketBuffer, "socket-buffer", 4<<20, "UDP socket send and receive buffer size in bytes")
@@ -105,8 +109,9 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.offloads, "offloads", true, "use TSO/GRO on the TUN device and UDP GSO/GRO on the sockets where the kernel has them")
 	fs.BoolVar(&o.verifyChecksums, "verify-checksums", false, "re-verify inner TCP/UDP checksums of received packets instead of trusting the outer UDP checksum")
 
-	fs.IntVar(&o.verbosity, "v", 0, "log verbosity; 1 or more enables debug logs")
+	fs.IntVar(&o.verbosity, "v", 0, "log verbosity: 0 logs Info and above, 1 or more also Debug")
 	fs.BoolVar(&o.version, "version", false, "print version and exit")
+	addForeignFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [OPTION]...\n", name)
 		fs.PrintDefaults()
@@ -120,9 +125,10 @@ func envName(name string) string {
 }
 
 // setFlagsFromEnv fills every flag not given on the command line from its
-// FLANNELD_* variable, as upstream does after parsing. A bad value is logged
-// and ignored, also as upstream.
-func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) {
+// FLANNELD_* variable, as upstream does after parsing, and returns the
+// names it set. A bad value is logged and ignored, also as upstream.
+func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) map[string]bool {
+	set := map[string]bool{}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	fs.VisitAll(func(f *flag.Flag) {
@@ -135,8 +141,11 @@ func setFlagsFromEnv(fs *flag.FlagSet, getenv func(string) string, log *slog.Log
 		}
 		if err := fs.Set(f.Name, v); err != nil {
 			log.Error("Failed to set flag FLANNELD from env", "flag", f.Name, "variable", envName(f.Name), "error", err)
+			return
 		}
+		set[f.Name] = true
 	})
+	return set
 }
 
 // parseOptions parses args and the environment into options and checks
@@ -148,12 +157,17 @@ func parseOptions(name string, args []string, getenv func(string) string, out io
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (flags start with - or --)", fs.Arg(0))
+		// Upstream ignores them silently; a unit that starts there must
+		// start here, but the flags after them are not parsed by either.
+		log.Warn(fmt.Sprintf("Ignoring %d command-line argument(s) from %q on: they are not flags (flags start with - or --), and nothing after the first of them is parsed, as in upstream", fs.NArg(), fs.Arg(0)))
 	}
 	if o.version {
 		return o, nil
 	}
-	setFlagsFromEnv(fs, getenv, log)
+	fromEnv := setFlagsFromEnv(fs, getenv, log)
+	if err := checkForeignFlags(fs, fromEnv, log); err != nil {
+		return nil, err
+	}
 	return o, o.validate()
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 func parse(t *testing.T, args []string, env map[string]string) (*options, error) {
@@ -79,7 +80,6 @@ func TestRangesNameTheFlag(t *testing.T) {
 		{[]string{"--iptables-resync=0"}, "--iptables-resync"},
 		{[]string{"--etcd-endpoints="}, "--etcd-endpoints"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
-		{[]string{"stray"}, `unexpected argument "stray"`},
 	} {
 		_, err := parse(t, tc.args, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -100,5 +100,111 @@ func TestVersionAndHelpExitZero(t *testing.T) {
 	errb.Reset()
 	if code := run([]string{"flanneld", "--subnet-lease-renew-margin=0"}, func(string) string { return "" }, &out, &errb); code != 1 {
 		t.Fatalf("bad margin: code %d, want 1", code)
+	}
+}
+
+// TestUpstreamFlagsAccepted gives every flag of upstream v0.28.9 that has no
+// meaning here (and klog's), on the command line and through FLANNELD_*:
+// parsing succeeds with one warning naming them all.
+func TestUpstreamFlagsAccepted(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	args := []string{"--vmodule=main=4,registry=2", "--log_backtrace_at=main.go:120", "-v=3", "--public-ipv6=2001:db8::1",
+		"--logtostderr", "-alsologtostderr=false", "--stderrthreshold=INFO", "--kube-subnet-mgr=false", "--iface=eth0"}
+	env := map[string]string{"FLANNELD_LOG_DIR": "/var/log/flannel"}
+	o, err := parseOptions("flanneld", args, func(k string) string { return env[k] }, &logs, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.verbosity != 3 || logLevel(o.verbosity) != slog.LevelDebug || strings.Join(o.ifaces, ",") != "eth0" {
+		t.Errorf("known flags not parsed along: %+v", o)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "level=WARN"); n != 1 {
+		t.Errorf("%d warnings, want 1:\n%s", n, out)
+	}
+	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--public-ipv6", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("warning does not name %s:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "/var/log/flannel") {
+		t.Errorf("the warning repeats a value:\n%s", out)
+	}
+	if strings.Contains(out, "kube-subnet-mgr") || strings.Contains(out, "-v=") {
+		t.Errorf("--kube-subnet-mgr=false or -v reported as ignored:\n%s", out)
+	}
+}
+
+func TestLogLevels(t *testing.T) {
+	for v, want := range map[int]slog.Level{-1: slog.LevelInfo, 0: slog.LevelInfo, 1: slog.LevelDebug, 10: slog.LevelDebug} {
+		if got := logLevel(v); got != want {
+			t.Errorf("-v=%d: %v, want %v", v, got, want)
+		}
+	}
+}
+
+// TestKubeFlagsRefused runs the daemon's entry point with each Kubernetes
+// subnet manager flag, and with FLANNELD_KUBE_SUBNET_MGR=true: it exits 1
+// at once with a sentence that only etcd is supported, naming the flag,
+// instead of waiting for an etcd on 127.0.0.1.
+func TestKubeFlagsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr"},
+		{[]string{"-kube-api-url=https://192.0.2.10:6443"}, nil, "--kube-api-url"},
+		{[]string{"--kube-annotation-prefix=example.com"}, nil, "--kube-annotation-prefix"},
+		{[]string{"--kubeconfig-file=/etc/kubernetes/kubeconfig"}, nil, "--kubeconfig-file"},
+		{[]string{"--net-config-path=/etc/kube-flannel/net-conf.json"}, nil, "--net-config-path"},
+		{[]string{"--set-node-network-unavailable=false"}, nil, "--set-node-network-unavailable"},
+		{nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "true"}, "FLANNELD_KUBE_SUBNET_MGR=true"},
+	} {
+		var out, errb bytes.Buffer
+		start := time.Now()
+		code := run(append([]string{"flanneld", "--etcd-endpoints=http://127.0.0.1:1"}, tc.args...), func(k string) string { return tc.env[k] }, &out, &errb)
+		msg := errb.String()
+		if code != 1 || !strings.Contains(msg, "supports only the etcd subnet manager") || !strings.Contains(msg, tc.want) {
+			t.Errorf("%v %v: exit %d, want 1 with a sentence naming %s:\n%s", tc.args, tc.env, code, tc.want, msg)
+		}
+		if strings.Contains(msg, "192.0.2.10") {
+			t.Errorf("%v: the error repeats the flag's value (a URL may carry credentials):\n%s", tc.args, msg)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("%v: took %v to refuse", tc.args, d)
+		}
+	}
+	if _, err := parse(t, nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "false"}); err != nil {
+		t.Errorf("FLANNELD_KUBE_SUBNET_MGR=false refused: %v", err)
+	}
+}
+
+// TestStrayArgumentsWarn: upstream ignores positional arguments (and every
+// flag after them); flanneld starts too, with a warning.
+func TestStrayArgumentsWarn(t *testing.T) {
+	var logs bytes.Buffer
+	o, err := parseOptions("flanneld", []string{"--iface=eth0", "stray", "--iface=eth1"}, func(string) string { return "" }, &logs, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.ifaces, ",") != "eth0" {
+		t.Errorf("ifaces %v, want eth0 only (nothing after a positional argument is parsed)", o.ifaces)
+	}
+	if !strings.Contains(logs.String(), "Ignoring 2 command-line argument(s)") || !strings.Contains(logs.String(), "stray") {
+		t.Errorf("no warning naming the argument:\n%s", logs.String())
+	}
+}
+
+func TestPublicIPClaimFlag(t *testing.T) {
+	ext := &extIface{Name: "eth0"}
+	o, err := parse(t, nil, nil)
+	if err != nil || !o.publicIPClaim || claimIdentity(o, ext) == "" {
+		t.Fatalf("default: claim %v, identity %q, %v; want the claim on", o.publicIPClaim, claimIdentity(o, ext), err)
+	}
+	o, err = parse(t, nil, map[string]string{"FLANNELD_PUBLIC_IP_CLAIM": "false"})
+	if err != nil || claimIdentity(o, ext) != "" {
+		t.Fatalf("FLANNELD_PUBLIC_IP_CLAIM=false: identity %q, %v; want none (no claim)", claimIdentity(o, ext), err)
 	}
 }

@@ -19,12 +19,16 @@ type healthServer struct {
 }
 
 // startHTTP serves /metrics on addr and, with health, upstream's /healthz
-// and /readyz and the /debug/pcap capture.
+// and /readyz and, only with --debug-pcap, the /debug/pcap capture.
 func (d *daemon) startHTTP(addr string, health bool) (*healthServer, error) {
+	return d.serve(addr, d.httpMux(health))
+}
+
+func (d *daemon) httpMux(health bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", d.metricsHandler)
 	if !health {
-		return d.serve(addr, mux)
+		return mux
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, "flanneld is running")
@@ -37,8 +41,12 @@ func (d *daemon) startHTTP(addr string, health bool) (*healthServer, error) {
 		}
 		fmt.Fprint(w, "flanneld is ready")
 	})
-	mux.Handle("/debug/pcap", pcap.NewHandler(d.attachPcap, d.log))
-	return d.serve(addr, mux)
+	if d.o.debugPcap {
+		// Off by default: the health port listens on 0.0.0.0 (upstream's
+		// default), and a capture shows every container's traffic.
+		mux.Handle("/debug/pcap", pcap.NewHandler(d.attachPcap, d.log))
+	}
+	return mux
 }
 
 func (d *daemon) serve(addr string, mux *http.ServeMux) (*healthServer, error) {

@@ -66,9 +66,5 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 }
 
 func newLogger(w io.Writer, verbosity int) *slog.Logger {
-	level := slog.LevelInfo
-	if verbosity > 0 {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: logLevel(verbosity)}))
 }

@@ -60,7 +60,8 @@ func unwrapFile(inPath, outPath string, port int, stdout, stderr io.Writer) (err
 	}
 	out := stdout
 	if outPath != "-" {
-		f, cerr := os.Create(outPath)
+		// A capture holds container traffic: readable by its owner only.
+		f, cerr := os.OpenFile(outPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if cerr != nil {
 			return cerr
 		}

@@ -16,7 +16,7 @@ import (
 // /debug/pcap from host 1, and looks for the echo request (out) and the
 // reply (in) in the pcap.
 func TestPcapCapture(t *testing.T) {
-	c := startCluster(t, 2)
+	c := startCluster(t, 2, "--debug-pcap")
 	ctx := t.Context()
 	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
 	if out, err := ping(ctx, src, dst.Addr, "-W", "5"); err != nil {

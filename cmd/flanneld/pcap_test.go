@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -44,6 +47,9 @@ func TestPcapUnwrapCommand(t *testing.T) {
 	if !strings.Contains(stderr.String(), "1 inner packets written") {
 		t.Errorf("summary %q", stderr.String())
 	}
+	if info, err := os.Stat(out); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("capture file mode %v %v, want 0600 (it holds container traffic)", info.Mode(), err)
+	}
 	f, err := os.Open(out)
 	if err != nil {
 		t.Fatal(err)
@@ -78,5 +84,34 @@ func TestPcapUnwrapCommand(t *testing.T) {
 	}
 	if _, err := os.Stat(bad); !os.IsNotExist(err) {
 		t.Errorf("a failed unwrap left %s behind", bad)
+	}
+}
+
+// TestDebugPcapNeedsFlag serves the health endpoints on a real loopback
+// listener: /debug/pcap is 404 without --debug-pcap, and answers with it
+// (400 for a bad query proves the handler is mounted without capturing).
+func TestDebugPcapNeedsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		flag bool
+		want int
+	}{{false, http.StatusNotFound}, {true, http.StatusBadRequest}} {
+		d := &daemon{o: &options{debugPcap: tc.flag}, log: slog.New(slog.DiscardHandler)}
+		srv := httptest.NewServer(d.httpMux(true))
+		resp, err := http.Get(srv.URL + "/debug/pcap?seconds=bogus")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		srv.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("--debug-pcap=%v: GET /debug/pcap answered %d, want %d", tc.flag, resp.StatusCode, tc.want)
+		}
+		if tc.flag {
+			rec := httptest.NewRecorder()
+			d.httpMux(false).ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pcap", nil))
+			if rec.Code != http.StatusNotFound {
+				t.Errorf("/debug/pcap is served on the --metrics-addr listener: %d", rec.Code)
+			}
+		}
 	}
 }

@@ -547,8 +547,10 @@ func TestMalformedEntries(t *testing.T) {
 	ctx := t.Context()
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	bad := []struct{ key, value string }{
-		{"198.18.210.5-24", `{"PublicIP":"192.0.2.210"}`}, // host bits set
-		{"198.18.211.0-024", `{"PublicIP":"192.0.2.211"}`},
+		// Keys upstream parses nowhere either (host bits and zero-padded
+		// lengths it accepts: TestUpstreamKeyForms in lease).
+		{"198.18.210.0-32", `{"PublicIP":"192.0.2.210"}`},
+		{"198.18.211.0-24&2001:db8::-200", `{"PublicIP":"192.0.2.211"}`},
 		{"not-a-subnet", `{"PublicIP":"192.0.2.212"}`},
 		{"198.18.213.0-24", `{"PublicIP":"nonsense"}`},
 		{"198.18.214.0-24", `{"PublicIP":"0.0.0.0"}`},

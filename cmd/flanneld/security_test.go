@@ -15,8 +15,10 @@ import (
 )
 
 // TestSecurityAuthAndBind runs flanneld against an etcd with
-// authentication on, as a user limited to the flannel prefix (password by
-// flag on one node, by environment on the other). The credentials appear
+// authentication on, as a user whose role reads <prefix>/config and
+// read-writes <prefix>/subnets only, as upstream needs (password by flag on
+// one node, by environment on the other): the nodes start, warning once
+// that the PublicIP claim is not permitted. The credentials appear
 // in no subnet file, log or /metrics, and the UDP socket is bound to the
 // interface address, never 0.0.0.0 (upstream #394).
 func TestSecurityAuthAndBind(t *testing.T) {
@@ -41,8 +43,13 @@ func TestSecurityAuthAndBind(t *testing.T) {
 	admin("grant root", err)
 	_, err = c.Etcd.RoleAdd(ctx, "flannel")
 	admin("role add flannel", err)
-	_, err = c.Etcd.RoleGrantPermission(ctx, "flannel", cluster.DefaultPrefix, clientv3.GetPrefixRangeEnd(cluster.DefaultPrefix), clientv3.PermissionType(clientv3.PermReadWrite))
-	admin("grant flannel prefix", err)
+	// Upstream's scope: read the config, read-write the subnets; the
+	// PublicIP claim is refused and the nodes run without it.
+	_, err = c.Etcd.RoleGrantPermission(ctx, "flannel", cluster.DefaultPrefix+"/config", "", clientv3.PermissionType(clientv3.PermRead))
+	admin("grant flannel config", err)
+	subnets := cluster.DefaultPrefix + "/subnets"
+	_, err = c.Etcd.RoleGrantPermission(ctx, "flannel", subnets, clientv3.GetPrefixRangeEnd(subnets), clientv3.PermissionType(clientv3.PermReadWrite))
+	admin("grant flannel subnets", err)
 	_, err = c.Etcd.UserAdd(ctx, user, secret)
 	admin("user add", err)
 	_, err = c.Etcd.UserGrantRole(ctx, user, "flannel")
@@ -80,6 +87,11 @@ func TestSecurityAuthAndBind(t *testing.T) {
 		}
 	}
 	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
+	for _, n := range c.Nodes[:2] {
+		if got := strings.Count(n.Log(), "PublicIP claim not permitted"); got != 1 {
+			t.Errorf("%s: the refused PublicIP claim is logged %d times, want once:\n%s", n.Host.Name, got, n.Log())
+		}
+	}
 
 	for _, n := range c.Nodes[:2] {
 		raw, err := os.ReadFile(n.SubnetFile)

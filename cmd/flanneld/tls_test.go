@@ -328,3 +328,43 @@ func TestEtcdSSLDir(t *testing.T) {
 		}
 	})
 }
+
+// TestHalfGivenTLS checks that a certificate without its key (or the
+// reverse) fails start-up naming the missing flag, and that a CA file alone
+// is named in the warning that it is ignored.
+func TestHalfGivenTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cert, key string
+		want      []string
+	}{
+		{"certificate without key", "/etc/flannel/client.pem", "", []string{"--etcd-keyfile is missing", "/etc/flannel/client.pem"}},
+		{"key without certificate", "", "/etc/flannel/client-key.pem", []string{"--etcd-certfile is missing", "/etc/flannel/client-key.pem"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &options{etcdEndpoints: "https://127.0.0.1:2379", etcdCertfile: tc.cert, etcdKeyfile: tc.key}
+			cli, err := newEtcdClient(o, noEnv, slog.New(slog.DiscardHandler))
+			if err == nil {
+				cli.Close()
+				t.Fatal("newEtcdClient succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	t.Run("CA file alone", func(t *testing.T) {
+		var logs bytes.Buffer
+		o := &options{etcdEndpoints: "http://127.0.0.1:2379", etcdCAFile: "/etc/flannel/ca.pem"}
+		cli, err := newEtcdClient(o, noEnv, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli.Close()
+		if !strings.Contains(logs.String(), "--etcd-cafile is ignored") {
+			t.Errorf("no warning that the CA file is ignored:\n%s", logs.String())
+		}
+	})
+}

@@ -60,6 +60,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("embedded etcd: a data directory is required")
 	}
+	if err := privateDir(opts.Dir, log); err != nil {
+		return nil, err
+	}
 	clientURLs := opts.ClientURLs
 	if len(clientURLs) == 0 {
 		clientURLs = []string{"http://127.0.0.1:2379"}

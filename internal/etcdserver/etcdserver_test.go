@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +78,32 @@ func TestStartErrors(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Start(%+v) = %v, want %q", tt.opts, err, tt.want)
+		}
+	}
+}
+
+// TestDataDirPrivate starts the embedded etcd in a new directory and in an
+// existing world-readable one: both end up 0700.
+func TestDataDirPrivate(t *testing.T) {
+	base := t.TempDir()
+	loose := filepath.Join(base, "loose")
+	if err := os.Mkdir(loose, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(loose, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{filepath.Join(base, "new", "etcd"), loose} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		s, err := Start(ctx, Options{Dir: dir, ClientURLs: []string{"http://127.0.0.1:0"}, Fast: true, Logger: quiet()})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		info, err := os.Stat(dir)
+		if err != nil || info.Mode().Perm() != 0o700 {
+			t.Errorf("data directory %s: mode %v %v, want 0700", dir, info.Mode(), err)
 		}
 	}
 }

@@ -55,6 +55,7 @@ type Rules struct {
 	restore string // path of iptables-restore
 	chains  []chain
 	log     *slog.Logger
+	nft     *nftRules // the nftables variant (NewNFTables) instead of the above
 }
 
 // New prepares the rule sets for the overlay network and this host's
@@ -126,6 +127,9 @@ func forwardChain(network netip.Prefix) chain {
 // the expected ones is rebuilt in one iptables-restore transaction, so no
 // packet sees it half-built; the jump into it is appended last.
 func (r *Rules) Ensure() error {
+	if r.nft != nil {
+		return r.nft.ensure(r.log)
+	}
 	for _, c := range r.chains {
 		ok, err := r.chainComplete(c)
 		if err != nil {
@@ -228,6 +232,10 @@ func (r *Rules) Resync(ctx context.Context, interval time.Duration) error {
 // the current ones. Call it before Ensure. An invalid prefix means unknown
 // and is skipped.
 func (r *Rules) DeleteStale(oldNetwork, oldSubnet netip.Prefix) error {
+	if r.nft != nil {
+		// The first Ensure flushes and refills the chains.
+		return nil
+	}
 	if !oldNetwork.IsValid() || !oldSubnet.IsValid() || !oldNetwork.Addr().Is4() || !oldSubnet.Addr().Is4() {
 		return nil
 	}

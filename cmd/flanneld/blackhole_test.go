@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flannel-go/flannel-go/internal/testbed"
+)
+
+// TestBlackholeRoute works in a fresh network namespace: a blackhole route
+// an upstream flanneld left (metric 0) is taken over as it is, one at
+// flannel-go's former metric 1000 is replaced, a container bridge's
+// connected route for the subnet makes it step aside, a deleted route comes back
+// within --iptables-resync, and a lease move removes the old one.
+func TestBlackholeRoute(t *testing.T) {
+	testbed.RequireRoot(t)
+	testbed.RequireTool(t, "ip")
+	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
+	ctx := t.Context()
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := h.Run(ctx, "ip", args...)
+		if err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	blackholes := func() string { return strings.TrimSpace(run("-4", "route", "show", "type", "blackhole")) }
+	in := func(fn func() error) {
+		t.Helper()
+		if err := h.Do(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	upstream := netip.MustParsePrefix("198.18.3.0/24")
+	older := netip.MustParsePrefix("198.18.5.0/24")
+	bridged := netip.MustParsePrefix("198.18.4.0/24")
+
+	run("route", "add", "blackhole", upstream.String())
+	in(func() error { return addBlackholeRoute(upstream) })
+	if got := blackholes(); got != "blackhole "+upstream.String() {
+		t.Errorf("after taking over upstream's route: %q, want that one route, metric 0", got)
+	}
+
+	run("route", "add", "blackhole", older.String(), "metric", "1000")
+	in(func() error { return addBlackholeRoute(older) })
+	if got := blackholes(); strings.Contains(got, "metric 1000") || !strings.Contains(got+"\n", "blackhole "+older.String()+"\n") {
+		t.Errorf("the metric-1000 route was not replaced by upstream's: %q", got)
+	}
+	in(func() error { return delBlackholeRoute(older) })
+
+	// A bridge whose address comes after the blackhole route is shadowed
+	// by it (route get fails); the next sync removes the blackhole.
+	in(func() error { return addBlackholeRoute(bridged) })
+	run("link", "add", "cbr0", "type", "veth", "peer", "name", "cbr0p")
+	run("link", "set", "cbr0p", "up")
+	run("link", "set", "cbr0", "up")
+	run("addr", "add", "198.18.4.1/24", "dev", "cbr0")
+	if out, err := h.Run(ctx, "ip", "route", "get", "198.18.4.2"); err == nil {
+		t.Logf("the kernel no longer lets the blackhole route shadow the bridge: %s", out)
+	}
+	in(func() error { return addBlackholeRoute(bridged) })
+	if got := blackholes(); strings.Contains(got, bridged.String()) {
+		t.Errorf("the blackhole route stays next to the bridge's route: %q", got)
+	}
+	if out := run("route", "get", "198.18.4.2"); !strings.Contains(out, "dev cbr0") {
+		t.Errorf("container address not routed to the bridge: %q", out)
+	}
+	in(func() error { return addBlackholeRoute(bridged) })
+	if got := blackholes(); strings.Contains(got, bridged.String()) {
+		t.Errorf("a blackhole route was added next to the bridge's: %q", got)
+	}
+
+	// Resync: the loop runs in the namespace while the route is deleted.
+	d := &daemon{o: &options{iptablesResync: 1}, log: slog.New(slog.DiscardHandler)}
+	d.ownNet.Store(&upstream)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Do(func() error { d.resyncBlackholeRoute(rctx); return nil }) }()
+	run("route", "del", "blackhole", upstream.String())
+	deadline := time.Now().Add(5 * time.Second)
+	for blackholes() != "blackhole "+upstream.String() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the deleted blackhole route is not back after 5 s (resync 1 s): %q", blackholes())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	in(func() error { return delBlackholeRoute(upstream) })
+	if got := blackholes(); got != "" {
+		t.Errorf("after the lease moved: %q, want no blackhole route", got)
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// foreignFlag is a flag upstream flanneld (or klog) defines that has no
+// effect here: it is parsed so that a unit written for upstream starts, and
+// reported after parsing.
+type foreignFlag struct {
+	isBool bool
+	value  string
+}
+
+func (f *foreignFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.value
+}
+
+func (f *foreignFlag) Set(v string) error {
+	if f.isBool {
+		if _, err := strconv.ParseBool(v); err != nil {
+			return fmt.Errorf("parse %q as a boolean: %w", v, err)
+		}
+	}
+	f.value = v
+	return nil
+}
+
+// IsBoolFlag lets a boolean one be given without a value, as in upstream.
+func (f *foreignFlag) IsBoolFlag() bool { return f.isBool }
+
+// ignoredFlags are upstream v0.28.9's flags that mean nothing to the udp
+// backend over etcd (--public-ipv6: the udp backend carries IPv4 only), and
+// the klog flags: upstream copies -v, --vmodule and --log_backtrace_at into
+// its flag set; the other klog flags are accepted too, since a unit that
+// names one has no reason to fail here. The value is the default shown by -h.
+var ignoredFlags = map[string]struct {
+	isBool bool
+	def    string
+}{
+	"public-ipv6":                      {false, ""},
+	"vmodule":                          {false, ""},
+	"log_backtrace_at":                 {false, ""},
+	"logtostderr":                      {true, "true"},
+	"alsologtostderr":                  {true, "false"},
+	"stderrthreshold":                  {false, "INFO"},
+	"log_dir":                          {false, ""},
+	"log_file":                         {false, ""},
+	"log_file_max_size":                {false, "1800"},
+	"add_dir_header":                   {true, "false"},
+	"skip_headers":                     {true, "false"},
+	"skip_log_headers":                 {true, "false"},
+	"one_output":                       {true, "false"},
+	"legacy_stderr_threshold_behavior": {true, "false"},
+}
+
+// kubeFlags are upstream's Kubernetes subnet manager flags. flannel-go has
+// only the etcd subnet manager, so giving any of them is an error: a node
+// meant to take its subnet from Kubernetes must not quietly wait for etcd.
+var kubeFlags = map[string]struct {
+	isBool bool
+	def    string
+}{
+	"kube-subnet-mgr":              {true, "false"},
+	"kube-api-url":                 {false, ""},
+	"kube-annotation-prefix":       {false, "flannel.alpha.coreos.com"},
+	"kubeconfig-file":              {false, ""},
+	"net-config-path":              {false, "/etc/kube-flannel/net-conf.json"},
+	"set-node-network-unavailable": {true, "true"},
+}
+
+// addForeignFlags defines the ignored and the Kubernetes flags on fs.
+func addForeignFlags(fs *flag.FlagSet) {
+	for name, f := range ignoredFlags {
+		fs.Var(&foreignFlag{isBool: f.isBool, value: f.def}, name, "accepted for compatibility with upstream flanneld, ignored (a warning is logged)")
+	}
+	for name, f := range kubeFlags {
+		fs.Var(&foreignFlag{isBool: f.isBool, value: f.def}, name, "upstream's Kubernetes subnet manager, not supported: flanneld refuses to start when it is given")
+	}
+}
+
+// checkForeignFlags returns an error naming the Kubernetes flags that were
+// set (on the command line or through FLANNELD_*; --kube-subnet-mgr=false
+// alone is upstream's etcd mode and passes), and logs one warning naming the
+// ignored flags that were set. fromEnv holds the flags set from the
+// environment.
+func checkForeignFlags(fs *flag.FlagSet, fromEnv map[string]bool, log *slog.Logger) error {
+	var kube, ignored []string
+	fs.Visit(func(f *flag.Flag) {
+		// Names only, never values: a URL or path may carry credentials.
+		how := "--" + f.Name
+		if fromEnv[f.Name] {
+			how = envName(f.Name)
+			if f.Name == "kube-subnet-mgr" {
+				how += "=true"
+			}
+		}
+		if _, ok := kubeFlags[f.Name]; ok {
+			if f.Name == "kube-subnet-mgr" && f.Value.String() != "" {
+				if on, _ := strconv.ParseBool(f.Value.String()); !on {
+					return
+				}
+			}
+			kube = append(kube, how)
+		}
+		if _, ok := ignoredFlags[f.Name]; ok {
+			ignored = append(ignored, how)
+		}
+	})
+	sort.Strings(ignored)
+	if len(ignored) > 0 {
+		log.Warn("Ignoring flags that have no meaning in flannel-go (udp backend over etcd, IPv4, log/slog logging): " + strings.Join(ignored, ", "))
+	}
+	if len(kube) > 0 {
+		sort.Strings(kube)
+		return fmt.Errorf("flannel-go supports only the etcd subnet manager, not Kubernetes: remove %s and give --etcd-endpoints (and --etcd-prefix) instead", strings.Join(kube, ", "))
+	}
+	return nil
+}
+
+// logLevel maps -v onto slog: 0 (upstream's default) is Info, 1 and more
+// (klog's V(1) and up, which upstream uses for detail) is Debug. Negative
+// values, which klog accepts, are Info too.
+func logLevel(v int) slog.Level {
+	if v > 0 {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}
