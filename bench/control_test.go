@@ -93,7 +93,7 @@ func startControlPlane(tb testing.TB, network netip.Prefix, subnetLen int, capac
 	mgr := lease.NewManager(cli, lease.Options{PublicIP: netip.MustParseAddr("192.0.2.1"), Logger: discard})
 	events := make(chan []lease.Event, 16)
 	var wg sync.WaitGroup
-	wg.Go(func() { mgr.Watch(ctx, func() netip.Prefix { return own }, events) })
+	wg.Go(func() { mgr.Watch(ctx, events) })
 	rs := routesync.New(discard)
 	first := true
 	rs.OnApply = cp.onApply(&first)

@@ -3,21 +3,12 @@ package lease
 import (
 	"context"
 	"fmt"
-	"path"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // defaultClaimTTL is the life of a PublicIP claim once its flanneld is
 // gone, in seconds: a node restarted on another machine with the same
 // PublicIP waits this long.
 const defaultClaimTTL = 15
-
-// claimKey is where the running flanneld that uses a PublicIP names
-// itself. It lies outside <prefix>/subnets, so upstream nodes never see it.
-func (r *registry) claimKey(m *Manager) string {
-	return path.Join(r.prefix, "flannel-go", "public-ips", m.publicIP.String())
-}
 
 // claim makes this process the one flanneld using its PublicIP, so that two
 // nodes configured with the same PublicIP do not share one lease (each
@@ -31,12 +22,11 @@ func (m *Manager) claim(ctx context.Context) error {
 	if m.identity == "" {
 		return nil
 	}
-	key := m.reg.claimKey(m)
 	backoff := minBackoff
 	var logged string
 	waited := false
 	for {
-		owner, err := m.tryClaim(ctx, key)
+		owner, err := m.tryClaim(ctx)
 		if err == nil && owner == "" {
 			if logged != "" {
 				m.log.Info(fmt.Sprintf("PublicIP %s is free again, claimed by this node (%s)", m.publicIP, m.identity))
@@ -66,62 +56,25 @@ func (m *Manager) claim(ctx context.Context) error {
 	}
 }
 
-// tryClaim creates or takes over the claim and keeps it alive; it returns
-// the other claimant's identity when another node holds it.
-func (m *Manager) tryClaim(ctx context.Context, key string) (owner string, err error) {
-	r := &m.reg
-	cctx, cancel := r.ctx(ctx)
-	defer cancel()
-	grant, err := r.cli.Grant(cctx, m.claimTTL)
-	if err != nil {
-		return "", fmt.Errorf("grant lease: %w", err)
-	}
-	put := clientv3.OpPut(key, m.identity, clientv3.WithLease(grant.ID))
-	resp, err := r.cli.Txn(cctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(put).
-		Else(clientv3.OpGet(key)).
-		Commit()
-	if err == nil && !resp.Succeeded {
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 1 && string(kvs[0].Value) != m.identity {
-			owner = string(kvs[0].Value)
-		} else {
-			// Our own earlier run (or the key just expired): take it over,
-			// unless it changed since read.
-			var rev int64
-			if len(kvs) == 1 {
-				rev = kvs[0].ModRevision
-			}
-			var tresp *clientv3.TxnResponse
-			tresp, err = r.cli.Txn(cctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(put).Commit()
-			if err == nil && !tresp.Succeeded {
-				err = fmt.Errorf("claim %s changed while taking it over", key)
-			}
-		}
-	}
+// tryClaim creates or takes over the claim and keeps it alive in a
+// goroutine the Manager owns (Close stops it); it returns the other
+// claimant's identity when another node holds it.
+func (m *Manager) tryClaim(ctx context.Context) (owner string, err error) {
+	owner, hold, err := m.reg.claim(ctx, m.publicIP, m.identity, m.claimTTL)
 	if err != nil || owner != "" {
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
-		_, _ = r.cli.Revoke(rctx, grant.ID)
-		rcancel()
 		return owner, err
 	}
-	ch, err := r.cli.KeepAlive(ctx, grant.ID)
-	if err != nil {
-		return "", fmt.Errorf("keep claim %s alive: %w", key, err)
-	}
-	go m.holdClaim(ctx, key, ch)
+	m.claims.Go(func() { m.holdClaim(ctx, hold) })
 	return "", nil
 }
 
-// holdClaim drains the keep-alive responses; should the claim be lost all
-// the same (deleted, or expired after a long partition), it claims again.
-func (m *Manager) holdClaim(ctx context.Context, key string, ch <-chan *clientv3.LeaseKeepAliveResponse) {
-	for range ch {
-	}
+// holdClaim keeps the claim; should it be lost all the same (deleted, or
+// expired after a long partition), it claims again.
+func (m *Manager) holdClaim(ctx context.Context, hold func()) {
+	hold()
 	if ctx.Err() != nil {
 		return
 	}
-	m.log.Warn("PublicIP claim lost, claiming again", "key", key)
+	m.log.Warn("PublicIP claim lost, claiming again", "public_ip", m.publicIP)
 	_ = m.claim(ctx)
 }
