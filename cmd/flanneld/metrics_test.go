@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -180,7 +181,7 @@ func TestSecretsStayOutOfLogsAndMetrics(t *testing.T) {
 	}
 	ep := admin.Endpoints()[0]
 
-	var logs bytes.Buffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	env := func(k string) string {
 		if k == "FLANNELD_ETCD_PASSWORD" {
