@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -59,22 +58,25 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	os.RemoveAll(tmpDir)
+	// The report hashes the binary: it goes before the binary does.
 	if *reportFlag && !results.Empty() {
 		if err := writeReport(time.Now().UTC()); err != nil {
 			fmt.Fprintln(os.Stderr, "report:", err)
 			code = max(code, 1)
 		}
 	}
+	os.RemoveAll(tmpDir)
 	os.Exit(code)
 }
 
 func writeReport(now time.Time) error {
 	results.Meta["date"] = now.Format(time.RFC3339)
-	results.Meta["go"] = runtime.Version()
-	results.Meta["cpus"] = fmt.Sprint(runtime.NumCPU())
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		results.Meta["kernel"] = strings.TrimSpace(string(b))
+	bin := ""
+	if flanneldBin != "" && buildErr == nil {
+		bin = flanneldBin
+	}
+	for k, v := range Describe(bin, os.Args) {
+		results.Meta[k] = v
 	}
 	if out, err := exec.Command("iperf3", "--version").Output(); err == nil {
 		results.Meta["iperf3"], _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
