@@ -71,7 +71,9 @@ func TestMain(m *testing.M) {
 
 func writeReport(now time.Time) error {
 	results.Meta["date"] = now.Format(time.RFC3339)
-	bin := ""
+	// The binary measured: flanneld for the data path; for in-process
+	// benchmarks (control plane) this test binary.
+	bin, _ := os.Executable()
 	if flanneldBin != "" && buildErr == nil {
 		bin = flanneldBin
 	}

@@ -31,6 +31,7 @@ func Describe(bin string, args []string) map[string]string {
 		m["commit"] = "unknown: " + err.Error()
 	}
 	if bin != "" {
+		m["binary"] = bin
 		if sum, err := fileSHA256(bin); err == nil {
 			m["binary_sha256"] = sum
 		} else {
