@@ -84,9 +84,14 @@ func writeReport(now time.Time) error {
 		results.Meta["iperf3"], _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	}
 	base := filepath.Join(*resultsDir, now.Format("2006-01-02T150405Z"))
-	fmt.Printf("\n## flannel-go data path, %s (%s reps, %s per workload)\n\n",
-		now.Format(time.DateTime), results.Meta["reps"], results.Meta["duration"])
-	if err := results.WriteMarkdown(os.Stdout); err != nil {
+	if len(results.Metrics) > 0 {
+		fmt.Printf("\n## flannel-go data path, %s (%s reps, %s per workload)\n\n",
+			now.Format(time.DateTime), results.Meta["reps"], results.Meta["duration"])
+		if err := results.WriteMarkdown(os.Stdout); err != nil {
+			return err
+		}
+	}
+	if err := results.WriteControlMarkdown(os.Stdout); err != nil {
 		return err
 	}
 	if err := results.WriteJSON(base + ".json"); err != nil {

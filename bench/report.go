@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -208,6 +210,23 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 			fmt.Fprintf(&b, " %s |", cell)
 		}
 		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteControlMarkdown writes the control-plane figures, one row each in
+// name order (nothing when there are none).
+func (r *Results) WriteControlMarkdown(w io.Writer) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.Control) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("\n## flannel-go control plane\n\n| figure | value |\n|---|---|\n")
+	for _, k := range slices.Sorted(maps.Keys(r.Control)) {
+		fmt.Fprintf(&b, "| %s | %s |\n", k, formatValue(r.Control[k]))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
