@@ -53,6 +53,10 @@ type Offered struct {
 // for the path, not the load generator, to be what was measured.
 const senderBoundShare = 0.95
 
+// nearZeroLoss is the delivered share of what was sent above which a path
+// is taken to have carried all it was given.
+const nearZeroLoss = 0.99
+
 // NewResults returns an empty collector.
 func NewResults() *Results {
 	return &Results{Meta: map[string]string{}, Values: map[string]map[string][]float64{}, Control: map[string]float64{}, Offered: map[string]Offered{}}
@@ -66,16 +70,18 @@ func (r *Results) SetOffered(key string, rate float64, sentKey string) {
 	r.Offered[key] = Offered{Rate: rate, SentKey: sentKey}
 }
 
-// senderBoundLocked reports whether path's senders fell short of the load
-// metric key offered: the path then carried all it was given, and its
-// rate says nothing about its limit.
+// senderBoundLocked reports whether path carried all the load its senders
+// managed to offer for metric key, while they fell short of the offered
+// rate (near-zero loss, fewer sent than offered): its rate then shows the
+// load generator's limit, not the path's.
 func (r *Results) senderBoundLocked(key, path string) bool {
 	o, ok := r.Offered[key]
 	if !ok {
 		return false
 	}
-	s := Summarize(r.Values[o.SentKey][path])
-	return s.N > 0 && s.Median < senderBoundShare*o.Rate
+	sent := Summarize(r.Values[o.SentKey][path])
+	got := Summarize(r.Values[key][path])
+	return sent.N > 0 && got.N > 0 && sent.Median < senderBoundShare*o.Rate && got.Median >= nearZeroLoss*sent.Median
 }
 
 // RatioBase returns the baseline summary the ratios of metric m are taken
