@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -9,7 +10,38 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
+
+// NewManager returns a Manager using cli. It does no I/O. Close it before
+// closing cli.
+func NewManager(cli *clientv3.Client, opts Options) *Manager {
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = DefaultCallTimeout
+	}
+	return newManagerOn(&etcdRegistry{cli: cli, keys: keys(opts.Prefix), timeout: opts.CallTimeout}, opts)
+}
+
+// unreachable tells a failure to reach etcd (no connection, no leader, no
+// answer in time) from an answer that is an error, such as a refused
+// password or a missing config.
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	code := status.Code(err)
+	// clientv3 turns some statuses into typed errors (no leader, leader
+	// changed) that keep the code but not the status.
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	}
+	return code == codes.Unavailable || code == codes.DeadlineExceeded
+}
 
 // etcdRegistry is the registry on an etcd v3 cluster. Every call has its
 // own deadline so that nothing blocks forever on an unreachable etcd.

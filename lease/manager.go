@@ -11,11 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Defaults for Options.
@@ -75,18 +70,6 @@ type Manager struct {
 	claimMu   sync.Mutex
 	stopClaim context.CancelFunc // nil until the first claim
 	claims    sync.WaitGroup     // the goroutines keeping the claim
-}
-
-// NewManager returns a Manager using cli. It does no I/O. Close it before
-// closing cli.
-func NewManager(cli *clientv3.Client, opts Options) *Manager {
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultPrefix
-	}
-	if opts.CallTimeout <= 0 {
-		opts.CallTimeout = DefaultCallTimeout
-	}
-	return newManagerOn(&etcdRegistry{cli: cli, keys: keys(opts.Prefix), timeout: opts.CallTimeout}, opts)
 }
 
 // newManagerOn returns a Manager on reg; opts.Prefix and CallTimeout are
@@ -164,23 +147,6 @@ func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
 			return nil, fmt.Errorf("wait for network config: %w", err)
 		}
 	}
-}
-
-// unreachable tells a failure to reach etcd (no connection, no leader, no
-// answer in time) from an answer that is an error, such as a refused
-// password or a missing config.
-func unreachable(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	code := status.Code(err)
-	// clientv3 turns some statuses into typed errors (no leader, leader
-	// changed) that keep the code but not the status.
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) {
-		code = ee.Code()
-	}
-	return code == codes.Unavailable || code == codes.DeadlineExceeded
 }
 
 // stateUnreachable stands for every etcd error in WaitConfig's log-once
