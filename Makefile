@@ -17,6 +17,8 @@ build:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
+	# Linux only, but other platforms must still compile (stubs, build constraints).
+	GOOS=darwin $(GO) vet ./...
 
 lint: vet
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -35,8 +37,15 @@ test: check-repo lint
 	$(GO) test -count=1 -race -timeout 300s $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 480s ./cmd/... ./bench/... ./dist/...
 
+MICRO_BENCH := $(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
+
+# Every result file names its commit, binary, command and machine: the
+# micro-benchmarks' in benchmark-format configuration lines (benchstat
+# reads them), the data path's and control plane's in the JSON's meta.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
+	@f=bench/results/$$(date -u +%Y-%m-%dT%H%M%SZ)-micro.txt; \
+	{ $(GO) run ./bench/benchmeta -binary $(BIN)/flanneld -command "$(MICRO_BENCH)" && $(MICRO_BENCH); } > $$f.tmp \
+	  && mv $$f.tmp $$f && cat $$f && echo "results: $$f" || { cat $$f.tmp; exit 1; }
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 3600s ./bench/ -args -report -flanneld $(CURDIR)/$(BIN)/flanneld
 
 bench-quick: build

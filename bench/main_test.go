@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -59,30 +58,40 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	os.RemoveAll(tmpDir)
+	// The report hashes the binary: it goes before the binary does.
 	if *reportFlag && !results.Empty() {
 		if err := writeReport(time.Now().UTC()); err != nil {
 			fmt.Fprintln(os.Stderr, "report:", err)
 			code = max(code, 1)
 		}
 	}
+	os.RemoveAll(tmpDir)
 	os.Exit(code)
 }
 
 func writeReport(now time.Time) error {
 	results.Meta["date"] = now.Format(time.RFC3339)
-	results.Meta["go"] = runtime.Version()
-	results.Meta["cpus"] = fmt.Sprint(runtime.NumCPU())
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		results.Meta["kernel"] = strings.TrimSpace(string(b))
+	// The binary measured: flanneld for the data path; for in-process
+	// benchmarks (control plane) this test binary.
+	bin, _ := os.Executable()
+	if flanneldBin != "" && buildErr == nil {
+		bin = flanneldBin
+	}
+	for k, v := range Describe(bin, os.Args) {
+		results.Meta[k] = v
 	}
 	if out, err := exec.Command("iperf3", "--version").Output(); err == nil {
 		results.Meta["iperf3"], _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	}
 	base := filepath.Join(*resultsDir, now.Format("2006-01-02T150405Z"))
-	fmt.Printf("\n## flannel-go data path, %s (%s reps, %s per workload)\n\n",
-		now.Format(time.DateTime), results.Meta["reps"], results.Meta["duration"])
-	if err := results.WriteMarkdown(os.Stdout); err != nil {
+	if len(results.Metrics) > 0 {
+		fmt.Printf("\n## flannel-go data path, %s (%s reps, %s per workload)\n\n",
+			now.Format(time.DateTime), results.Meta["reps"], results.Meta["duration"])
+		if err := results.WriteMarkdown(os.Stdout); err != nil {
+			return err
+		}
+	}
+	if err := results.WriteControlMarkdown(os.Stdout); err != nil {
 		return err
 	}
 	if err := results.WriteJSON(base + ".json"); err != nil {

@@ -164,10 +164,15 @@ func ParsePing(out string) (PingResult, error) {
 // CPUTimes is the first line of /proc/stat, in clock ticks.
 type CPUTimes struct {
 	Busy, Total uint64
+	// Kernel is system, irq and softirq time: the kernel's share of Busy.
+	Kernel uint64
+	// Steal is time the hypervisor gave to other guests; not in Busy.
+	Steal uint64
 }
 
 // ParseProcStat reads the aggregate "cpu" line of /proc/stat. Busy is
-// everything but idle and iowait (guest time is already part of user).
+// everything but idle, iowait and steal (guest time is already part of
+// user).
 func ParseProcStat(data string) (CPUTimes, error) {
 	line, _, _ := strings.Cut(data, "\n")
 	f := strings.Fields(line)
@@ -182,9 +187,39 @@ func ParseProcStat(data string) (CPUTimes, error) {
 			return CPUTimes{}, fmt.Errorf("/proc/stat: field %d of %q: %w", i+1, line, err)
 		}
 		t.Total += v
-		if i != 3 && i != 4 {
+		switch i {
+		case 3, 4: // idle, iowait
+		case 7:
+			t.Steal += v
+		case 2, 5, 6:
+			t.Kernel += v
+			t.Busy += v
+		default:
 			t.Busy += v
 		}
 	}
 	return t, nil
+}
+
+// ParseProcPidStat returns a process's user and system time in clock ticks
+// from its /proc/<pid>/stat line.
+func ParseProcPidStat(data string) (utime, stime uint64, err error) {
+	// The command name may hold spaces and parentheses: fields count from
+	// the last ')'.
+	i := strings.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("/proc/<pid>/stat: no command name in %q", data)
+	}
+	f := strings.Fields(data[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("/proc/<pid>/stat: %d fields after the command name", len(f))
+	}
+	if utime, err = strconv.ParseUint(f[11], 10, 64); err == nil {
+		stime, err = strconv.ParseUint(f[12], 10, 64)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/<pid>/stat: %w", err)
+	}
+	return utime, stime, nil
 }

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -35,11 +37,73 @@ type Results struct {
 	Values  map[string]map[string][]float64 `json:"values"` // metric key -> path -> per-repetition values
 	// Control holds control-plane figures by name (e.g. "scale_1000_p99_ms").
 	Control map[string]float64 `json:"control,omitempty"`
+	// Offered is the load of rate metrics, by metric key: a path whose
+	// senders did not reach it is sender-bound.
+	Offered map[string]Offered `json:"offered,omitempty"`
 }
+
+// Offered is the load a workload offered and the metric holding the rate
+// its senders reached, in the same unit as the rate metric.
+type Offered struct {
+	Rate    float64 `json:"rate"`
+	SentKey string  `json:"sent_key"`
+}
+
+// senderBoundShare is how close to the offered rate the senders must come
+// for the path, not the load generator, to be what was measured.
+const senderBoundShare = 0.95
+
+// nearZeroLoss is the delivered share of what was sent above which a path
+// is taken to have carried all it was given.
+const nearZeroLoss = 0.99
 
 // NewResults returns an empty collector.
 func NewResults() *Results {
-	return &Results{Meta: map[string]string{}, Values: map[string]map[string][]float64{}, Control: map[string]float64{}}
+	return &Results{Meta: map[string]string{}, Values: map[string]map[string][]float64{}, Control: map[string]float64{}, Offered: map[string]Offered{}}
+}
+
+// SetOffered records that metric key measured a path at an offered rate,
+// with the senders' reached rate in metric sentKey.
+func (r *Results) SetOffered(key string, rate float64, sentKey string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Offered[key] = Offered{Rate: rate, SentKey: sentKey}
+}
+
+// senderBoundLocked reports whether path carried all the load its senders
+// managed to offer for metric key, while they fell short of the offered
+// rate (near-zero loss, fewer sent than offered): its rate then shows the
+// load generator's limit, not the path's.
+func (r *Results) senderBoundLocked(key, path string) bool {
+	o, ok := r.Offered[key]
+	if !ok {
+		return false
+	}
+	sent := Summarize(r.Values[o.SentKey][path])
+	got := Summarize(r.Values[key][path])
+	return sent.N > 0 && got.N > 0 && sent.Median < senderBoundShare*o.Rate && got.Median >= nearZeroLoss*sent.Median
+}
+
+// RatioBase returns the baseline summary the ratios of metric m are taken
+// against, or nil: for counts, without a baseline, or when the baseline
+// was sender-bound (a ratio against a load it was never offered would
+// flatter everyone else).
+func (r *Results) RatioBase(m Metric) *Summary {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ratioBaseLocked(m)
+}
+
+func (r *Results) ratioBaseLocked(m Metric) *Summary {
+	v, ok := r.Values[m.Key][BaselinePath]
+	if !ok || !m.Ratio || r.senderBoundLocked(m.Key, BaselinePath) {
+		return nil
+	}
+	s := Summarize(v)
+	if s.N == 0 || s.Median == 0 {
+		return nil
+	}
+	return &s
 }
 
 // Add records one value of metric m on path (NaN for a failed run).
@@ -123,7 +187,9 @@ func Cell(s Summary, base *Summary) string {
 
 // WriteMarkdown writes one table: a row per metric, a column per path, each
 // cell "median (min-max)" and, except for the baseline, the ratio of the
-// medians to the baseline measured in the same run.
+// medians to the baseline measured in the same run. A cell whose senders
+// did not reach the offered load says "sender-bound"; no ratio is taken
+// against a sender-bound baseline.
 func (r *Results) WriteMarkdown(w io.Writer) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -137,19 +203,36 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	b.WriteString("\n")
 	for _, m := range r.Metrics {
 		fmt.Fprintf(&b, "| %s [%s] |", m.Name, m.Unit)
-		var base *Summary
-		if v, ok := r.Values[m.Key][BaselinePath]; ok && m.Ratio {
-			s := Summarize(v)
-			base = &s
-		}
+		base := r.ratioBaseLocked(m)
 		for _, p := range r.Paths {
 			bp := base
 			if p == BaselinePath {
 				bp = nil
 			}
-			fmt.Fprintf(&b, " %s |", Cell(Summarize(r.Values[m.Key][p]), bp))
+			cell := Cell(Summarize(r.Values[m.Key][p]), bp)
+			if r.senderBoundLocked(m.Key, p) {
+				cell += " (sender-bound)"
+			}
+			fmt.Fprintf(&b, " %s |", cell)
 		}
 		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteControlMarkdown writes the control-plane figures, one row each in
+// name order (nothing when there are none).
+func (r *Results) WriteControlMarkdown(w io.Writer) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.Control) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("\n## flannel-go control plane\n\n| figure | value |\n|---|---|\n")
+	for _, k := range slices.Sorted(maps.Keys(r.Control)) {
+		fmt.Fprintf(&b, "| %s | %s |\n", k, formatValue(r.Control[k]))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -165,8 +248,9 @@ func (r *Results) WriteJSON(path string) error {
 		Values  map[string]map[string][]*float64 `json:"values"`
 		Summary map[string]map[string]Summary    `json:"summary"`
 		Control map[string]float64               `json:"control,omitempty"`
+		Offered map[string]Offered               `json:"offered,omitempty"`
 	}
-	o := out{Meta: r.Meta, Paths: r.Paths, Metrics: r.Metrics, Control: r.Control,
+	o := out{Meta: r.Meta, Paths: r.Paths, Metrics: r.Metrics, Control: r.Control, Offered: r.Offered,
 		Values: map[string]map[string][]*float64{}, Summary: map[string]map[string]Summary{}}
 	for k, byPath := range r.Values {
 		o.Values[k] = map[string][]*float64{}

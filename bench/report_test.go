@@ -138,11 +138,71 @@ func TestParseProcStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Busy != 100+5+30+2+3+4 || c.Total != 100+5+30+1000+7+2+3+4 {
+	if c.Busy != 100+5+30+2+3 || c.Total != 100+5+30+1000+7+2+3+4 || c.Kernel != 30+2+3 || c.Steal != 4 {
 		t.Errorf("got %+v", c)
 	}
 	if _, err := ParseProcStat("intr 1 2 3\n"); err == nil {
 		t.Error("accepted a file without a cpu line")
+	}
+}
+
+func TestParseProcPidStat(t *testing.T) {
+	line := "4242 (flan ne) d) S 1 4242 4242 0 -1 4194560 2000 0 0 0 1234 567 0 0 20 0 9 0 100 1000000 500 18446744073709551615\n"
+	u, s, err := ParseProcPidStat(line)
+	if err != nil || u != 1234 || s != 567 {
+		t.Errorf("got %d %d %v, want 1234 567", u, s, err)
+	}
+	if _, _, err := ParseProcPidStat("4242 (x) S 1 2"); err == nil {
+		t.Error("accepted a short line")
+	}
+}
+
+func TestCPUSeconds(t *testing.T) {
+	got := CPUSeconds(CPUSample{Kernel: 100, ExeUser: 50}, CPUSample{Kernel: 350, ExeUser: 100})
+	if got != 3 {
+		t.Errorf("CPUSeconds = %v, want 3 (250 kernel + 50 user ticks)", got)
+	}
+	// A forwarder that exited in the window must not wrap around.
+	if got := CPUSeconds(CPUSample{Kernel: 100, ExeUser: 50}, CPUSample{Kernel: 200}); got != 1 {
+		t.Errorf("CPUSeconds after an exit = %v, want 1", got)
+	}
+}
+
+func TestSenderBound(t *testing.T) {
+	r := NewResults()
+	sent := Metric{"udp200k_sent_kpps", "UDP sent", "kpps", false}
+	pps := Metric{"udp200k_kpps", "UDP delivered", "kpps", true}
+	r.SetOffered(pps.Key, 200, sent.Key)
+	r.Add(BaselinePath, sent, 80)
+	r.Add(BaselinePath, pps, 79.8)
+	r.Add("flannel-go", sent, 199)
+	r.Add("flannel-go", pps, 120)
+	// Senders short of the load, but the path lost much of it: saturated,
+	// not sender-bound.
+	r.Add("no offloads", sent, 150)
+	r.Add("no offloads", pps, 60)
+	var b bytes.Buffer
+	if err := r.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	want := `| workload | kernel VXLAN | flannel-go | no offloads |
+|---|---|---|---|
+| UDP sent [kpps] | 80.0 | 199 | 150 |
+| UDP delivered [kpps] | 79.8 (sender-bound) | 120 | 60.0 |
+`
+	if b.String() != want {
+		t.Errorf("markdown:\n%s\nwant:\n%s", b.String(), want)
+	}
+	if r.RatioBase(pps) != nil {
+		t.Error("a ratio against a sender-bound baseline")
+	}
+	// Two more runs in which the baseline's senders carried the load.
+	r.Add(BaselinePath, sent, 199)
+	r.Add(BaselinePath, sent, 200)
+	r.Add(BaselinePath, pps, 150)
+	r.Add(BaselinePath, pps, 150)
+	if base := r.RatioBase(pps); base == nil || base.Median != 150 {
+		t.Errorf("baseline that carried the load: %+v", base)
 	}
 }
 

@@ -1,7 +1,6 @@
 package lease
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
 )
 
 const (
@@ -25,22 +25,7 @@ const (
 var nodeA = netip.MustParseAddr("192.0.2.1")
 
 // logBuffer collects log output from several goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer = syncbuf.Buffer
 
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -77,6 +62,19 @@ func newManager(cli *clientv3.Client, ip netip.Addr, opts Options) (*Manager, *l
 	m := NewManager(cli, opts)
 	m.configRetry = 20 * time.Millisecond
 	return m, &lb
+}
+
+// hookRegistry runs afterList after each list, to change the store between
+// a Watch's snapshot and its watch.
+type hookRegistry struct {
+	registry
+	afterList func()
+}
+
+func (h hookRegistry) list(ctx context.Context) ([]entry, []string, int64, error) {
+	entries, bad, rev, err := h.registry.list(ctx)
+	h.afterList()
+	return entries, bad, rev, err
 }
 
 func getKV(t *testing.T, cli *clientv3.Client, subnet netip.Prefix) (value string, lease clientv3.LeaseID, found bool) {
@@ -499,11 +497,11 @@ func (w *watchState) until(what string, cond func() bool) {
 	}
 }
 
-func startWatch(t *testing.T, m *Manager, own netip.Prefix) *watchState {
+func startWatch(t *testing.T, m *Manager) *watchState {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &watchState{t: t, events: make(chan []Event), routes: map[netip.Prefix]netip.Addr{}}
 	done := make(chan error, 1)
-	go func() { done <- m.Watch(ctx, func() netip.Prefix { return own }, w.events) }()
+	go func() { done <- m.Watch(ctx, w.events) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -529,7 +527,12 @@ func TestWatch(t *testing.T) {
 		put(t, cli, subnetKeyPath("198.18.13.0/24"), `{"PublicIP":"nonsense"}`)
 
 		m, lb := newManager(cli, nodeA, Options{})
-		w := startWatch(t, m, own)
+		// The Manager leaves out the lease it holds: 198.18.10.0/24, a
+		// reservation for nodeA.
+		if l, err := m.Acquire(testCtx(t), putConfig(t, cli)); err != nil || l.Subnet != own {
+			t.Fatalf("Acquire = %v, %v; want the reservation %s", l, err, own)
+		}
+		w := startWatch(t, m)
 		w.until("the snapshot", func() bool { return len(w.batches) >= 1 })
 		if len(w.batches[0]) != 1 || w.batches[0][0].Type != EventAdded || w.batches[0][0].Lease.Subnet != netip.MustParsePrefix("198.18.11.0/24") || w.batches[0][0].Lease.PublicIP != b {
 			t.Fatalf("snapshot batch = %+v, want only 198.18.11.0/24 via %s", w.batches[0], b)
@@ -582,7 +585,7 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 		// Between the snapshot and the watch, change the data and compact
 		// past the snapshot: the watch must start from a compacted revision.
 		var once sync.Once
-		m.afterList = func() {
+		m.reg = hookRegistry{registry: m.reg, afterList: func() {
 			once.Do(func() {
 				put(t, cli, subnetKeyPath("198.18.22.0/24"), string(MarshalLeaseAttrs(c)))
 				put(t, cli, subnetKeyPath("198.18.20.0/24"), string(MarshalLeaseAttrs(netip.MustParseAddr("192.0.2.4"))))
@@ -594,8 +597,8 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 					t.Error(err)
 				}
 			})
-		}
-		w := startWatch(t, m, netip.Prefix{})
+		}}
+		w := startWatch(t, m)
 		want := map[netip.Prefix]netip.Addr{
 			netip.MustParsePrefix("198.18.20.0/24"): netip.MustParseAddr("192.0.2.4"),
 			netip.MustParsePrefix("198.18.22.0/24"): c,

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Reconnect backoff for broken etcd watches, as upstream (v0.26.4+).
@@ -23,6 +21,7 @@ const (
 // lease.
 func (m *Manager) Keep(ctx context.Context, cfg *Config, l Lease, onChange func(Lease)) error {
 	k := keeper{m: m, cfg: cfg, cur: l}
+	m.setOwn(l.Subnet)
 	backoff := minBackoff
 	for ctx.Err() == nil {
 		e, found, rev, err := m.reg.get(ctx, k.cur.Subnet)
@@ -42,7 +41,7 @@ func (m *Manager) Keep(ctx context.Context, cfg *Config, l Lease, onChange func(
 			continue
 		}
 		k.leaseID = e.LeaseID
-		if e.LeaseID == clientv3.NoLease {
+		if e.LeaseID == noLease {
 			k.cur.Expiration = time.Time{}
 		}
 		lost, progressed := k.run(ctx, rev+1)
@@ -67,7 +66,7 @@ type keeper struct {
 	m       *Manager
 	cfg     *Config
 	cur     Lease
-	leaseID clientv3.LeaseID
+	leaseID leaseID
 }
 
 // run renews on schedule and follows the own key from rev until the lease is
@@ -121,30 +120,29 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 			if !ok {
 				return false, progressed
 			}
-			if resp.CompactRevision != 0 || resp.Err() != nil || resp.Canceled {
-				if err := resp.Err(); err != nil {
-					m.log.Warn("own lease watch interrupted, restarting", "err", err)
+			if resp.ended() {
+				if resp.Err != nil {
+					m.log.Warn("own lease watch interrupted, restarting", "err", resp.Err)
 				}
 				return false, progressed
 			}
 			progressed = true
 			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypeDelete {
+				if ev.Deleted {
 					m.log.Warn("Lease has been revoked, re-acquiring", "subnet", k.cur.Subnet)
 					return true, progressed
 				}
-				ip, err := ParseLeaseAttrs(ev.Kv.Value)
-				if err != nil {
-					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", k.cur.Subnet, m.publicIP), "value", string(ev.Kv.Value))
+				if ev.Entry.AttrsErr != nil {
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", k.cur.Subnet, m.publicIP), "value", ev.Entry.Raw)
 					return true, progressed
 				}
-				if ip != m.publicIP {
+				if ip := ev.Entry.PublicIP; ip != m.publicIP {
 					// The new holder keeps the subnet: taking it back would
 					// make both nodes' routes flap.
 					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.Subnet, m.publicIP, ip))
 					return true, progressed
 				}
-				id := clientv3.LeaseID(ev.Kv.Lease)
+				id := ev.Entry.LeaseID
 				if id == k.leaseID {
 					continue
 				}
@@ -169,6 +167,7 @@ func (k *keeper) reacquire(ctx context.Context, onChange func(Lease)) bool {
 		l, err := m.acquire(ctx, k.cfg, k.cur.Subnet)
 		if err == nil {
 			k.cur = l
+			m.setOwn(l.Subnet)
 			m.obs.LeaseAcquired(l)
 			if onChange != nil {
 				onChange(l)

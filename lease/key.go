@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -127,7 +128,10 @@ func ReadableSubnet(key string) (netip.Prefix, bool) {
 // badKey logs a subnet key no flanneld can parse, once, and returns the
 // subnet readable in it, which the allocator must not hand out.
 func (m *Manager) badKey(key string) (netip.Prefix, bool) {
-	rest, _ := cutPrefix(key, m.reg.subnetsDir())
+	rest := key
+	if i := strings.LastIndex(key, "/subnets/"); i >= 0 {
+		rest = key[i+len("/subnets/"):]
+	}
 	p, ok := ReadableSubnet(rest)
 	if !ok {
 		m.warnOnce(key, "", "ignoring malformed subnet key")

@@ -9,12 +9,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Defaults for Options.
@@ -54,6 +50,7 @@ type Options struct {
 // policy lives here; all etcd I/O goes through its registry.
 type Manager struct {
 	reg           registry
+	own           atomic.Pointer[netip.Prefix] // the lease held, left out of Watch
 	publicIP      netip.Addr
 	prevSubnet    netip.Prefix
 	renewMargin   time.Duration
@@ -70,24 +67,19 @@ type Manager struct {
 	warnMu sync.Mutex
 	warned map[string]string // malformed key -> value already warned about
 
-	// afterList, when set by a test, runs after Watch lists the subnets and
-	// before it starts watching, to change etcd in that window.
-	afterList func()
+	claimMu   sync.Mutex
+	stopClaim context.CancelFunc // nil until the first claim
+	claims    sync.WaitGroup     // the goroutines keeping the claim
 }
 
-// NewManager returns a Manager using cli. It does no I/O.
-func NewManager(cli *clientv3.Client, opts Options) *Manager {
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultPrefix
-	}
+// newManagerOn returns a Manager on reg; opts.Prefix and CallTimeout are
+// the registry's business.
+func newManagerOn(reg registry, opts Options) *Manager {
 	if opts.RenewMargin <= 0 {
 		opts.RenewMargin = DefaultRenewMargin
 	}
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = DefaultRetryInterval
-	}
-	if opts.CallTimeout <= 0 {
-		opts.CallTimeout = DefaultCallTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -96,7 +88,7 @@ func NewManager(cli *clientv3.Client, opts Options) *Manager {
 		opts.Observer = nopObserver{}
 	}
 	return &Manager{
-		reg:           registry{cli: cli, prefix: opts.Prefix, timeout: opts.CallTimeout},
+		reg:           reg,
 		publicIP:      opts.PublicIP,
 		prevSubnet:    opts.PrevSubnet,
 		renewMargin:   opts.RenewMargin,
@@ -157,23 +149,6 @@ func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
 	}
 }
 
-// unreachable tells a failure to reach etcd (no connection, no leader, no
-// answer in time) from an answer that is an error, such as a refused
-// password or a missing config.
-func unreachable(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	code := status.Code(err)
-	// clientv3 turns some statuses into typed errors (no leader, leader
-	// changed) that keep the code but not the status.
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) {
-		code = ee.Code()
-	}
-	return code == codes.Unavailable || code == codes.DeadlineExceeded
-}
-
 // stateUnreachable stands for every etcd error in WaitConfig's log-once
 // state: their texts vary (deadline exceeded, connection refused) but they
 // are one condition to the operator.
@@ -189,7 +164,7 @@ const stateUnreachable = "\x00unreachable"
 // node uses the same PublicIP, Acquire waits, having logged one error
 // naming both nodes.
 func (m *Manager) Acquire(ctx context.Context, cfg *Config) (Lease, error) {
-	if err := m.claim(ctx); err != nil {
+	if err := m.claim(m.claimContext(ctx)); err != nil {
 		return Lease{}, fmt.Errorf("claim public IP %s: %w", m.publicIP, err)
 	}
 	backoff := minBackoff
@@ -200,6 +175,7 @@ func (m *Manager) Acquire(ctx context.Context, cfg *Config) (Lease, error) {
 			if waited {
 				m.log.Info("etcd is reachable again")
 			}
+			m.setOwn(l.Subnet)
 			m.obs.LeaseAcquired(l)
 			return l, nil
 		}
@@ -265,7 +241,7 @@ func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev netip.Prefix
 			continue
 		}
 		l := Lease{Subnet: e.Subnet, PublicIP: m.publicIP}
-		if e.LeaseID != clientv3.NoLease {
+		if e.LeaseID != noLease {
 			exp, _, err := m.reg.renew(ctx, e.Subnet, m.publicIP)
 			if err != nil {
 				return Lease{}, fmt.Errorf("refresh lease %s: %w", e.Subnet, err)
@@ -303,6 +279,42 @@ func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev netip.Prefix
 	}
 	m.log.Info(fmt.Sprintf("Allocated lease (ip: %s ipv6: ::/0) to current node (%s)", subnet, m.publicIP))
 	return Lease{Subnet: subnet, PublicIP: m.publicIP, Expiration: exp}, nil
+}
+
+// claimContext returns the context the PublicIP claim lives in: ctx until
+// Close.
+func (m *Manager) claimContext(ctx context.Context) context.Context {
+	m.claimMu.Lock()
+	defer m.claimMu.Unlock()
+	cctx, cancel := context.WithCancel(ctx)
+	if prev := m.stopClaim; prev != nil {
+		m.stopClaim = func() { prev(); cancel() }
+	} else {
+		m.stopClaim = cancel
+	}
+	return cctx
+}
+
+// Close stops keeping the PublicIP claim and waits until its goroutines
+// are gone; the claim then expires after its TTL, or a restart of this node
+// takes it over. Close the Manager before its etcd client.
+func (m *Manager) Close() {
+	m.claimMu.Lock()
+	if m.stopClaim != nil {
+		m.stopClaim()
+	}
+	m.claimMu.Unlock()
+	m.claims.Wait()
+}
+
+func (m *Manager) setOwn(p netip.Prefix) { m.own.Store(&p) }
+
+// ownSubnet is the subnet this Manager holds, zero before Acquire.
+func (m *Manager) ownSubnet() netip.Prefix {
+	if p := m.own.Load(); p != nil {
+		return *p
+	}
+	return netip.Prefix{}
 }
 
 func (m *Manager) intN(n int) int {

@@ -183,7 +183,7 @@ func TestConcurrentLeaseEvents(t *testing.T) {
 		nodes = append(nodes, n)
 		events := make(chan []Event)
 		wg.Go(func() {
-			if err := m.Watch(runCtx, func() netip.Prefix { return n.lease.Subnet }, events); err != nil {
+			if err := m.Watch(runCtx, events); err != nil {
 				t.Errorf("Watch: %v", err)
 			}
 		})

@@ -107,7 +107,7 @@ func TestScopedRole(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := make(chan []Event, 4)
-	go func() { _ = m.Watch(wctx, func() netip.Prefix { return l.Subnet }, events) }()
+	go func() { _ = m.Watch(wctx, events) }()
 	select {
 	case batch := <-events:
 		if len(batch) != 1 || SubnetKey(batch[0].Lease.Subnet) != "198.18.7.0-24" {

@@ -101,7 +101,7 @@ func TestUpstreamKeyForms(t *testing.T) {
 	// this host) is taken, not reused under another key.
 	put(t, cli, prefix+"/subnets/198.18.7.0-24&2001:db8:100:7::-64", string(MarshalLeaseAttrs(nodeA)))
 	m, lb := newManager(cli, nodeA, Options{Prefix: prefix})
-	w := startWatch(t, m, netip.Prefix{})
+	w := startWatch(t, m)
 	w.until("the snapshot", func() bool { return len(w.batches) >= 1 })
 	for k, r := range routed {
 		p := netip.MustParsePrefix(r.subnet)

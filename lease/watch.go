@@ -3,10 +3,6 @@ package lease
 import (
 	"context"
 	"net/netip"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // maxWarned bounds the memory spent remembering malformed entries.
@@ -15,12 +11,12 @@ const maxWarned = 4096
 // Watch sends the current leases of other nodes as one batch of Added
 // events, then every change: a put is Added, a delete Removed. After a
 // compaction it re-lists and sends the difference from what it sent before;
-// a broken stream is reopened with backoff (100 ms up to 5 s). own returns
-// this node's current subnet, whose events are left out (nil: none). Malformed keys and
+// a broken stream is reopened with backoff (100 ms up to 5 s). The lease this
+// Manager holds (from Acquire or Keep) is left out. Malformed keys and
 // values are skipped with one warning each. Watch returns nil when ctx is
 // done.
-func (m *Manager) Watch(ctx context.Context, own func() netip.Prefix, events chan<- []Event) error {
-	w := watcher{m: m, own: own, events: events, known: map[netip.Prefix]Lease{}}
+func (m *Manager) Watch(ctx context.Context, events chan<- []Event) error {
+	w := watcher{m: m, events: events, known: map[netip.Prefix]Lease{}}
 	backoff := minBackoff
 	relist := true
 	var rev int64
@@ -54,7 +50,6 @@ func (m *Manager) Watch(ctx context.Context, own func() netip.Prefix, events cha
 
 type watcher struct {
 	m      *Manager
-	own    func() netip.Prefix
 	events chan<- []Event
 	known  map[netip.Prefix]Lease
 	// started is set once the first snapshot has been sent.
@@ -91,9 +86,6 @@ func (w *watcher) snapshot(ctx context.Context) (int64, error) {
 		}
 	}
 	w.known = current
-	if w.m.afterList != nil {
-		w.m.afterList()
-	}
 	first := !w.started
 	w.started = true
 	return rev, w.send(ctx, batch, first)
@@ -106,12 +98,12 @@ func (w *watcher) follow(ctx context.Context, rev int64) (next int64, relist, pr
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for resp := range w.m.reg.watchSubnets(wctx, rev) {
-		if resp.CompactRevision != 0 || resp.Err() == rpctypes.ErrCompacted {
-			w.m.log.Warn("subnet watch fell behind a compaction, re-listing", "rev", rev, "compacted", resp.CompactRevision)
+		if resp.Compacted {
+			w.m.log.Warn("subnet watch fell behind a compaction, re-listing", "rev", rev)
 			w.m.obs.WatchResynced()
 			return rev, true, progressed
 		}
-		if err := resp.Err(); err != nil {
+		if err := resp.Err; err != nil {
 			w.m.log.Warn("subnet watch interrupted, reconnecting", "err", err)
 			return rev, false, progressed
 		}
@@ -121,33 +113,32 @@ func (w *watcher) follow(ctx context.Context, rev int64) (next int64, relist, pr
 		progressed = true
 		var batch []Event
 		for _, ev := range resp.Events {
-			if e, ok := w.event(ctx, ev); ok {
+			if e, ok := w.event(ev); ok {
 				batch = append(batch, e)
 			}
 		}
 		if err := w.send(ctx, batch, false); err != nil {
 			return rev, false, progressed
 		}
-		if resp.Header.Revision >= rev {
-			rev = resp.Header.Revision + 1
+		if resp.Rev >= rev {
+			rev = resp.Rev + 1
 		}
 	}
 	return rev, false, progressed
 }
 
 // event converts one etcd event and updates the known set.
-func (w *watcher) event(ctx context.Context, ev *clientv3.Event) (Event, bool) {
-	kv := ev.Kv
-	e, ok := w.m.reg.parseEntry(string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
-	if !ok {
-		if ev.Type == mvccpb.PUT {
-			w.m.badKey(string(kv.Key))
+func (w *watcher) event(ev watchEvent) (Event, bool) {
+	e := ev.Entry
+	if !ev.Valid {
+		if !ev.Deleted {
+			w.m.badKey(e.Key)
 		}
 		return Event{}, false
 	}
 	old, had := w.known[e.Subnet]
-	if ev.Type == mvccpb.DELETE || e.AttrsErr != nil {
-		if e.AttrsErr != nil && ev.Type == mvccpb.PUT {
+	if ev.Deleted || e.AttrsErr != nil {
+		if e.AttrsErr != nil && !ev.Deleted {
 			w.warn(e.Key, e.Raw, "ignoring subnet with malformed value", "err", e.AttrsErr)
 		}
 		if !had {
@@ -173,10 +164,7 @@ func (w *watcher) lease(e entry) Lease {
 // send delivers a batch without the own subnet. The first snapshot is sent
 // even when empty, so the receiver knows the initial state is complete.
 func (w *watcher) send(ctx context.Context, batch []Event, always bool) error {
-	var own netip.Prefix
-	if w.own != nil {
-		own = w.own()
-	}
+	own := w.m.ownSubnet()
 	out := batch[:0]
 	for _, e := range batch {
 		if own.IsValid() && e.Lease.Subnet == own {

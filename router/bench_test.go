@@ -1,7 +1,11 @@
+//go:build linux
+
 package router
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -9,11 +13,18 @@ import (
 )
 
 // routesFor returns n /24 routes in 198.0.0.0/8 (n <= 65,536).
-func routesFor(n int) []Route {
+func routesFor(n int) []Route { return routesIn(netip.MustParsePrefix("198.0.0.0/8"), 24, n) }
+
+// routesIn returns the first n subnets of length bits in network, each with
+// a peer.
+func routesIn(network netip.Prefix, bits, n int) []Route {
 	routes := make([]Route, n)
+	base := be32(network.Addr().As4())
 	for i := range routes {
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], base|uint32(i)<<(32-bits))
 		routes[i] = Route{
-			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, byte(i >> 8), byte(i), 0}), 24),
+			Subnet: netip.PrefixFrom(netip.AddrFrom4(a), bits),
 			Peer:   netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i%254)}),
 		}
 	}
@@ -22,20 +33,41 @@ func routesFor(n int) []Route {
 
 var sink uint32
 
+// BenchmarkLookup looks up random destinations spread over the whole table
+// (random subnet, random host bits), so that a large table's misses in
+// the CPU cache count. Up to 2^16 subnets the table is a slice indexed by
+// subnet number ("dense"); beyond, a map ("map": 198.0.0.0/8 in /28s).
 func BenchmarkLookup(b *testing.B) {
+	cases := []struct {
+		kind string
+		bits int
+		n    int
+	}{
+		{"dense", 24, 1}, {"dense", 24, 256}, {"dense", 24, 65536},
+		{"map", 28, 1 << 17}, {"map", 28, 1 << 20},
+	}
 	network := netip.MustParsePrefix("198.0.0.0/8")
-	for _, n := range []int{1, 256, 65536} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			tab, _ := newTable(network, 24, routesFor(n))
-			dsts := make([]uint32, 1024)
+	for _, c := range cases {
+		b.Run(fmt.Sprintf("%s/subnets=%d", c.kind, c.n), func(b *testing.B) {
+			tab, _ := newTable(network, c.bits, routesIn(network, c.bits, c.n))
+			if (tab.dense != nil) != (c.kind == "dense") {
+				b.Fatalf("%d subnets of /%d: dense=%v, want the %s path", c.n, c.bits, tab.dense != nil, c.kind)
+			}
+			rnd := rand.New(rand.NewPCG(1, 2))
+			const nDst = 1 << 16
+			dsts := make([]uint32, nDst)
 			for i := range dsts {
-				dsts[i] = 0xc6000000 | uint32(i*7919%n)<<8 | 7
+				host := rnd.Uint32() & (1<<(32-c.bits) - 1)
+				dsts[i] = be32(network.Addr().As4()) | uint32(rnd.IntN(c.n))<<(32-c.bits) | host
 			}
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
-				sink += tab.lookup(dsts[i&1023])
+				sink += tab.lookup(dsts[i&(nDst-1)])
 				i++
+			}
+			if sink == 0 && c.n > 0 {
+				b.Fatal("no lookup found a route")
 			}
 		})
 	}

@@ -100,26 +100,7 @@ func run(bin string, hosts int, size int64, verbose bool) (summary string, err e
 	}
 
 	step(3, "ping every container from every other")
-	okPairs, pairs := 0, 0
-	var rtts []float64
-	for _, a := range c.Nodes {
-		for _, b := range c.Nodes {
-			if a == b {
-				continue
-			}
-			pairs++
-			out, perr := a.Container.Run(ctx, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", b.Container.Addr.String())
-			avg := pingAvg(out)
-			status := "ok"
-			if perr != nil {
-				status = "FAILED"
-			} else {
-				okPairs++
-				rtts = append(rtts, avg)
-			}
-			fmt.Printf("      %-15s -> %-15s %s (avg %.3f ms)\n", a.Container.Addr, b.Container.Addr, status, avg)
-		}
-	}
+	okPairs, pairs, rtts := pingAll(ctx, c)
 	if okPairs != pairs {
 		return "", fmt.Errorf("%d of %d container pairs did not answer ping", pairs-okPairs, pairs)
 	}
@@ -151,6 +132,30 @@ func run(bin string, hosts int, size int64, verbose bool) (summary string, err e
 	}
 	return fmt.Sprintf("%d hosts, %d/%d container pairs ping (avg %.3f ms), %d MB intact at %.0f Mbit/s (%.2fx bare veth)",
 		hosts, okPairs, pairs, sum/float64(len(rtts)), size/1_000_000, ov.Mbps(), ov.Mbps()/raw.Mbps()), nil
+}
+
+// pingAll pings every container from every other and prints each pair;
+// it returns the pairs that answered, all pairs, and their average RTTs.
+func pingAll(ctx context.Context, c *cluster.Cluster) (okPairs, pairs int, rtts []float64) {
+	for _, a := range c.Nodes {
+		for _, b := range c.Nodes {
+			if a == b {
+				continue
+			}
+			pairs++
+			out, perr := a.Container.Run(ctx, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", b.Container.Addr.String())
+			avg := pingAvg(out)
+			status := "ok"
+			if perr != nil {
+				status = "FAILED"
+			} else {
+				okPairs++
+				rtts = append(rtts, avg)
+			}
+			fmt.Printf("      %-15s -> %-15s %s (avg %.3f ms)\n", a.Container.Addr, b.Container.Addr, status, avg)
+		}
+	}
+	return okPairs, pairs, rtts
 }
 
 var rttRe = regexp.MustCompile(`= [0-9.]+/([0-9.]+)/`)

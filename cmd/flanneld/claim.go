@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // claimIdentity is the lease manager's Identity: empty, which turns the

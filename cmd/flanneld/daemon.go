@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -9,12 +11,14 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/ipmasq"
@@ -52,105 +56,206 @@ func (d *daemon) ownSubnet() netip.Prefix {
 	return netip.Prefix{}
 }
 
-// run brings flanneld up and blocks until a signal or a fatal error.
+// run brings flanneld up and blocks until a signal or a fatal error. Each
+// phase returns what it opened with its closer; run defers the closers as
+// it goes, so every error path closes everything opened before it, in
+// reverse order: the lease manager's claim before the etcd client, the
+// router's sockets and the TUN before the manager.
 func (d *daemon) run(parent context.Context) error {
-	o, log := d.o, d.log
-	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := d.signalContext(parent)
 	defer stop()
+
+	stopHTTP, err := d.startServers()
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+
+	cli, closeEtcd, err := d.connectEtcd(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeEtcd()
+
+	ext, prev, err := d.localState()
+	if err != nil {
+		return err
+	}
+	mgr := d.newManager(cli, ext, prev)
+	defer mgr.Close()
+	cfg, l, err := d.acquireLease(ctx, mgr)
+	if err != nil || cfg == nil {
+		return err
+	}
+	d.ownNet.Store(&l.Subnet)
+
+	dp, err := d.openDataPlane(cfg, l, ext)
+	if err != nil {
+		return err
+	}
+	defer dp.close()
+
+	subnetFileOK, err := d.setupHost(cfg, prev, l.Subnet, dp.mtu)
+	if err != nil {
+		return err
+	}
+	return d.runLoops(ctx, mgr, cfg, l, dp, subnetFileOK)
+}
+
+// signalContext is parent until SIGINT or SIGTERM; a second signal kills
+// the process.
+func (d *daemon) signalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		<-ctx.Done()
-		// Unregister so that a second signal kills the process.
 		stop()
 		if parent.Err() == nil {
-			log.Info("shutdownHandler sent cancel signal...")
+			d.log.Info("shutdownHandler sent cancel signal...")
 		}
 	}()
+	return ctx, stop
+}
 
+// startServers starts the /metrics and /healthz listeners that are
+// configured; the closer shuts down those started.
+func (d *daemon) startServers() (func(), error) {
+	o := d.o
+	var servers []*healthServer
+	closeAll := func() {
+		for _, srv := range slices.Backward(servers) {
+			srv.shutdown()
+		}
+	}
 	if o.metricsAddr != "" {
 		srv, err := d.startHTTP(o.metricsAddr, false)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer srv.shutdown()
+		servers = append(servers, srv)
 	}
 	if o.healthzPort > 0 {
 		srv, err := d.startHTTP(fmt.Sprintf("%s:%d", o.healthzIP, o.healthzPort), true)
 		if err != nil {
-			return err
+			closeAll()
+			return nil, err
 		}
-		defer srv.shutdown()
+		servers = append(servers, srv)
 	}
+	return closeAll, nil
+}
 
+// connectEtcd starts the embedded etcd when configured and opens the
+// client; the closer closes the client, then the server.
+func (d *daemon) connectEtcd(ctx context.Context) (*clientv3.Client, func(), error) {
+	o, log := d.o, d.log
+	closeSrv := func() {}
 	if o.etcdEmbedded != "" {
 		srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: o.etcdEmbedded, ClientURLs: o.endpoints(), Logger: log})
 		if err != nil {
-			return fmt.Errorf("start embedded etcd in %s on %v: %w", o.etcdEmbedded, o.endpoints(), err)
+			return nil, nil, fmt.Errorf("start embedded etcd in %s on %v: %w", o.etcdEmbedded, o.endpoints(), err)
 		}
-		defer srv.Close()
+		closeSrv = srv.Close
 		log.Info("Embedded etcd started", "dir", o.etcdEmbedded, "endpoints", srv.Endpoints())
 	}
-
 	cli, err := newEtcdClient(o, os.Getenv, log)
 	if err != nil {
-		return err
+		closeSrv()
+		return nil, nil, err
 	}
-	defer cli.Close()
+	return cli, func() { cli.Close(); closeSrv() }, nil
+}
 
+// localState reads the previous subnet and picks the external interface.
+func (d *daemon) localState() (*extIface, lease.SubnetFile, error) {
+	o, log := d.o, d.log
 	prev, err := lease.ReadSubnetFile(o.subnetFile)
 	if err != nil {
 		log.Warn("Could not read the previous subnet", "file", o.subnetFile, "error", err)
 	} else if prev.Subnet.IsValid() {
 		log.Info(fmt.Sprintf("Previous Subnet: %s", prev.Subnet))
 	}
-
 	ext, err := chooseInterface(o, log)
 	if err != nil {
-		return err
+		return nil, prev, err
 	}
 	log.Info("Using interface", "name", ext.Name, "iface_ip", ext.IfaceAddr, "public_ip", ext.ExtAddr, "mtu", ext.MTU)
+	return ext, prev, nil
+}
 
-	mgr := lease.NewManager(cli, lease.Options{
-		Prefix:      o.etcdPrefix,
+func (d *daemon) newManager(cli *clientv3.Client, ext *extIface, prev lease.SubnetFile) *lease.Manager {
+	return lease.NewManager(cli, lease.Options{
+		Prefix:      d.o.etcdPrefix,
 		PublicIP:    ext.ExtAddr,
 		PrevSubnet:  prev.Subnet,
-		RenewMargin: o.renewMargin(),
+		RenewMargin: d.o.renewMargin(),
 		Observer:    newLeaseMetrics(),
-		Identity:    claimIdentity(o, ext),
-		Logger:      log,
+		Identity:    claimIdentity(d.o, ext),
+		Logger:      d.log,
 	})
+}
+
+// acquireLease waits for the network config, checks that this daemon can
+// serve it and acquires the lease. A nil config and error means ctx ended
+// first: a clean shutdown.
+func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager) (*lease.Config, lease.Lease, error) {
 	cfg, err := mgr.WaitConfig(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return nil, lease.Lease{}, nil
 		}
-		return err
+		return nil, lease.Lease{}, err
 	}
 	if cfg.BackendType != "udp" {
-		return fmt.Errorf("unknown backend type: %s (flannel-go implements only the udp backend)", cfg.BackendType)
+		return nil, lease.Lease{}, fmt.Errorf("unknown backend type: %s (flannel-go implements only the udp backend)", cfg.BackendType)
 	}
 	if cfg.EnableIPv6 {
-		return errors.New("EnableIPv6 is set in the network config, but the udp backend carries IPv4 only: remove EnableIPv6 or use another backend")
+		return nil, lease.Lease{}, errors.New("EnableIPv6 is set in the network config, but the udp backend carries IPv4 only: remove EnableIPv6 or use another backend")
 	}
-	mtu := ext.MTU - encapOverhead
-
 	l, err := mgr.Acquire(ctx, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return nil, lease.Lease{}, nil
 		}
-		return fmt.Errorf("failed to acquire lease: %w", err)
+		return nil, lease.Lease{}, fmt.Errorf("failed to acquire lease: %w", err)
 	}
-	d.ownNet.Store(&l.Subnet)
+	return cfg, l, nil
+}
 
+// dataPlane is the TUN device and the router on it.
+type dataPlane struct {
+	dev *tun.Device
+	rt  *router.Router
+	mtu int
+}
+
+// close closes the router (its sockets, also when it never ran) and then
+// the TUN device; both closes are idempotent.
+func (dp *dataPlane) close() {
+	if dp.rt != nil {
+		_ = dp.rt.Close()
+	}
+	_ = dp.dev.Close()
+}
+
+// openDataPlane opens and addresses the TUN and opens the router's
+// sockets; on error it closes what it opened.
+func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) (_ *dataPlane, err error) {
+	o, log := d.o, d.log
+	mtu := ext.MTU - encapOverhead
 	raiseGOMAXPROCS(o.queues, log)
 	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums))
 	if err != nil {
-		return fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
+		return nil, fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
 	}
-	defer dev.Close()
+	dp := &dataPlane{dev: dev, mtu: mtu}
+	defer func() {
+		if err != nil {
+			dp.close()
+		}
+	}()
 	reportTUN(dev.Name, log)
 	if err := dev.Configure(l.Subnet.Addr(), mtu, o.tunTxQueueLen, cfg.Network); err != nil {
-		return fmt.Errorf("configure %s: %w", dev.Name, err)
+		return nil, fmt.Errorf("configure %s: %w", dev.Name, err)
 	}
 	// The router's ICMP errors come from the TUN's own address; without
 	// accept_local the kernel drops them as martians and traceroute, PMTU
@@ -158,8 +263,7 @@ func (d *daemon) run(parent context.Context) error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev.Name+"/accept_local", []byte("1"), 0o644); err != nil {
 		log.Warn("Could not set accept_local on the TUN; ICMP errors from the router will be dropped by the kernel", "error", err)
 	}
-
-	rt, err := router.New(router.Config{
+	dp.rt, err = router.New(router.Config{
 		Network:            cfg.Network,
 		SubnetLen:          cfg.SubnetLen,
 		OwnSubnet:          l.Subnet,
@@ -173,46 +277,54 @@ func (d *daemon) run(parent context.Context) error {
 		Logger:             log,
 	}, dev.Queues)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	d.router.Store(dp.rt)
+	return dp, nil
+}
 
-	d.router.Store(rt)
-	if o.ipBlackholeRoute {
-		if err := addBlackholeRoute(l.Subnet); err != nil {
-			return err
+// setupHost installs the blackhole route and the iptables rules and writes
+// the subnet file; it reports whether the file was written.
+func (d *daemon) setupHost(cfg *lease.Config, prev lease.SubnetFile, subnet netip.Prefix, mtu int) (bool, error) {
+	if d.o.ipBlackholeRoute {
+		if err := addBlackholeRoute(subnet); err != nil {
+			return false, err
 		}
 	}
-
-	rules, err := d.setupRules(cfg, prev, l.Subnet)
-	if err != nil {
-		return err
+	if _, err := d.setupRules(cfg, prev, subnet); err != nil {
+		return false, err
 	}
-	subnetFileOK := d.writeSubnetFile(cfg, l.Subnet, mtu)
+	return d.writeSubnetFile(cfg, subnet, mtu), nil
+}
 
+// runLoops runs the data plane, the lease watch, the route sync, the rule
+// resync and the lease keeper until ctx is done or one of them fails, and
+// waits for all of them.
+func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Config, l lease.Lease, dp *dataPlane, subnetFileOK bool) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Go(func() {
-		if err := rt.Run(runCtx); err != nil && runCtx.Err() == nil {
+		if err := dp.rt.Run(runCtx); err != nil && runCtx.Err() == nil {
 			errc <- fmt.Errorf("data plane: %w", err)
 		}
 	})
 	events := make(chan []lease.Event, 16)
 	wg.Go(func() {
-		if err := mgr.Watch(runCtx, d.ownSubnet, events); err != nil && runCtx.Err() == nil {
+		if err := mgr.Watch(runCtx, events); err != nil && runCtx.Err() == nil {
 			errc <- fmt.Errorf("watch subnets: %w", err)
 		}
 	})
-	wg.Go(func() { d.routes.Run(runCtx, events, rt) })
-	if rules != nil {
+	wg.Go(func() { d.routes.Run(runCtx, events, dp.rt) })
+	if d.rules.Load() != nil {
 		wg.Go(func() { d.resyncRules(runCtx) })
 	}
-	if o.ipBlackholeRoute {
+	if d.o.ipBlackholeRoute {
 		wg.Go(func() { d.resyncBlackholeRoute(runCtx) })
 	}
 	wg.Go(func() {
-		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dev, rt, nl, mtu) })
+		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dp.dev, dp.rt, nl, dp.mtu) })
 		if err != nil && runCtx.Err() == nil {
 			errc <- fmt.Errorf("keep lease: %w", err)
 		}
@@ -222,9 +334,9 @@ func (d *daemon) run(parent context.Context) error {
 		d.ready.Store(true)
 	}
 	if _, err := sd.SdNotify(false, sd.SdNotifyReady); err != nil {
-		log.Warn("sd_notify failed", "error", err)
+		d.log.Warn("sd_notify failed", "error", err)
 	}
-	log.Info("flanneld is running", "subnet", l.Subnet, "network", cfg.Network, "mtu", mtu, "queues", o.queues)
+	d.log.Info("flanneld is running", "subnet", l.Subnet, "network", cfg.Network, "mtu", dp.mtu, "queues", d.o.queues)
 
 	var runErr error
 	select {
@@ -232,7 +344,7 @@ func (d *daemon) run(parent context.Context) error {
 	case runErr = <-errc:
 	}
 	d.ready.Store(false)
-	log.Info("Waiting for all goroutines to exit")
+	d.log.Info("Waiting for all goroutines to exit")
 	cancel()
 	wg.Wait()
 	return runErr

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -117,6 +119,12 @@ func TestClusterEndToEnd(t *testing.T) {
 			}
 			if exp := time.Unix(int64(metricValue(t, n, "flannel_lease_expiry_timestamp_seconds")), 0); time.Until(exp) < 23*time.Hour {
 				t.Errorf("flannel_lease_expiry_timestamp_seconds on %s = %v, want about 24 h ahead", n.Host.Name, exp)
+			}
+			// The live daemon's /metrics, held to Prometheus' own linter.
+			if code, body, err := n.HTTPGet(ctx, "/metrics"); err != nil || code != 200 {
+				t.Errorf("GET /metrics on %s: %d %v", n.Host.Name, code, err)
+			} else {
+				promtoolCheck(t, body)
 			}
 			out, err := n.Host.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "flannel0")
 			if err != nil || !strings.Contains(out, n.Env.Subnet.Addr().String()+"/32") {

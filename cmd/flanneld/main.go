@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command flanneld is a flannel-compatible overlay network daemon: it leases
 // a subnet per host from etcd, writes the subnet file for Docker, and carries
 // the overlay's IPv4 packets between hosts in UDP with upstream flannel's

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -44,9 +46,39 @@ func (p promWriter) sample(name, labels string, v uint64) {
 func (d *daemon) metricsHandler(w http.ResponseWriter, _ *http.Request) {
 	var b bytes.Buffer
 	metrics.WritePrometheus(&b, true)
+	b = addHelp(b.Bytes())
 	d.writeMetrics(&b)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.Write(b.Bytes())
+}
+
+// registeredHelp is the HELP text of the families registered with the
+// metrics package, which writes their HELP lines empty.
+var registeredHelp = map[string]string{
+	"flannel_etcd_request_duration_seconds":  "Duration of etcd client requests (each gRPC attempt), by method.",
+	"flannel_etcd_streams_opened_total":      "etcd client streams opened (watches, lease keep-alives), by method.",
+	"flannel_etcd_request_errors_total":      "Failed etcd client requests and stream opens, by method and gRPC code.",
+	"flannel_lease_expiry_timestamp_seconds": "Unix time when this node's subnet lease expires; 0 for a reservation.",
+	"flannel_lease_acquisitions_total":       "Subnet lease acquisitions: the first and each re-acquisition after the lease was lost.",
+	"flannel_lease_renewals_total":           "Subnet lease renewals.",
+	"flannel_lease_renewal_failures_total":   "Failed subnet lease renewals (each is retried).",
+	"flannel_lease_watch_resyncs_total":      "Re-lists of all subnets after the watch fell behind an etcd compaction.",
+}
+
+// addHelp fills in the HELP lines of registeredHelp's families.
+func addHelp(exposition []byte) bytes.Buffer {
+	var out bytes.Buffer
+	out.Grow(len(exposition) + 1024)
+	for line := range bytes.Lines(exposition) {
+		if rest, ok := bytes.CutPrefix(line, []byte("# HELP ")); ok {
+			if help, ok := registeredHelp[string(bytes.TrimSpace(rest))]; ok {
+				fmt.Fprintf(&out, "# HELP %s %s\n", bytes.TrimSpace(rest), help)
+				continue
+			}
+		}
+		out.Write(line)
+	}
+	return out
 }
 
 // writeMetrics writes the daemon's own metrics.

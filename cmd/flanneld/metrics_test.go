@@ -1,17 +1,23 @@
+//go:build linux
+
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net/http/httptest"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
+	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/router"
 )
 
@@ -56,6 +62,38 @@ func checkExposition(t *testing.T, body string) map[string]string {
 		}
 	}
 	return types
+}
+
+// promtoolCheck runs Prometheus' linter on an exposition and fails the
+// test for every problem it reports in a flannel_* family (the Go runtime
+// and process families are the metrics package's).
+func promtoolCheck(t *testing.T, body string) {
+	t.Helper()
+	testbed.RequireTool(t, "promtool")
+	cmd := exec.Command("promtool", "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("promtool: %v", err)
+	}
+	for line := range strings.Lines(string(out)) {
+		if strings.HasPrefix(line, "flannel_") {
+			t.Errorf("promtool check metrics: %s", strings.TrimSpace(line))
+		}
+	}
+	if !strings.Contains(body, "# HELP flannel_") {
+		t.Errorf("no flannel_* family in the exposition:\n%s", body)
+	}
+}
+
+func TestAddHelp(t *testing.T) {
+	in := "# HELP flannel_lease_renewals_total\n# TYPE flannel_lease_renewals_total counter\nflannel_lease_renewals_total 0\n# HELP go_goroutines\n"
+	got := addHelp([]byte(in))
+	want := "# HELP flannel_lease_renewals_total Subnet lease renewals.\n# TYPE flannel_lease_renewals_total counter\nflannel_lease_renewals_total 0\n# HELP go_goroutines\n"
+	if got.String() != want {
+		t.Errorf("addHelp:\n%s\nwant:\n%s", got.String(), want)
+	}
 }
 
 func TestWriteRouterStats(t *testing.T) {
@@ -143,7 +181,7 @@ func TestSecretsStayOutOfLogsAndMetrics(t *testing.T) {
 	}
 	ep := admin.Endpoints()[0]
 
-	var logs bytes.Buffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	env := func(k string) string {
 		if k == "FLANNELD_ETCD_PASSWORD" {
@@ -176,6 +214,7 @@ func TestSecretsStayOutOfLogsAndMetrics(t *testing.T) {
 	d.metricsHandler(rec, httptest.NewRequest("GET", "/metrics", nil))
 	scrape := rec.Body.String()
 	checkExposition(t, scrape)
+	promtoolCheck(t, scrape)
 	if !strings.Contains(scrape, `flannel_etcd_request_duration_seconds_bucket{method="KV/Put"`) {
 		t.Errorf("no etcd request latency in /metrics:\n%s", scrape)
 	}

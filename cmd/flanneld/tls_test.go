@@ -1,7 +1,8 @@
+//go:build linux
+
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
+	"github.com/flannel-go/flannel-go/internal/syncbuf"
 )
 
 // testCA is a certificate authority made up for one test.
@@ -146,7 +148,7 @@ func TestEtcdTLS(t *testing.T) {
 	e := startTLSEtcd(t)
 
 	t.Run("valid", func(t *testing.T) {
-		var logs bytes.Buffer
+		var logs syncbuf.Buffer
 		cli, err := newEtcdClient(e.options(e.ca.file, e.cert, e.key), noEnv, slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil {
 			t.Fatal(err)
@@ -205,7 +207,7 @@ func TestEtcdTLSUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens there now
-	var logs bytes.Buffer
+	var logs syncbuf.Buffer
 	o := &options{etcdEndpoints: "https://" + addr, etcdCAFile: ca.file, etcdCertfile: cert, etcdKeyfile: key}
 	cli, err := newEtcdClient(o, noEnv, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
@@ -309,7 +311,7 @@ func TestEtcdSSLDir(t *testing.T) {
 		if gotCA != "" || gotCert != "" || gotKey != "" {
 			t.Errorf("tlsFiles = %q %q %q, want none", gotCA, gotCert, gotKey)
 		}
-		var logs bytes.Buffer
+		var logs syncbuf.Buffer
 		cfg, err := clientTLS(gotCA, gotCert, gotKey, slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil || cfg != nil {
 			t.Errorf("clientTLS = %v, %v; want plain http", cfg, err)
@@ -356,7 +358,7 @@ func TestHalfGivenTLS(t *testing.T) {
 		})
 	}
 	t.Run("CA file alone", func(t *testing.T) {
-		var logs bytes.Buffer
+		var logs syncbuf.Buffer
 		o := &options{etcdEndpoints: "http://127.0.0.1:2379", etcdCAFile: "/etc/flannel/ca.pem"}
 		cli, err := newEtcdClient(o, noEnv, slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil {

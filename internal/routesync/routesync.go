@@ -14,18 +14,14 @@ import (
 	"github.com/flannel-go/flannel-go/router"
 )
 
-// Table receives the full route set; *router.Router is one.
+// Table receives the full route set; *router.Router is one. Tests and
+// benchmarks wrap it to see each swap.
 type Table interface {
 	SetRoutes(routes []router.Route)
 }
 
 // Syncer folds lease events into routes.
 type Syncer struct {
-	// OnApply, when set, is called after each table swap with the events it
-	// applied (benchmarks and tests timestamp them); it must not keep the
-	// slice.
-	OnApply func(events []lease.Event)
-
 	log    *slog.Logger
 	peers  map[netip.Prefix]netip.Addr
 	routes atomic.Int64
@@ -65,9 +61,6 @@ func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t Table) 
 		}
 		s.apply(s.batch)
 		t.SetRoutes(s.table())
-		if s.OnApply != nil {
-			s.OnApply(s.batch)
-		}
 	}
 }
 
