@@ -3,13 +3,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -75,23 +73,13 @@ func delBlackholeRoute(subnet netip.Prefix) error {
 	return nil
 }
 
-// resyncBlackholeRoute re-adds the blackhole route for the current subnet
-// every --iptables-resync seconds, as upstream does, in case someone
-// deleted it.
-func (d *daemon) resyncBlackholeRoute(ctx context.Context) {
-	t := time.NewTicker(time.Duration(d.o.iptablesResync) * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		d.subnetMu.Lock()
-		err := addBlackholeRoute(d.ownSubnet())
-		d.subnetMu.Unlock()
-		if err != nil {
-			d.log.Error("Failed to setup blackhole route", "error", err)
-		}
+// ensureBlackholeRoute re-adds the blackhole route for the current
+// subnet, in case someone deleted it.
+func (d *daemon) ensureBlackholeRoute() {
+	d.subnetMu.Lock()
+	err := addBlackholeRoute(d.ownSubnet())
+	d.subnetMu.Unlock()
+	if err != nil {
+		d.log.Error("Failed to setup blackhole route", "error", err)
 	}
 }

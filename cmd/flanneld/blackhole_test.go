@@ -78,11 +78,11 @@ func TestBlackholeRoute(t *testing.T) {
 	}
 
 	// Resync: the loop runs in the namespace while the route is deleted.
-	d := &daemon{o: &options{iptablesResync: 1}, log: slog.New(slog.DiscardHandler)}
+	d := &daemon{o: &options{iptablesResync: 1, ipBlackholeRoute: true}, log: slog.New(slog.DiscardHandler)}
 	d.ownNet.Store(&upstream)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- h.Do(func() error { d.resyncBlackholeRoute(rctx); return nil }) }()
+	go func() { done <- h.Do(func() error { d.resync(rctx); return nil }) }()
 	run("route", "del", "blackhole", upstream.String())
 	deadline := time.Now().Add(5 * time.Second)
 	for blackholes() != "blackhole "+upstream.String() {

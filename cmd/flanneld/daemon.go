@@ -317,11 +317,8 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 		}
 	})
 	wg.Go(func() { d.routes.Run(runCtx, events, dp.rt) })
-	if d.rules.Load() != nil {
-		wg.Go(func() { d.resyncRules(runCtx) })
-	}
-	if d.o.ipBlackholeRoute {
-		wg.Go(func() { d.resyncBlackholeRoute(runCtx) })
+	if d.rules.Load() != nil || d.o.ipBlackholeRoute {
+		wg.Go(func() { d.resync(runCtx) })
 	}
 	wg.Go(func() {
 		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dp.dev, dp.rt, nl, dp.mtu) })
@@ -441,9 +438,10 @@ func (d *daemon) setupRules(cfg *lease.Config, prev lease.SubnetFile, subnet net
 	return rules, nil
 }
 
-// resyncRules re-adds rules someone else deleted, every --iptables-resync
-// seconds, always for the current subnet's rule set.
-func (d *daemon) resyncRules(ctx context.Context) {
+// resync re-adds the rules and the blackhole route someone else deleted,
+// every --iptables-resync seconds (as upstream), always for the current
+// subnet.
+func (d *daemon) resync(ctx context.Context) {
 	t := time.NewTicker(time.Duration(d.o.iptablesResync) * time.Second)
 	defer t.Stop()
 	for {
@@ -456,6 +454,9 @@ func (d *daemon) resyncRules(ctx context.Context) {
 			if err := r.Ensure(); err != nil {
 				d.log.Error("Resync iptables rules", "error", err)
 			}
+		}
+		if d.o.ipBlackholeRoute {
+			d.ensureBlackholeRoute()
 		}
 	}
 }
