@@ -16,6 +16,7 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/ipmasq"
 	"github.com/flannel-go/flannel-go/internal/routesync"
@@ -38,6 +39,7 @@ type daemon struct {
 
 	ready    atomic.Bool
 	router   atomic.Pointer[router.Router]
+	fast     atomic.Pointer[fastpath.Path]
 	routes   *routesync.Syncer
 	rules    atomic.Pointer[ipmasq.Rules]
 	ownNet   atomic.Pointer[netip.Prefix]
@@ -175,6 +177,11 @@ func (d *daemon) run(parent context.Context) error {
 	}
 
 	d.router.Store(rt)
+	if fp, err := d.startFastPath(ext, cfg.Port); err != nil {
+		return err
+	} else if fp != nil {
+		defer fp.Close()
+	}
 	if o.ipBlackholeRoute {
 		if err := addBlackholeRoute(l.Subnet); err != nil {
 			return err
@@ -202,7 +209,7 @@ func (d *daemon) run(parent context.Context) error {
 			errc <- fmt.Errorf("watch subnets: %w", err)
 		}
 	})
-	wg.Go(func() { d.routes.Run(runCtx, events, rt) })
+	wg.Go(func() { d.routes.Run(runCtx, events, d.routeTable(rt)) })
 	if rules != nil {
 		wg.Go(func() { d.resyncRules(runCtx) })
 	}

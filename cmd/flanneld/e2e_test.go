@@ -183,7 +183,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		if out, err := h2.Host.Run(ctx, "ip", "addr", "add", "192.0.2.200/24", "dev", h2.Host.Iface); err != nil {
 			t.Fatal(out, err)
 		}
-		before := metricValue(t, h1, `flannel_router_dropped_packets_total{reason="unknown_peer"}`)
+		before := metricValue(t, h1, `flannel_router_dropped_packets_total{path="user",reason="unknown_peer"}`)
 		dst := h1.Container.Addr
 		inner := udpPacket(t, h2.Container.Addr, dst, 7777, []byte("forged"))
 		var pc net.PacketConn
@@ -209,7 +209,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 		send("192.0.2.200")
 		waitFor(t, 5*time.Second, "unknown_peer drop counted", func() error {
-			if v := metricValue(t, h1, `flannel_router_dropped_packets_total{reason="unknown_peer"}`); v <= before {
+			if v := metricValue(t, h1, `flannel_router_dropped_packets_total{path="user",reason="unknown_peer"}`); v <= before {
 				return fmt.Errorf("counter %v, was %v", v, before)
 			}
 			return nil
