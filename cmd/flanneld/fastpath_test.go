@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/flannel-go/flannel-go/internal/cluster"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/lease"
@@ -127,16 +130,7 @@ func TestFastPathMixedCluster(t *testing.T) {
 		t.Fatalf("flannel_fast_path_enabled on the --fast-path=off node = %v, want 0", v)
 	}
 	// Node 1 and 4 find each other through probes; nobody else answers.
-	waitFor(t, 15*time.Second, "fast path peers", func() error {
-		for _, n := range []*cluster.Node{n1, n4} {
-			if v := metricValue(t, n, "flannel_fast_path_kernel_peers"); v != 1 {
-				return fmt.Errorf("%s has %v kernel peers, want 1 (probes answered %v, answers received %v, passed in %v)", n.Host.Name, v,
-					metricValue(t, n, `flannel_fast_path_probes_total{kind="answered"}`), metricValue(t, n, `flannel_fast_path_probes_total{kind="received"}`),
-					metricValue(t, n, `flannel_router_passed_to_userspace_total{reason="to_socket"}`))
-			}
-		}
-		return nil
-	})
+	waitKernelPeers(t, 1, n1, n4)
 
 	type end struct {
 		name string
@@ -203,4 +197,83 @@ func requireFastPath(t *testing.T) {
 		}
 		t.Skipf("kernel %s has no tcx (6.6+)", rel.String())
 	}
+}
+
+// tcxPrograms counts the programs attached to the host's eth0 ingress.
+func tcxPrograms(t *testing.T, h *testbed.Host) int {
+	t.Helper()
+	var n int
+	if err := h.Do(func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		n = len(res.Programs)
+		return nil
+	}); err != nil {
+		t.Fatalf("query tcx programs on %s: %v", h.Name, err)
+	}
+	return n
+}
+
+// TestFastPathSIGKILL kills a fast-path flanneld: the kernel must detach
+// its programs (nothing left on the underlay to swallow datagrams), and
+// the next start attaches afresh and takes the kernel path again.
+func TestFastPathSIGKILL(t *testing.T) {
+	requireFastPath(t)
+	c := startCluster(t, 2, "--fast-path=on")
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	if got := tcxPrograms(t, n2.Host); got != 1 {
+		t.Fatalf("%d tcx programs on %s's eth0, want 1", got, n2.Host.Name)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+
+	n2.Stop(syscall.SIGKILL, 10*time.Second)
+	waitFor(t, 5*time.Second, "programs detached after SIGKILL", func() error {
+		if got := tcxPrograms(t, n2.Host); got != 0 {
+			return fmt.Errorf("%d tcx programs still on %s's eth0", got, n2.Host.Name)
+		}
+		return nil
+	})
+	// The underlay stays usable: a datagram to the flannel port reaches a
+	// plain socket there.
+	if _, err := cluster.UDPReach(ctx, n1.Host, n2.Host, n2.Host.Addr, 8285, []byte("after-kill-plain-udp"), 5*time.Second); err != nil {
+		t.Fatalf("after SIGKILL, UDP to %s:8285 does not reach a socket: %v", n2.Host.Addr, err)
+	}
+
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := tcxPrograms(t, n2.Host); got != 1 {
+		t.Fatalf("%d tcx programs on %s's eth0 after the restart, want 1", got, n2.Host.Name)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+	res, err := cluster.Transfer(ctx, n1.Container, n2.Container, n2.Container.Addr, 5301, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("transfer after the restart: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
+		t.Fatalf("restarted node took %v bytes in on the kernel path, want the 8 MiB transfer", v)
+	}
+}
+
+// waitKernelPeers waits until each node's fast path vouches for want peers.
+func waitKernelPeers(t *testing.T, want float64, nodes ...*cluster.Node) {
+	t.Helper()
+	waitFor(t, 15*time.Second, "fast path peers", func() error {
+		for _, n := range nodes {
+			if v := metricValue(t, n, "flannel_fast_path_kernel_peers"); v != want {
+				return fmt.Errorf("%s has %v kernel peers, want %v", n.Host.Name, v, want)
+			}
+		}
+		return nil
+	})
 }
