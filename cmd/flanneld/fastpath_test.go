@@ -131,6 +131,9 @@ func TestFastPathMixedCluster(t *testing.T) {
 	}
 	// Node 1 and 4 find each other through probes; nobody else answers.
 	waitKernelPeers(t, 1, n1, n4)
+	if !strings.Contains(n1.Log(), "Kernel fast path on") || !strings.Contains(n2.Log(), "Kernel fast path off (--fast-path=off)") {
+		t.Errorf("the fast-path node and the --fast-path=off node must each log which data path runs")
+	}
 
 	type end struct {
 		name string
@@ -276,4 +279,17 @@ func waitKernelPeers(t *testing.T, want float64, nodes ...*cluster.Node) {
 		}
 		return nil
 	})
+}
+
+// TestFastPathPcap captures pings the kernel path carries: they reach
+// /debug/pcap through the programs' ring buffer.
+func TestFastPathPcap(t *testing.T) {
+	requireFastPath(t)
+	c := startCluster(t, 2, "--fast-path=on")
+	waitKernelPeers(t, 1, c.Nodes...)
+	before := metricValue(t, c.Nodes[0], `flannel_router_packets_total{direction="out",path="kernel"}`)
+	checkPcapPing(t, c)
+	if after := metricValue(t, c.Nodes[0], `flannel_router_packets_total{direction="out",path="kernel"}`); after <= before {
+		t.Fatalf("the kernel path carried no packet during the capture (%v -> %v)", before, after)
+	}
 }
