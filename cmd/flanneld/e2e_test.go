@@ -159,6 +159,14 @@ func TestClusterEndToEnd(t *testing.T) {
 				t.Errorf("offload %s = %v, want 1", f, v)
 			}
 		}
+		if metricValue(t, n1, "flannel_fast_path_enabled") == 1 {
+			// Both ends run the fast path (the default where the kernel
+			// has it): the kernel carried the transfer, not the router.
+			if v := metricValue(t, n1, `flannel_router_bytes_total{direction="out",path="kernel"}`); v < 100<<20 {
+				t.Errorf("fast path on: the kernel path carried %v bytes out, want the 100 MiB", v)
+			}
+			return
+		}
 		batches := metricValue(t, n1, `flannel_router_batch_size_count{direction="out"}`)
 		packets := metricValue(t, n1, `flannel_router_batch_size_sum{direction="out"}`)
 		if batches == 0 || packets/batches < 2 {
