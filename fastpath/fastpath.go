@@ -255,20 +255,40 @@ var probeMagic = [7]byte{0x00, 'f', 'l', 'g', 'o', 'f', 'p'}
 
 const probeAsk = 1
 
+// firstProbeBackoff is the first retry for a peer that has not answered:
+// right after start the peer may not have our lease yet and drops the
+// probe, so it is asked again soon, then at doubling intervals up to
+// ProbeInterval (upstream and userspace-only peers never answer).
+const firstProbeBackoff = 100 * time.Millisecond
+
+// probeState is when a peer is asked next and the current retry interval.
+type probeState struct {
+	next    time.Time
+	backoff time.Duration
+	round   uint64 // the last round the peer was in the table
+}
+
 func (p *Path) probeLoop() {
-	t := time.NewTicker(p.cfg.ProbeInterval)
-	defer t.Stop()
 	var msg [16]byte
 	copy(msg[:], probeMagic[:])
 	msg[7] = probeAsk
+	state := map[netip.Addr]*probeState{}
 	var targets []netip.Addr
+	var round uint64
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
 		select {
 		case <-p.done:
 			return
-		case <-t.C:
+		case <-timer.C:
 		case <-p.wake:
+			// New peers or reset answers: ask them from the first backoff.
+			for _, st := range state {
+				st.next = time.Time{}
+			}
 		}
+		now := time.Now()
 		p.mu.Lock()
 		targets = targets[:0]
 		for ip := range p.peers {
@@ -277,11 +297,55 @@ func (p *Path) probeLoop() {
 		p.nonce++
 		binary.BigEndian.PutUint64(msg[8:], p.nonce)
 		p.mu.Unlock()
+		next := now.Add(p.cfg.ProbeInterval)
+		round++
 		for _, ip := range targets {
-			// A lost probe only delays the fast path; the next tick retries.
+			st := state[ip]
+			if st == nil {
+				st = &probeState{}
+				state[ip] = st
+			}
+			st.round = round
+			if now.Before(st.next) {
+				next = minTime(next, st.next)
+				continue
+			}
+			if p.answered(ip) {
+				st.backoff = p.cfg.ProbeInterval
+			} else if st.next.IsZero() || st.backoff == 0 {
+				st.backoff = firstProbeBackoff
+			} else {
+				st.backoff = min(2*st.backoff, p.cfg.ProbeInterval)
+			}
+			st.next = now.Add(st.backoff)
+			next = minTime(next, st.next)
+			// A lost probe only delays the fast path; the next one retries.
 			p.sock.WriteToUDPAddrPort(msg[:], netip.AddrPortFrom(ip, uint16(p.cfg.Port)))
 		}
+		for ip, st := range state {
+			if st.round != round {
+				delete(state, ip)
+			}
+		}
+		timer.Reset(time.Until(next))
 	}
+}
+
+// answered tells whether ip's answer currently vouches for it.
+func (p *Path) answered(ip netip.Addr) bool {
+	var v bpfPeer
+	if p.objs.Peers.Lookup(be32(ip), &v) != nil || v.Answered == 0 {
+		return false
+	}
+	now, err := monotonicNow()
+	return err == nil && now-v.Answered <= uint64(3*p.cfg.ProbeInterval)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // KernelPeers lists the peers whose answers currently vouch for them.
