@@ -222,7 +222,8 @@ int flannel_egress(struct __sk_buff *skb)
 	__u32 inner_len = skb->len;
 	// On failure adjust_room leaves the packet as it was: userspace takes it.
 	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP)) {
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+					BPF_F_ADJ_ROOM_FIXED_GSO)) {
 		count(C_PASS_FIB, 1);
 		return TC_ACT_OK;
 	}
@@ -382,7 +383,8 @@ int flannel_ingress(struct __sk_buff *skb)
 	}
 	__u32 inner_len = bpf_ntohs(in->tot_len);
 	capture_pkt(skb, sizeof(struct encap_hdr), 1);
-	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4)) {
+	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO)) {
 		count(C_PASS_IN, 1);
 		return TC_ACT_OK;
 	}
