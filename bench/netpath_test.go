@@ -23,15 +23,17 @@ import (
 const bedPrefix = "fgb"
 
 // flannelVariants are the flanneld configurations measured, each in fresh
-// namespaces, so that each technique's share is visible: the defaults, then
-// without offloads, then also with a single queue.
+// namespaces, so that each technique's share is visible: the kernel fast
+// path, the userspace router with its defaults, then without offloads, then
+// also with a single queue.
 var flannelVariants = []struct {
 	name string
 	args []string
 }{
-	{"flannel-go", nil},
-	{"no offloads", []string{"--offloads=false"}},
-	{"no offloads q=1", []string{"--offloads=false", "--queues=1"}},
+	{"flannel-go fast path", []string{"--fast-path=on"}},
+	{"flannel-go", []string{"--fast-path=off"}},
+	{"no offloads", []string{"--fast-path=off", "--offloads=false"}},
+	{"no offloads q=1", []string{"--fast-path=off", "--offloads=false", "--queues=1"}},
 }
 
 // udpRates are the offered rates of the 64-byte UDP workload, in packets/s.

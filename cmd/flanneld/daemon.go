@@ -20,6 +20,7 @@ import (
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/ipmasq"
 	"github.com/flannel-go/flannel-go/internal/routesync"
@@ -43,6 +44,7 @@ type daemon struct {
 
 	ready    atomic.Bool
 	router   atomic.Pointer[router.Router]
+	fast     atomic.Pointer[fastpath.Path]
 	routes   *routesync.Syncer
 	rules    atomic.Pointer[ipmasq.Rules]
 	ownNet   atomic.Pointer[netip.Prefix]
@@ -221,16 +223,21 @@ func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager) (*lease.C
 	return cfg, l, nil
 }
 
-// dataPlane is the TUN device and the router on it.
+// dataPlane is the TUN device, the router on it and, when it runs, the
+// kernel fast path beside the router.
 type dataPlane struct {
 	dev *tun.Device
 	rt  *router.Router
+	fp  *fastpath.Path
 	mtu int
 }
 
-// close closes the router (its sockets, also when it never ran) and then
-// the TUN device; both closes are idempotent.
+// close detaches the fast path, closes the router (its sockets, also when
+// it never ran) and then the TUN device; all closes are idempotent.
 func (dp *dataPlane) close() {
+	if dp.fp != nil {
+		_ = dp.fp.Close()
+	}
 	if dp.rt != nil {
 		_ = dp.rt.Close()
 	}
@@ -280,6 +287,9 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 		return nil, err
 	}
 	d.router.Store(dp.rt)
+	if dp.fp, err = d.startFastPath(ext, dev.Name, cfg.Port); err != nil {
+		return nil, err
+	}
 	return dp, nil
 }
 
@@ -316,7 +326,7 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 			errc <- fmt.Errorf("watch subnets: %w", err)
 		}
 	})
-	wg.Go(func() { d.routes.Run(runCtx, events, dp.rt) })
+	wg.Go(func() { d.routes.Run(runCtx, events, d.routeTable(dp.rt)) })
 	if d.rules.Load() != nil || d.o.ipBlackholeRoute {
 		wg.Go(func() { d.resync(runCtx) })
 	}

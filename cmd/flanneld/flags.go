@@ -52,6 +52,7 @@ type options struct {
 	acceptUnknownPeers bool
 	strictSource       bool
 	offloads           bool
+	fastPath           string
 	verifyChecksums    bool
 
 	verbosity int
@@ -109,6 +110,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
 	fs.BoolVar(&o.strictSource, "strict-source", false, "drop overlay packets whose inner source is outside the sending node's subnet (breaks NodePort-style forwarding that keeps the client's address)")
 	fs.BoolVar(&o.offloads, "offloads", true, "use TSO/GRO on the TUN device and UDP GSO/GRO on the sockets where the kernel has them")
+	fs.StringVar(&o.fastPath, "fast-path", "auto", "carry packets to peers that also run it in a kernel TC eBPF fast path: auto (where the kernel and privileges allow), on (fail at start otherwise) or off (userspace router alone)")
 	fs.BoolVar(&o.verifyChecksums, "verify-checksums", false, "re-verify inner TCP/UDP checksums of received packets instead of trusting the outer UDP checksum")
 
 	fs.IntVar(&o.verbosity, "v", 0, "log verbosity: 0 logs Info and above, 1 or more also Debug")
@@ -193,6 +195,11 @@ func (o *options) validate() error {
 	}
 	if o.healthzPort < 0 || o.healthzPort > 65535 {
 		errs = append(errs, fmt.Errorf("--healthz-port must be between 0 and 65535, got %d", o.healthzPort))
+	}
+	switch o.fastPath {
+	case "auto", "on", "off":
+	default:
+		errs = append(errs, fmt.Errorf("--fast-path must be auto, on or off, got %q", o.fastPath))
 	}
 	if o.etcdEndpoints == "" {
 		errs = append(errs, errors.New("--etcd-endpoints must name at least one endpoint"))

@@ -210,3 +210,18 @@ func TestPublicIPClaimFlag(t *testing.T) {
 		t.Fatalf("FLANNELD_PUBLIC_IP_CLAIM=false: identity %q, %v; want none (no claim)", claimIdentity(o, ext), err)
 	}
 }
+
+func TestFastPathFlag(t *testing.T) {
+	o, err := parse(t, nil, nil)
+	if err != nil || o.fastPath != "auto" {
+		t.Fatalf("default --fast-path = %q (%v), want auto", o.fastPath, err)
+	}
+	o, err = parse(t, nil, map[string]string{"FLANNELD_FAST_PATH": "off"})
+	if err != nil || o.fastPath != "off" {
+		t.Fatalf("FLANNELD_FAST_PATH=off gave %q (%v)", o.fastPath, err)
+	}
+	_, err = parse(t, []string{"--fast-path=yes"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "--fast-path must be auto, on or off") {
+		t.Fatalf("--fast-path=yes: %v, want an error naming the choices", err)
+	}
+}

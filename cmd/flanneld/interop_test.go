@@ -118,6 +118,11 @@ func waitInner(t *testing.T, ctx context.Context, n *cluster.Node, to netip.Addr
 		if err != nil {
 			continue
 		}
+		if m < 20 {
+			// Upstream's proxy drops these unread, as it does the fast
+			// path's probes.
+			continue
+		}
 		if ua := from.(*net.UDPAddr); ua.Port != 8285 || !ua.IP.Equal(n.Host.Addr.AsSlice()) {
 			t.Fatalf("datagram from %s, want %s:8285 (the socket bound to the interface address and the cluster port)", ua, n.Host.Addr)
 		}

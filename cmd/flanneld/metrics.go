@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -97,19 +98,30 @@ func (d *daemon) writeMetrics(w io.Writer) {
 	}
 	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table.")
 	p.sample("flannel_routes", "", uint64(d.routes.Routes()))
-	writeRouterStats(w, rt.Stats())
+	k, kernel := d.writeFastPathMetrics(w)
+	writeRouterStats(w, rt.Stats(), k, kernel)
 }
 
-// writeRouterStats writes the router's counters. Direction "in" is from
-// peers into the TUN, "out" from the TUN to peers.
-func writeRouterStats(w io.Writer, s router.Stats) {
+// writeRouterStats writes the router's counters, and the kernel fast
+// path's (k) into the same families when it runs. Direction "in" is from
+// peers into the TUN, "out" from the TUN to peers; path "user" is the
+// userspace router, "kernel" the fast path.
+func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool) {
 	p := promWriter{w}
-	p.family("flannel_router_packets_total", "counter", "Inner packets forwarded, by direction.")
-	p.sample("flannel_router_packets_total", `direction="in"`, s.RxPackets)
-	p.sample("flannel_router_packets_total", `direction="out"`, s.TxPackets)
-	p.family("flannel_router_bytes_total", "counter", "Bytes of inner packets forwarded (outer headers excluded), by direction.")
-	p.sample("flannel_router_bytes_total", `direction="in"`, s.RxBytes)
-	p.sample("flannel_router_bytes_total", `direction="out"`, s.TxBytes)
+	p.family("flannel_router_packets_total", "counter", "Inner packets forwarded, by direction and path (a TSO super-packet on the kernel path counts once).")
+	p.sample("flannel_router_packets_total", `direction="in",path="user"`, s.RxPackets)
+	p.sample("flannel_router_packets_total", `direction="out",path="user"`, s.TxPackets)
+	if kernel {
+		p.sample("flannel_router_packets_total", `direction="in",path="kernel"`, k.RxPackets)
+		p.sample("flannel_router_packets_total", `direction="out",path="kernel"`, k.TxPackets)
+	}
+	p.family("flannel_router_bytes_total", "counter", "Bytes of inner packets forwarded (outer headers excluded), by direction and path.")
+	p.sample("flannel_router_bytes_total", `direction="in",path="user"`, s.RxBytes)
+	p.sample("flannel_router_bytes_total", `direction="out",path="user"`, s.TxBytes)
+	if kernel {
+		p.sample("flannel_router_bytes_total", `direction="in",path="kernel"`, k.RxBytes)
+		p.sample("flannel_router_bytes_total", `direction="out",path="kernel"`, k.TxBytes)
+	}
 	p.family("flannel_router_batches_total", "counter", "Batches read: recvmmsg calls (in) and TUN reads (out).")
 	p.sample("flannel_router_batches_total", `direction="in"`, s.RxBatches)
 	p.sample("flannel_router_batches_total", `direction="out"`, s.TxBatches)
@@ -129,7 +141,12 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 		{"tun_read", s.Drops.TunRead},
 		{"strict_source", s.Drops.StrictSource},
 	} {
-		p.sample("flannel_router_dropped_packets_total", `reason="`+d.reason+`"`, d.n)
+		p.sample("flannel_router_dropped_packets_total", `path="user",reason="`+d.reason+`"`, d.n)
+	}
+	if kernel {
+		p.sample("flannel_router_dropped_packets_total", `path="kernel",reason="strict_source"`, k.DropStrictSource)
+		p.sample("flannel_router_dropped_packets_total", `path="kernel",reason="encap_error"`, k.DropEncap)
+		p.sample("flannel_router_dropped_packets_total", `path="kernel",reason="capture_lost"`, k.CaptureLost)
 	}
 	p.family("flannel_router_icmp_errors_sent_total", "counter", "ICMP errors (unreachable, time exceeded, fragmentation needed) the router wrote into the TUN.")
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
 	"github.com/flannel-go/flannel-go/internal/syncbuf"
 	"github.com/flannel-go/flannel-go/internal/testbed"
@@ -107,27 +108,32 @@ func TestWriteRouterStats(t *testing.T) {
 		RxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{3},
 		RxBatchPackets: 3,
 		Offloads:       router.Offloads{TUNVnetHdr: true, UDPGRO: true},
-	})
+	}, fastpath.Stats{TxPackets: 21, TxBytes: 22, RxPackets: 23, RxBytes: 24, DropStrictSource: 25}, true)
 	out := b.String()
 	types := checkExposition(t, out)
 	for _, want := range []string{
-		`flannel_router_packets_total{direction="out"} 1`,
-		`flannel_router_bytes_total{direction="out"} 2`,
-		`flannel_router_packets_total{direction="in"} 3`,
-		`flannel_router_bytes_total{direction="in"} 4`,
+		`flannel_router_packets_total{direction="out",path="user"} 1`,
+		`flannel_router_bytes_total{direction="out",path="user"} 2`,
+		`flannel_router_packets_total{direction="in",path="user"} 3`,
+		`flannel_router_bytes_total{direction="in",path="user"} 4`,
 		`flannel_router_batches_total{direction="out"} 5`,
 		`flannel_router_batches_total{direction="in"} 6`,
 		`flannel_router_icmp_errors_sent_total 7`,
 		`flannel_router_icmp_errors_rate_limited_total 8`,
-		`flannel_router_dropped_packets_total{reason="no_route"} 9`,
-		`flannel_router_dropped_packets_total{reason="unknown_peer"} 10`,
-		`flannel_router_dropped_packets_total{reason="ttl_exceeded"} 11`,
-		`flannel_router_dropped_packets_total{reason="malformed"} 12`,
-		`flannel_router_dropped_packets_total{reason="oversize"} 13`,
-		`flannel_router_dropped_packets_total{reason="not_ipv4"} 14`,
-		`flannel_router_dropped_packets_total{reason="send_error"} 15`,
-		`flannel_router_dropped_packets_total{reason="tun_write_error"} 16`,
-		`flannel_router_dropped_packets_total{reason="tun_read"} 17`,
+		`flannel_router_dropped_packets_total{path="user",reason="no_route"} 9`,
+		`flannel_router_dropped_packets_total{path="user",reason="unknown_peer"} 10`,
+		`flannel_router_dropped_packets_total{path="user",reason="ttl_exceeded"} 11`,
+		`flannel_router_dropped_packets_total{path="user",reason="malformed"} 12`,
+		`flannel_router_dropped_packets_total{path="user",reason="oversize"} 13`,
+		`flannel_router_dropped_packets_total{path="user",reason="not_ipv4"} 14`,
+		`flannel_router_dropped_packets_total{path="user",reason="send_error"} 15`,
+		`flannel_router_dropped_packets_total{path="user",reason="tun_write_error"} 16`,
+		`flannel_router_dropped_packets_total{path="user",reason="tun_read"} 17`,
+		`flannel_router_packets_total{direction="out",path="kernel"} 21`,
+		`flannel_router_bytes_total{direction="out",path="kernel"} 22`,
+		`flannel_router_packets_total{direction="in",path="kernel"} 23`,
+		`flannel_router_bytes_total{direction="in",path="kernel"} 24`,
+		`flannel_router_dropped_packets_total{path="kernel",reason="strict_source"} 25`,
 		`flannel_router_batch_size_bucket{direction="out",le="16"} 0`,
 		`flannel_router_batch_size_bucket{direction="out",le="32"} 1`,
 		`flannel_router_batch_size_bucket{direction="out",le="128"} 3`,

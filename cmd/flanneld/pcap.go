@@ -94,7 +94,19 @@ func (d *daemon) attachPcap(s *pcap.Sink) (func(), error) {
 		return nil, pcap.ErrNotRunning
 	}
 	rt.SetTap(routerTap{s})
-	return func() { rt.SetTap(nil) }, nil
+	fp := d.fast.Load()
+	if fp != nil {
+		if err := fp.SetTap(routerTap{s}); err != nil {
+			rt.SetTap(nil)
+			return nil, fmt.Errorf("capture the fast path's packets: %w", err)
+		}
+	}
+	return func() {
+		rt.SetTap(nil)
+		if fp != nil {
+			fp.SetTap(nil)
+		}
+	}, nil
 }
 
 // routerTap adapts a sink to the router's Tap.

@@ -12,13 +12,21 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/flannel-go/flannel-go/internal/cluster"
 )
 
 // TestPcapCapture pings from host 1's container to host 2's while fetching
 // /debug/pcap from host 1, and looks for the echo request (out) and the
 // reply (in) in the pcap.
 func TestPcapCapture(t *testing.T) {
-	c := startCluster(t, 2, "--debug-pcap")
+	checkPcapPing(t, startCluster(t, 2, "--debug-pcap", "--fast-path=off"))
+}
+
+// checkPcapPing pings from host 1's container to host 2's while fetching
+// /debug/pcap from host 1 and looks for both echo packets in the pcap.
+func checkPcapPing(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
 	ctx := t.Context()
 	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
 	if out, err := ping(ctx, src, dst.Addr, "-W", "5"); err != nil {

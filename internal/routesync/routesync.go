@@ -20,6 +20,12 @@ type Table interface {
 	SetRoutes(routes []router.Route)
 }
 
+// EventSink is a Table that also sees each burst's lease events, just
+// before the table built from them.
+type EventSink interface {
+	LeaseEvents(events []lease.Event)
+}
+
 // Syncer folds lease events into routes.
 type Syncer struct {
 	log    *slog.Logger
@@ -60,6 +66,9 @@ func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t Table) 
 			}
 		}
 		s.apply(s.batch)
+		if es, ok := t.(EventSink); ok {
+			es.LeaseEvents(s.batch)
+		}
 		t.SetRoutes(s.table())
 	}
 }

@@ -1,0 +1,105 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/flannel-go/flannel-go/fastpath"
+	"github.com/flannel-go/flannel-go/lease"
+	"github.com/flannel-go/flannel-go/router"
+)
+
+// startFastPath applies --fast-path once the TUN and the router exist. It
+// logs one line saying whether the kernel fast path runs and why; only
+// --fast-path=on turns a failure into an error.
+func (d *daemon) startFastPath(ext *extIface, tunDev string, port int) (*fastpath.Path, error) {
+	o, log := d.o, d.log
+	if o.fastPath == "off" {
+		log.Info("Kernel fast path off (--fast-path=off): the userspace router carries all packets")
+		return nil, nil
+	}
+	fp, err := fastpath.Start(fastpath.Config{
+		TUN:                tunDev,
+		Underlay:           ext.Name,
+		LocalAddr:          ext.IfaceAddr,
+		Port:               port,
+		StrictSource:       o.strictSource,
+		AcceptUnknownPeers: o.acceptUnknownPeers,
+		Logger:             log,
+	})
+	if err != nil {
+		if o.fastPath == "on" {
+			return nil, fmt.Errorf("--fast-path=on: %w", err)
+		}
+		log.Warn("Kernel fast path unavailable (--fast-path=auto): the userspace router carries all packets", "reason", err)
+		return nil, nil
+	}
+	log.Info("Kernel fast path on: TC eBPF carries packets to peers that answer its probes, the userspace router the rest",
+		"mode", o.fastPath, "tun", tunDev, "underlay", ext.Name)
+	d.fast.Store(fp)
+	return fp, nil
+}
+
+// routeTable returns what routesync updates: the router, and the fast path
+// when it runs.
+func (d *daemon) routeTable(rt *router.Router) interface {
+	SetRoutes([]router.Route)
+} {
+	if fp := d.fast.Load(); fp != nil {
+		return bothTables{rt, fp}
+	}
+	return rt
+}
+
+// bothTables keeps the router's and the fast path's route tables in step.
+type bothTables struct {
+	rt *router.Router
+	fp *fastpath.Path
+}
+
+func (b bothTables) SetRoutes(routes []router.Route) {
+	b.fp.SetRoutes(routes)
+	b.rt.SetRoutes(routes)
+}
+
+func (b bothTables) LeaseEvents(events []lease.Event) { b.fp.LeaseEvents(events) }
+
+// writeFastPathMetrics writes flannel_fast_path_enabled and, while the fast
+// path runs, its counters.
+func (d *daemon) writeFastPathMetrics(w io.Writer) (fastpath.Stats, bool) {
+	p := promWriter{w}
+	p.family("flannel_fast_path_enabled", "gauge", "1 when the kernel TC eBPF fast path is attached (see --fast-path).")
+	fp := d.fast.Load()
+	if fp == nil {
+		p.sample("flannel_fast_path_enabled", "", 0)
+		return fastpath.Stats{}, false
+	}
+	p.sample("flannel_fast_path_enabled", "", 1)
+	s, err := fp.Stats()
+	if err != nil {
+		d.log.Warn("Read the fast path counters", "error", err)
+		return fastpath.Stats{}, false
+	}
+	p.family("flannel_fast_path_kernel_peers", "gauge", "Peers that answered the fast path's probe recently: packets to them stay in the kernel.")
+	p.sample("flannel_fast_path_kernel_peers", "", uint64(len(fp.KernelPeers())))
+	p.family("flannel_fast_path_probes_total", "counter", "Fast path probes: answered for peers (answered) and answers to this node's probes (received).")
+	p.sample("flannel_fast_path_probes_total", `kind="answered"`, s.ProbesAnswered)
+	p.sample("flannel_fast_path_probes_total", `kind="received"`, s.ProbeAnswers)
+	p.family("flannel_router_passed_to_userspace_total", "counter", "Packets the kernel fast path left to the userspace router, by reason.")
+	for _, r := range []struct {
+		reason string
+		n      uint64
+	}{
+		{"no_route", s.PassNoRoute},
+		{"ttl_exceeded", s.PassTTL},
+		{"not_simple", s.PassNotSimple},
+		{"peer_not_kernel", s.PassPeer},
+		{"no_neighbour", s.PassFIB},
+		{"to_socket", s.PassIn},
+	} {
+		p.sample("flannel_router_passed_to_userspace_total", `reason="`+r.reason+`"`, r.n)
+	}
+	return s, true
+}

@@ -1,0 +1,297 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/flannel-go/flannel-go/internal/cluster"
+	"github.com/flannel-go/flannel-go/internal/testbed"
+	"github.com/flannel-go/flannel-go/lease"
+	"github.com/flannel-go/flannel-go/tun"
+)
+
+// upstreamProxy stands in for upstream flanneld's udp backend on a host: a
+// TUN without offloads and one UDP socket on <host>:8285, copying one inner
+// packet per datagram each way as upstream's C proxy does. It never
+// completes a checksum: a packet that arrives with a partial inner checksum
+// reaches the receiving TCP broken, as it would with upstream.
+type upstreamProxy struct {
+	dev  *tun.Device
+	sock *net.UDPConn
+}
+
+func startUpstreamProxy(t *testing.T, h *testbed.Host, subnet netip.Prefix, peers map[netip.Prefix]netip.Addr) {
+	t.Helper()
+	var p upstreamProxy
+	if err := h.Do(func() (err error) {
+		if p.dev, err = tun.Open(tunName, 1, tun.WithOffloads(false)); err != nil {
+			return err
+		}
+		if err = p.dev.Configure(subnet.Addr(), 1472, 500, cluster.DefaultNetwork); err != nil {
+			return err
+		}
+		p.sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: h.Addr.AsSlice(), Port: 8285})
+		return err
+	}); err != nil {
+		t.Fatalf("upstream stand-in on %s: %v", h.Name, err)
+	}
+	q := p.dev.Queues[0]
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 65535)}, []int{0}
+		for {
+			n, err := q.Read(bufs, sizes, 0)
+			if err != nil && !errors.Is(err, tun.ErrDropped) {
+				return
+			}
+			for i := range n {
+				pkt := bufs[i][:sizes[i]]
+				if len(pkt) < 20 {
+					continue
+				}
+				dst := netip.AddrFrom4([4]byte(pkt[16:20]))
+				for sn, peer := range peers {
+					if sn.Contains(dst) {
+						p.sock.WriteToUDPAddrPort(pkt, netip.AddrPortFrom(peer, 8285))
+					}
+				}
+			}
+		}
+	}()
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, err := p.sock.Read(buf)
+			if err != nil {
+				return
+			}
+			if n < 20 { // upstream drops these, probes included
+				continue
+			}
+			q.Write([][]byte{buf[:n]}, 0)
+		}
+	}()
+	t.Cleanup(func() { p.sock.Close(); p.dev.Close() })
+}
+
+// TestFastPathMixedCluster runs two fast-path nodes, a userspace-only node
+// (--fast-path=off) and an upstream-style node and moves pings and
+// SHA-256-checked TCP transfers between every pair. Only the two fast-path
+// nodes may use the kernel path between them (checked by their counters);
+// every other pair must work through a userspace end, with complete inner
+// checksums.
+func TestFastPathMixedCluster(t *testing.T) {
+	requireFastPath(t)
+	c := startWith(t, cluster.Options{Hosts: 4, Idle: 2, Args: []string{"--fast-path=on", "--metrics-addr=:9102"}})
+	ctx := t.Context()
+	// Host 1 and 2 run the fast path, host 3 is the upstream stand-in,
+	// host 4 runs the userspace router alone.
+	n1, n4, n3, n2 := c.Nodes[0], c.Nodes[1], c.Nodes[2], c.Nodes[3]
+	n2.Args = []string{"--fast-path=off"}
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n2.AddContainer(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	upSubnet := netip.MustParsePrefix("198.18.77.0/24")
+	key := cluster.DefaultPrefix + "/subnets/" + lease.SubnetKey(upSubnet)
+	if _, err := c.Etcd.Put(ctx, key, fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, n3.Host.Addr)); err != nil {
+		t.Fatal(err)
+	}
+	peers := map[netip.Prefix]netip.Addr{}
+	for _, n := range []*cluster.Node{n1, n2, n4} {
+		peers[n.Env.Subnet] = n.Host.Addr
+	}
+	startUpstreamProxy(t, n3.Host, upSubnet, peers)
+	upCt, err := n3.Host.AddContainer(ctx, "up1", netip.PrefixFrom(upSubnet.Addr().Next(), 24), 1472)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, n := range []*cluster.Node{n1, n4} {
+		if v := metricValue(t, n, "flannel_fast_path_enabled"); v != 1 {
+			t.Fatalf("flannel_fast_path_enabled on %s = %v, want 1", n.Host.Name, v)
+		}
+	}
+	if v := metricValue(t, n2, "flannel_fast_path_enabled"); v != 0 {
+		t.Fatalf("flannel_fast_path_enabled on the --fast-path=off node = %v, want 0", v)
+	}
+	// Node 1 and 4 find each other through probes; nobody else answers.
+	waitKernelPeers(t, 1, n1, n4)
+	if !strings.Contains(n1.Log(), "Kernel fast path on") || !strings.Contains(n2.Log(), "Kernel fast path off (--fast-path=off)") {
+		t.Errorf("the fast-path node and the --fast-path=off node must each log which data path runs")
+	}
+
+	type end struct {
+		name string
+		ct   *testbed.Container
+	}
+	ends := []end{{"fast-path", n1.Container}, {"userspace", n2.Container}, {"upstream", upCt}, {"fast-path-2", n4.Container}}
+	port := 5201
+	for _, a := range ends {
+		for _, b := range ends {
+			if a == b {
+				continue
+			}
+			waitFor(t, 10*time.Second, fmt.Sprintf("ping %s -> %s", a.name, b.name), func() error {
+				out, err := ping(ctx, a.ct, b.ct.Addr)
+				if err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				return nil
+			})
+			port++
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			res, err := cluster.Transfer(tctx, a.ct, b.ct, b.ct.Addr, port, 8<<20)
+			cancel()
+			if err != nil {
+				t.Fatalf("transfer %s -> %s: %v", a.name, b.name, err)
+			}
+			if !res.Match() {
+				t.Fatalf("transfer %s -> %s: SHA-256 differs", a.name, b.name)
+			}
+		}
+	}
+	// Between the two fast-path nodes the kernel carried the bulk.
+	for _, n := range []*cluster.Node{n1, n4} {
+		out := metricValue(t, n, `flannel_router_bytes_total{direction="out",path="kernel"}`)
+		in := metricValue(t, n, `flannel_router_bytes_total{direction="in",path="kernel"}`)
+		if out < 8<<20 || in < 8<<20 {
+			t.Errorf("%s: kernel path carried %v bytes out and %v in, want at least 8 MiB each", n.Host.Name, out, in)
+		}
+	}
+}
+
+// requireFastPath skips (fails under CI=true) where the kernel cannot run
+// the fast path.
+func requireFastPath(t *testing.T) {
+	t.Helper()
+	testbed.RequireRoot(t)
+	testbed.RequireTUN(t)
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var rel strings.Builder
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		rel.WriteByte(byte(c))
+	}
+	var major, minor int
+	fmt.Sscanf(rel.String(), "%d.%d", &major, &minor)
+	if major < 6 || major == 6 && minor < 6 {
+		if testbed.InCI() {
+			t.Fatalf("kernel %s has no tcx (6.6+): the fast path cannot be tested", rel.String())
+		}
+		t.Skipf("kernel %s has no tcx (6.6+)", rel.String())
+	}
+}
+
+// tcxPrograms counts the programs attached to the host's eth0 ingress.
+func tcxPrograms(t *testing.T, h *testbed.Host) int {
+	t.Helper()
+	var n int
+	if err := h.Do(func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		n = len(res.Programs)
+		return nil
+	}); err != nil {
+		t.Fatalf("query tcx programs on %s: %v", h.Name, err)
+	}
+	return n
+}
+
+// TestFastPathSIGKILL kills a fast-path flanneld: the kernel must detach
+// its programs (nothing left on the underlay to swallow datagrams), and
+// the next start attaches afresh and takes the kernel path again.
+func TestFastPathSIGKILL(t *testing.T) {
+	requireFastPath(t)
+	c := startCluster(t, 2, "--fast-path=on")
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	if got := tcxPrograms(t, n2.Host); got != 1 {
+		t.Fatalf("%d tcx programs on %s's eth0, want 1", got, n2.Host.Name)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+
+	n2.Stop(syscall.SIGKILL, 10*time.Second)
+	waitFor(t, 5*time.Second, "programs detached after SIGKILL", func() error {
+		if got := tcxPrograms(t, n2.Host); got != 0 {
+			return fmt.Errorf("%d tcx programs still on %s's eth0", got, n2.Host.Name)
+		}
+		return nil
+	})
+	// The underlay stays usable: a datagram to the flannel port reaches a
+	// plain socket there.
+	if _, err := cluster.UDPReach(ctx, n1.Host, n2.Host, n2.Host.Addr, 8285, []byte("after-kill-plain-udp"), 5*time.Second); err != nil {
+		t.Fatalf("after SIGKILL, UDP to %s:8285 does not reach a socket: %v", n2.Host.Addr, err)
+	}
+
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := tcxPrograms(t, n2.Host); got != 1 {
+		t.Fatalf("%d tcx programs on %s's eth0 after the restart, want 1", got, n2.Host.Name)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+	res, err := cluster.Transfer(ctx, n1.Container, n2.Container, n2.Container.Addr, 5301, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("transfer after the restart: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
+		t.Fatalf("restarted node took %v bytes in on the kernel path, want the 8 MiB transfer", v)
+	}
+}
+
+// waitKernelPeers waits until each node's fast path vouches for want peers.
+func waitKernelPeers(t *testing.T, want float64, nodes ...*cluster.Node) {
+	t.Helper()
+	waitFor(t, 15*time.Second, "fast path peers", func() error {
+		for _, n := range nodes {
+			if v := metricValue(t, n, "flannel_fast_path_kernel_peers"); v != want {
+				return fmt.Errorf("%s has %v kernel peers, want %v", n.Host.Name, v, want)
+			}
+		}
+		return nil
+	})
+}
+
+// TestFastPathPcap captures pings the kernel path carries: they reach
+// /debug/pcap through the programs' ring buffer.
+func TestFastPathPcap(t *testing.T) {
+	requireFastPath(t)
+	c := startCluster(t, 2, "--fast-path=on", "--debug-pcap")
+	waitKernelPeers(t, 1, c.Nodes...)
+	before := metricValue(t, c.Nodes[0], `flannel_router_packets_total{direction="out",path="kernel"}`)
+	checkPcapPing(t, c)
+	if after := metricValue(t, c.Nodes[0], `flannel_router_packets_total{direction="out",path="kernel"}`); after <= before {
+		t.Fatalf("the kernel path carried no packet during the capture (%v -> %v)", before, after)
+	}
+}

@@ -1,0 +1,396 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+//
+// TC programs that carry flannel's udp wire format (one inner IPv4 packet
+// per UDP datagram, no extra header) in the kernel. Anything they do not
+// handle goes on unchanged to the userspace router (TC_ACT_OK), which
+// stays the reference for every corner case: ICMP errors, options,
+// fragments, unknown destinations.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// Debian 12's uapi headers predate these; the kernels that have tcx have them.
+#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#endif
+#define AF_INET 2
+
+#define ENCAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr))
+#define PROBE_LEN 16
+#define CAPTURE_MAX 1500
+
+// Set by the loader before the programs are loaded.
+volatile const __u32 local_addr;       // underlay address, network order
+volatile const __u16 udp_port;         // network order
+volatile const __u32 underlay_ifindex;
+volatile const __u32 tun_ifindex;
+volatile const __u8 strict_source;
+volatile const __u8 accept_unknown;
+volatile const __u64 answer_valid_ns;  // how long a probe answer vouches for a peer
+
+struct route_key {
+	__u32 prefixlen;
+	__u32 addr; // network order
+};
+
+// Other nodes' subnets -> their PublicIP (network order).
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct route_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} routes SEC(".maps");
+
+// Lease holders by PublicIP; answered is when the peer last answered a
+// probe from its own kernel fast path (bpf_ktime_get_ns), 0 if never.
+struct peer {
+	__u64 answered;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct peer);
+	__uint(max_entries, 65536);
+} peers SEC(".maps");
+
+enum counter {
+	C_OUT_PACKETS,
+	C_OUT_BYTES,
+	C_IN_PACKETS,
+	C_IN_BYTES,
+	C_PASS_NO_ROUTE,
+	C_PASS_TTL,
+	C_PASS_NOT_SIMPLE, // options, fragments, not IPv4
+	C_PASS_PEER,       // peer not known to decapsulate in the kernel
+	C_PASS_FIB,        // no route or neighbour entry for the peer yet
+	C_PASS_IN,         // datagrams to the port left to the socket
+	C_DROP_STRICT,
+	C_DROP_ENCAP,
+	C_PROBES_ANSWERED,
+	C_PROBE_ANSWERS,
+	C_CAPTURE_LOST,
+	C_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, C_MAX);
+} stats SEC(".maps");
+
+// capture[0] is nonzero while a live capture reads the ring.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} capture SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} ring SEC(".maps");
+
+// A captured packet: its inner bytes (at most CAPTURE_MAX) and direction.
+struct capture_rec {
+	__u32 len;      // length of the whole inner packet
+	__u16 caplen;   // bytes kept in data
+	__u8 dir;       // 0 out (to a peer), 1 in (from a peer)
+	__u8 pad;
+	__u8 data[CAPTURE_MAX];
+};
+
+// probe is the datagram payload of a fast-path probe: 16 bytes, which
+// upstream's proxy (anything under 20 bytes) and our userspace router
+// (malformed IPv4) both drop.
+struct probe {
+	__u8 magic[7];
+	__u8 type; // PROBE_ASK or PROBE_ANSWER
+	__u64 nonce;
+};
+
+#define PROBE_ASK 1
+#define PROBE_ANSWER 2
+
+static const __u8 probe_magic[7] = {0x00, 'f', 'l', 'g', 'o', 'f', 'p'};
+
+static __always_inline void count(__u32 c, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &c);
+	if (v)
+		*v += n;
+}
+
+static __always_inline __u32 route(__u32 addr)
+{
+	struct route_key k = {.prefixlen = 32, .addr = addr};
+	__u32 *peer = bpf_map_lookup_elem(&routes, &k);
+	return peer ? *peer : 0;
+}
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+// capture_pkt copies the inner packet at off into the ring when a capture
+// runs; without one it costs a single array lookup.
+static __always_inline void capture_pkt(struct __sk_buff *skb, __u32 off, __u8 dir)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&capture, &zero);
+	if (!on || !*on)
+		return;
+	struct capture_rec *r = bpf_ringbuf_reserve(&ring, sizeof(*r), 0);
+	if (!r) {
+		count(C_CAPTURE_LOST, 1);
+		return;
+	}
+	__u64 len = skb->len > off ? skb->len - off : 0;
+	__u64 caplen = len < CAPTURE_MAX ? len : CAPTURE_MAX;
+	// Keeps clang from checking a copy of caplen rather than the register
+	// the helper gets: the verifier needs the bound on that one.
+	asm volatile("" : "+r"(caplen));
+	r->len = len;
+	r->dir = dir;
+	r->pad = 0;
+	r->caplen = 0;
+	if (caplen >= 1 && caplen <= CAPTURE_MAX && bpf_skb_load_bytes(skb, off, r->data, caplen) == 0)
+		r->caplen = caplen;
+	bpf_ringbuf_submit(r, 0);
+}
+
+// Outer headers written in front of an inner packet.
+struct encap_hdr {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+} __attribute__((packed));
+
+SEC("tcx/egress")
+int flannel_egress(struct __sk_buff *skb)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (bpf_skb_pull_data(skb, sizeof(struct iphdr)) < 0)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data;
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_OK;
+	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff))) {
+		count(C_PASS_NOT_SIMPLE, 1);
+		return TC_ACT_OK;
+	}
+	__u32 peer = route(ip->daddr);
+	if (!peer) {
+		count(C_PASS_NO_ROUTE, 1);
+		return TC_ACT_OK;
+	}
+	if (ip->ttl <= 1) {
+		count(C_PASS_TTL, 1);
+		return TC_ACT_OK;
+	}
+	struct peer *p = bpf_map_lookup_elem(&peers, &peer);
+	if (!p || !p->answered || bpf_ktime_get_ns() - p->answered > answer_valid_ns) {
+		count(C_PASS_PEER, 1);
+		return TC_ACT_OK;
+	}
+
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.ipv4_src = local_addr,
+		.ipv4_dst = peer,
+		.ifindex = underlay_ifindex,
+	};
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS) {
+		count(C_PASS_FIB, 1);
+		return TC_ACT_OK;
+	}
+
+	__u32 inner_len = skb->len;
+	// On failure adjust_room leaves the packet as it was: userspace takes it.
+	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+					BPF_F_ADJ_ROOM_FIXED_GSO)) {
+		count(C_PASS_FIB, 1);
+		return TC_ACT_OK;
+	}
+	if (bpf_skb_change_head(skb, sizeof(struct ethhdr), 0)) {
+		count(C_DROP_ENCAP, 1);
+		return TC_ACT_SHOT;
+	}
+
+	struct iphdr oip = {
+		.version = 4,
+		.ihl = 5,
+		.tot_len = bpf_htons(inner_len + ENCAP_LEN),
+		.frag_off = bpf_htons(0x4000), // DF, as the router's sockets send
+		.ttl = 64,
+		.protocol = IPPROTO_UDP,
+		.saddr = local_addr,
+		.daddr = peer,
+	};
+	__u32 sum = 0;
+	__u16 *w = (__u16 *)&oip;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	oip.check = csum_fold(sum);
+	struct encap_hdr h = {};
+	__builtin_memcpy(h.eth.h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(h.eth.h_source, fib.smac, ETH_ALEN);
+	h.eth.h_proto = bpf_htons(ETH_P_IP);
+	h.ip = oip;
+	h.udp.source = udp_port;
+	h.udp.dest = udp_port;
+	h.udp.len = bpf_htons(inner_len + sizeof(struct udphdr));
+	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)) {
+		count(C_DROP_ENCAP, 1);
+		return TC_ACT_SHOT;
+	}
+
+	// One TTL decrement per crossing, as the router does (RFC 1624 update).
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	struct iphdr *in = data + sizeof(h);
+	if ((void *)(in + 1) > end) {
+		if (bpf_skb_pull_data(skb, sizeof(h) + sizeof(struct iphdr)) < 0) {
+			count(C_DROP_ENCAP, 1);
+			return TC_ACT_SHOT;
+		}
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		in = data + sizeof(h);
+		if ((void *)(in + 1) > end) {
+			count(C_DROP_ENCAP, 1);
+			return TC_ACT_SHOT;
+		}
+	}
+	__u32 check = in->check;
+	check += bpf_htons(0x0100);
+	in->check = (__u16)(check + (check >= 0xffff));
+	in->ttl--;
+
+	count(C_OUT_PACKETS, 1);
+	count(C_OUT_BYTES, inner_len);
+	capture_pkt(skb, sizeof(h), 0);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+// answer_probe turns a probe into its answer and sends it back out of the
+// interface it came in on: this node's kernel decapsulates, so the asker may
+// hand it packets whose inner checksums are left to offload.
+static __always_inline int answer_probe(struct __sk_buff *skb)
+{
+	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + PROBE_LEN) < 0)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct encap_hdr *h = data;
+	struct probe *pr = data + sizeof(*h);
+	if ((void *)(pr + 1) > end)
+		return TC_ACT_OK;
+	if (pr->type == PROBE_ANSWER) {
+		__u32 from = h->ip.saddr;
+		struct peer *p = bpf_map_lookup_elem(&peers, &from);
+		if (p)
+			p->answered = bpf_ktime_get_ns();
+		count(C_PROBE_ANSWERS, 1);
+		return TC_ACT_SHOT;
+	}
+	if (pr->type != PROBE_ASK)
+		return TC_ACT_OK;
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, h->eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(h->eth.h_dest, h->eth.h_source, ETH_ALEN);
+	__builtin_memcpy(h->eth.h_source, mac, ETH_ALEN);
+	// Swapping the addresses leaves the header checksum as it was.
+	__u32 a = h->ip.saddr;
+	h->ip.saddr = h->ip.daddr;
+	h->ip.daddr = a;
+	h->udp.source = udp_port;
+	h->udp.dest = udp_port;
+	h->udp.check = 0;
+	pr->type = PROBE_ANSWER;
+	count(C_PROBES_ANSWERED, 1);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int is_probe(struct udphdr *udp, void *end)
+{
+	struct probe *pr = (void *)(udp + 1);
+	if (udp->len != bpf_htons(sizeof(*udp) + PROBE_LEN) || (void *)(pr + 1) > end)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < (int)sizeof(probe_magic); i++)
+		if (pr->magic[i] != probe_magic[i])
+			return 0;
+	return 1;
+}
+
+SEC("tcx/ingress")
+int flannel_ingress(struct __sk_buff *skb)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr)) < 0)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct encap_hdr *h = data;
+	if ((void *)(h + 1) > end)
+		return TC_ACT_OK;
+	if (h->eth.h_proto != bpf_htons(ETH_P_IP) || h->ip.version != 4 || h->ip.ihl != 5 ||
+	    h->ip.protocol != IPPROTO_UDP || (h->ip.frag_off & bpf_htons(0x3fff)) ||
+	    h->ip.daddr != local_addr || h->udp.dest != udp_port)
+		return TC_ACT_OK;
+	__u32 sender = h->ip.saddr;
+	// The sender check: only lease holders get the kernel path.
+	if (!bpf_map_lookup_elem(&peers, &sender) && !accept_unknown) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	if (is_probe(data + sizeof(struct ethhdr) + sizeof(struct iphdr), end))
+		return answer_probe(skb);
+	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + sizeof(struct iphdr)) < 0) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	h = data;
+	if ((void *)(h + 1) > end)
+		return TC_ACT_OK;
+	struct iphdr *in = (void *)(h + 1);
+	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5 ||
+	    bpf_ntohs(in->tot_len) + sizeof(struct udphdr) != bpf_ntohs(h->udp.len)) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	if (strict_source && route(in->saddr) != sender) {
+		count(C_DROP_STRICT, 1);
+		return TC_ACT_SHOT;
+	}
+	__u32 inner_len = bpf_ntohs(in->tot_len);
+	capture_pkt(skb, sizeof(struct encap_hdr), 1);
+	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO)) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	count(C_IN_PACKETS, 1);
+	count(C_IN_BYTES, inner_len);
+	return bpf_redirect(tun_ifindex, BPF_F_INGRESS);
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,80 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/flannel-go/flannel-go/router"
+)
+
+// capture is a running reader of the programs' capture ring.
+type capture struct {
+	rd   *ringbuf.Reader
+	done chan struct{}
+}
+
+// capture_rec's header in fastpath.c: len u32, caplen u16, dir u8, pad u8.
+const capHdrLen = 8
+
+// SetTap starts copying the packets the programs carry into t, or stops
+// when t is nil. The programs check one array entry per packet and write
+// into the ring only while a tap is set, so an idle capture costs nothing
+// else. Packets longer than 1500 bytes (TSO super-packets) are captured
+// truncated to their first 1500 bytes.
+func (p *Path) SetTap(t router.Tap) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tap != nil {
+		if err := p.objs.Capture.Put(uint32(0), uint32(0)); err != nil {
+			return err
+		}
+		p.tap.rd.Close()
+		<-p.tap.done
+		p.tap = nil
+	}
+	if t == nil {
+		return nil
+	}
+	rd, err := ringbuf.NewReader(p.objs.Ring)
+	if err != nil {
+		return err
+	}
+	c := &capture{rd: rd, done: make(chan struct{})}
+	go c.run(t)
+	if err := p.objs.Capture.Put(uint32(0), uint32(1)); err != nil {
+		rd.Close()
+		<-c.done
+		return err
+	}
+	p.tap = c
+	return nil
+}
+
+func (c *capture) run(t router.Tap) {
+	defer close(c.done)
+	var rec ringbuf.Record
+	for {
+		if err := c.rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed) {
+				return
+			}
+			continue
+		}
+		raw := rec.RawSample
+		if len(raw) < capHdrLen {
+			continue
+		}
+		caplen := int(binary.NativeEndian.Uint16(raw[4:6]))
+		dir := router.Out
+		if raw[6] == 1 {
+			dir = router.In
+		}
+		if capHdrLen+caplen > len(raw) || caplen == 0 {
+			continue
+		}
+		t.Capture(dir, raw[capHdrLen:capHdrLen+caplen])
+	}
+}

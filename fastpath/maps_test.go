@@ -1,0 +1,86 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	"github.com/flannel-go/flannel-go/internal/testbed"
+	"github.com/flannel-go/flannel-go/lease"
+	"github.com/flannel-go/flannel-go/router"
+)
+
+// loadedPath loads the programs without attaching them: enough to check
+// what the route and peer maps hold.
+func loadedPath(t *testing.T) *Path {
+	t.Helper()
+	testbed.RequireRoot(t)
+	p := &Path{
+		cfg:    Config{Logger: slog.New(slog.DiscardHandler)},
+		routes: map[netip.Prefix]netip.Addr{},
+		peers:  map[netip.Addr]int{},
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	if err := loadBpfObjects(&p.objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.objs.Close() })
+	return p
+}
+
+func (p *Path) lookupRoute(t *testing.T, addr string) (netip.Addr, bool) {
+	t.Helper()
+	var peer uint32
+	if err := p.objs.Routes.Lookup(routeKey(netip.PrefixFrom(netip.MustParseAddr(addr), 32)), &peer); err != nil {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], peer)
+	return netip.AddrFrom4(b), true
+}
+
+func (p *Path) hasPeer(ip string) bool {
+	var v bpfPeer
+	return p.objs.Peers.Lookup(be32(netip.MustParseAddr(ip)), &v) == nil
+}
+
+func TestSetRoutesFollowsTable(t *testing.T) {
+	p := loadedPath(t)
+	r := func(subnet, peer string) router.Route {
+		return router.Route{Subnet: netip.MustParsePrefix(subnet), Peer: netip.MustParseAddr(peer)}
+	}
+	p.SetRoutes([]router.Route{r("198.18.1.0/24", "192.0.2.1"), r("198.18.2.0/24", "192.0.2.2"), r("198.18.3.0/24", "192.0.2.2")})
+	if got, ok := p.lookupRoute(t, "198.18.2.77"); !ok || got != netip.MustParseAddr("192.0.2.2") {
+		t.Fatalf("198.18.2.77 routes to %v (%v), want 192.0.2.2", got, ok)
+	}
+	if _, ok := p.lookupRoute(t, "198.18.9.1"); ok {
+		t.Fatal("198.18.9.1 has a route, want none")
+	}
+	// Subnet 2 moves to a new peer, subnet 1 goes: peer 192.0.2.1 leaves
+	// the sender set, 192.0.2.2 stays for subnet 3.
+	p.SetRoutes([]router.Route{r("198.18.2.0/24", "192.0.2.9"), r("198.18.3.0/24", "192.0.2.2")})
+	if got, _ := p.lookupRoute(t, "198.18.2.77"); got != netip.MustParseAddr("192.0.2.9") {
+		t.Fatalf("moved subnet routes to %v, want 192.0.2.9", got)
+	}
+	if _, ok := p.lookupRoute(t, "198.18.1.5"); ok {
+		t.Fatal("removed subnet still routed")
+	}
+	for ip, want := range map[string]bool{"192.0.2.1": false, "192.0.2.2": true, "192.0.2.9": true} {
+		if p.hasPeer(ip) != want {
+			t.Errorf("peer %s in the sender set: %v, want %v", ip, !want, want)
+		}
+	}
+
+	// An Added event for a peer forgets its answer.
+	key := be32(netip.MustParseAddr("192.0.2.9"))
+	if err := p.objs.Peers.Put(key, bpfPeer{Answered: 12345}); err != nil {
+		t.Fatal(err)
+	}
+	p.LeaseEvents([]lease.Event{{Type: lease.EventAdded, Lease: lease.Lease{Subnet: netip.MustParsePrefix("198.18.2.0/24"), PublicIP: netip.MustParseAddr("192.0.2.9")}}})
+	var v bpfPeer
+	if err := p.objs.Peers.Lookup(key, &v); err != nil || v.Answered != 0 {
+		t.Fatalf("after a lease event the peer's answer is %d (%v), want 0", v.Answered, err)
+	}
+}
