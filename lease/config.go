@@ -72,15 +72,14 @@ func (c *cidr4) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// cidr6 takes any CIDR, as upstream's IP6Net does: an IPv4 one matters
+// (and fails) only when EnableIPv6 is set.
 type cidr6 struct{ p netip.Prefix }
 
 func (c *cidr6) UnmarshalJSON(b []byte) error {
 	p, err := parseCIDR(b)
 	if err != nil {
 		return err
-	}
-	if !p.Addr().Is6() {
-		return errors.New("invalid IPv6 CIDR format")
 	}
 	c.p = p
 	return nil
@@ -112,6 +111,8 @@ func (a *addr4) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// addr6 takes any IP address, as upstream's IP6 does; an IPv4 address
+// becomes its IPv4-mapped form, which no IPv6Network check accepts.
 type addr6 struct{ a netip.Addr }
 
 func (a *addr6) UnmarshalJSON(b []byte) error {
@@ -119,10 +120,7 @@ func (a *addr6) UnmarshalJSON(b []byte) error {
 	if err != nil || ip.Zone() != "" {
 		return errors.New("invalid IP address format")
 	}
-	if !ip.Is6() || ip.Is4In6() {
-		return errors.New("invalid IPv6 address format")
-	}
-	a.a = ip
+	a.a = netip.AddrFrom16(ip.As16())
 	return nil
 }
 
@@ -260,6 +258,11 @@ func (c *Config) check6() error {
 	if !c.IPv6Network.IsValid() || (c.IPv6Network.Addr().IsUnspecified() && c.IPv6Network.Bits() == 0) {
 		return errors.New("please define a correct IPv6Network parameter in the flannel config")
 	}
+	if !c.IPv6Network.Addr().Is6() || c.IPv6Network.Addr().Is4In6() {
+		// Upstream reads 198.18.0.0/16 here as ::ffff:198.18.0.0 with a
+		// 16-bit prefix and hands out subnets of ::/16; refuse it instead.
+		return fmt.Errorf("invalid IPv6 CIDR format: IPv6Network %s is not an IPv6 network", c.IPv6Network)
+	}
 	bits := c.IPv6Network.Bits()
 	if c.IPv6SubnetLen > 0 {
 		if c.IPv6SubnetLen > 126 {
@@ -345,6 +348,8 @@ func (u u128) add(v u128) u128 {
 	}
 	return u128{u.hi + v.hi + carry, lo}
 }
+
+func (u u128) greater(v u128) bool { return u.hi > v.hi || (u.hi == v.hi && u.lo > v.lo) }
 
 func (u u128) sub(v u128) u128 {
 	lo := u.lo - v.lo
