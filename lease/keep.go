@@ -26,14 +26,14 @@ func (m *Manager) Keep(ctx context.Context, cfg *Config, l Lease, onChange func(
 	for ctx.Err() == nil {
 		e, found, rev, err := m.reg.get(ctx, k.cur.subnets())
 		if err != nil {
-			m.log.Warn("read own lease", "subnets", k.cur.subnets(), "err", err)
+			m.log.Warn("read own lease", "subnets", k.cur.subnets().display(), "err", err)
 			_ = sleep(ctx, backoff)
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
 		if !found || !m.owns(cfg, e) {
 			if found && e.AttrsErr == nil {
-				m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", e.Key, m.claimIP, holder(e)))
+				m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.subnets().display(), m.claimIP, holder(e)))
 			}
 			if !k.reacquire(ctx, onChange) {
 				return nil
@@ -129,17 +129,17 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 			progressed = true
 			for _, ev := range resp.Events {
 				if ev.Deleted {
-					m.log.Warn("Lease has been revoked, re-acquiring", "subnets", k.cur.subnets())
+					m.log.Warn("Lease has been revoked, re-acquiring", "subnets", k.cur.subnets().display())
 					return true, progressed
 				}
 				if ev.Entry.AttrsErr != nil {
-					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", ev.Entry.Key, m.claimIP), "value", ev.Entry.Raw)
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", k.cur.subnets().display(), m.claimIP), "value", ev.Entry.Raw)
 					return true, progressed
 				}
 				if !m.owns(k.cfg, ev.Entry) {
 					// The new holder keeps the subnet: taking it back would
 					// make both nodes' routes flap.
-					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", ev.Entry.Key, m.claimIP, holder(ev.Entry)))
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.subnets().display(), m.claimIP, holder(ev.Entry)))
 					return true, progressed
 				}
 				id := ev.Entry.LeaseID
@@ -149,7 +149,7 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 				k.leaseID = id
 				exp, err := m.reg.expiration(ctx, id)
 				if err != nil {
-					m.log.Warn("read own lease TTL", "subnets", k.cur.subnets(), "err", err)
+					m.log.Warn("read own lease TTL", "subnets", k.cur.subnets().display(), "err", err)
 					return false, progressed
 				}
 				k.cur.Expiration = exp

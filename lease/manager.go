@@ -354,8 +354,8 @@ func (m *Manager) nodeIP(cfg *Config) netip.Addr {
 
 // owns reports whether an entry's value names this node under cfg.
 // Upstream finds an IPv6-only node's lease by its PublicIP too, which is
-// "0.0.0.0" for every such node, so two of them would share one lease;
-// the PublicIPv6 names it here.
+// "0.0.0.0" for every such node, so each would take over the first one's
+// lease; the PublicIPv6 names it here.
 func (m *Manager) owns(cfg *Config, e entry) bool {
 	if e.AttrsErr != nil {
 		return false

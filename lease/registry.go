@@ -76,6 +76,18 @@ func (s subnets) String() string {
 	return "ip: " + v4 + " ipv6: " + v6
 }
 
+// display names the subnets for this node's own log lines:
+// "198.18.31.0/24", "2001:db8:100:1a::/64" or both joined by " and ".
+func (s subnets) display() string {
+	switch {
+	case !s.V6.IsValid():
+		return s.V4.String()
+	case !s.V4.IsValid():
+		return s.V6.String()
+	}
+	return s.V4.String() + " and " + s.V6.String()
+}
+
 func (l Lease) subnets() subnets { return subnets{l.Subnet, l.IPv6Subnet} }
 
 // entry is one key under <prefix>/subnets. Subnet or IPv6Subnet is valid
