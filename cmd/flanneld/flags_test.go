@@ -118,14 +118,14 @@ func TestUpstreamFlagsAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.verbosity != 3 || logLevel(o.verbosity) != slog.LevelDebug || strings.Join(o.ifaces, ",") != "eth0" {
+	if o.verbosity != 3 || logLevel(o.verbosity) != slog.LevelDebug || strings.Join(o.ifaces, ",") != "eth0" || o.publicIPv6 != "2001:db8::1" {
 		t.Errorf("known flags not parsed along: %+v", o)
 	}
 	out := logs.String()
 	if n := strings.Count(out, "level=WARN"); n != 1 {
 		t.Errorf("%d warnings, want 1:\n%s", n, out)
 	}
-	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--public-ipv6", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR"} {
+	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("warning does not name %s:\n%s", w, out)
 		}
@@ -133,8 +133,8 @@ func TestUpstreamFlagsAccepted(t *testing.T) {
 	if strings.Contains(out, "/var/log/flannel") {
 		t.Errorf("the warning repeats a value:\n%s", out)
 	}
-	if strings.Contains(out, "kube-subnet-mgr") || strings.Contains(out, "-v=") {
-		t.Errorf("--kube-subnet-mgr=false or -v reported as ignored:\n%s", out)
+	if strings.Contains(out, "kube-subnet-mgr") || strings.Contains(out, "-v=") || strings.Contains(out, "public-ipv6") {
+		t.Errorf("--kube-subnet-mgr=false, -v or --public-ipv6 reported as ignored:\n%s", out)
 	}
 }
 
