@@ -40,15 +40,18 @@ type Config struct {
 }
 
 // jsonConfig mirrors the JSON document; encoding/json already matches keys
-// case-insensitively and ignores unknown ones, as upstream does.
+// case-insensitively and ignores unknown ones, as upstream does. The CIDR
+// and address fields are values, as upstream's, so that a JSON null reaches
+// their parser and fails there as it does upstream; IPv6SubnetMin and
+// IPv6SubnetMax are pointers upstream, where null means unset.
 type jsonConfig struct {
-	Network       *cidr4
+	Network       cidr4
 	SubnetLen     uint
 	SubnetMin     addr4
 	SubnetMax     addr4
 	EnableIPv4    *bool
 	EnableIPv6    bool
-	IPv6Network   *cidr6
+	IPv6Network   cidr6
 	IPv6SubnetLen uint
 	IPv6SubnetMin addr6
 	IPv6SubnetMax addr6
@@ -116,6 +119,9 @@ func (a *addr4) UnmarshalJSON(b []byte) error {
 type addr6 struct{ a netip.Addr }
 
 func (a *addr6) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	ip, err := netip.ParseAddr(string(bytes.Trim(b, `"`)))
 	if err != nil || ip.Zone() != "" {
 		return errors.New("invalid IP address format")
@@ -124,11 +130,21 @@ func (a *addr6) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// decodeConfig unmarshals the document into a type named as upstream's
+// struct, which json's type errors name: "cannot unmarshal string into Go
+// struct field Config.EnableIPv6 of type bool".
+func decodeConfig(data []byte) (jsonConfig, error) {
+	type Config jsonConfig
+	var jc Config
+	err := json.Unmarshal(data, &jc)
+	return jsonConfig(jc), err
+}
+
 // ParseConfig parses and validates the network config JSON. Error texts are
 // upstream flannel's, so an operator can search for them.
 func ParseConfig(data []byte) (*Config, error) {
-	var jc jsonConfig
-	if err := json.Unmarshal(data, &jc); err != nil {
+	jc, err := decodeConfig(data)
+	if err != nil {
 		return nil, err
 	}
 	cfg := &Config{
@@ -146,12 +162,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	if jc.EnableIPv4 != nil {
 		cfg.EnableIPv4 = *jc.EnableIPv4
 	}
-	if jc.Network != nil {
-		cfg.Network = jc.Network.p
-	}
-	if jc.IPv6Network != nil {
-		cfg.IPv6Network = jc.IPv6Network.p
-	}
+	cfg.Network, cfg.IPv6Network = jc.Network.p, jc.IPv6Network.p
 	if err := parseBackend(cfg, jc.Backend); err != nil {
 		return nil, err
 	}

@@ -167,19 +167,28 @@ func TestParseConfigIPv6Disabled(t *testing.T) {
 		}
 	}
 	for doc, want := range map[string]string{
-		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"198.19.0.0/16"}`:                               "invalid IPv6 CIDR format: IPv6Network 198.19.0.0/16 is not an IPv6 network",
-		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"198.19.1.0"}`:  "IPv6SubnetMin is not in the range of the IPv6Network",
-		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMax":"2001:db9::"}`:  "IPv6SubnetMax is not in the range of the IPv6Network",
-		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMax":"2001:db8::1"}`: "IPv6SubnetMax is not on a SubnetLen boundary: 2001:db8::1",
-		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"bogus"}`:       "invalid IP address format",
-		`{"Network":"198.18.0.0/16","IPv6Network":"2001:db8::"}`:                                                    "invalid CIDR address: 2001:db8::",
-		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/0"}`:                                               "please define a correct IPv6Network parameter in the flannel config",
-		`{"EnableIPv4":false,"Network":"198.18.0.0/16"}`:                                                            "",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"198.19.0.0/16"}`:                                           "invalid IPv6 CIDR format: IPv6Network 198.19.0.0/16 is not an IPv6 network",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"198.19.1.0"}`:              "IPv6SubnetMin is not in the range of the IPv6Network",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMax":"2001:db9::"}`:              "IPv6SubnetMax is not in the range of the IPv6Network",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMax":"2001:db8::1"}`:             "IPv6SubnetMax is not on a SubnetLen boundary: 2001:db8::1",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"bogus"}`:                   "invalid IP address format",
+		`{"Network":"198.18.0.0/16","IPv6Network":"2001:db8::"}`:                                                                "invalid CIDR address: 2001:db8::",
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/0"}`:                                                           "please define a correct IPv6Network parameter in the flannel config",
+		`{"EnableIPv4":false,"Network":"198.18.0.0/16"}`:                                                                        "",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":null,"IPv6SubnetMax":null}`: "",
+		// Compared with upstream v0.28.9's own ParseConfig and
+		// CheckNetworkConfig: null reaches its CIDR parsers, the type
+		// errors name its struct.
+		`{"Network":"198.18.0.0/16","IPv6Network":null}`: "invalid CIDR address: null",
+		`{"Network":null}`: "invalid CIDR address: null",
+		`{"Network":"198.18.0.0/16","SubnetMin":null}`:                                                   "invalid IP address format",
+		`{"Network":"198.18.0.0/16","EnableIPv6":"yes","IPv6Network":"2001:db8::/48"}`:                   "json: cannot unmarshal string into Go struct field Config.EnableIPv6 of type bool",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetLen":-1}`: "json: cannot unmarshal number -1 into Go struct field Config.IPv6SubnetLen of type uint",
 	} {
 		_, err := ParseConfig([]byte(doc))
 		if want == "" {
-			// Neither family enabled: upstream's config check passes and
-			// the daemon stops at "none defined stack".
+			// Accepted as upstream accepts it; with neither family
+			// enabled the daemon stops at "none defined stack".
 			if err != nil {
 				t.Errorf("%s: %v, want accepted", doc, err)
 			}

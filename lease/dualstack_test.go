@@ -2,7 +2,9 @@ package lease
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -281,6 +283,79 @@ func TestDualStackWatchAndKeep(t *testing.T) {
 		}
 		if v, _, found := getKVKey(t, cli, dualStackKey); !found || v != `{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8:ff::1"}` {
 			t.Errorf("re-acquired key: %q %v", v, found)
+		}
+	})
+}
+
+// TestPickSubnet6 checks the IPv6 pick against a plain statement of
+// upstream's policy: a free subnet among the first 100 free ones from
+// IPv6SubnetMin, never a taken or overlapping one.
+func TestPickSubnet6(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:100::/48"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := []netip.Prefix{
+		netip.MustParsePrefix("2001:db8:100:1::/64"),
+		netip.MustParsePrefix("2001:db8:100:3::/64"),
+		netip.MustParsePrefix("2001:db8:100:8::/61"),    // covers :8:: to :f::
+		netip.MustParsePrefix("2001:db8:100:10::1/128"), // inside :10::/64
+	}
+	var first100 []netip.Prefix
+	for i := 1; len(first100) < maxCandidates; i++ {
+		p := netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x01, 0x00, byte(i >> 8), byte(i)}), 64)
+		if !overlapsAny(p, taken) {
+			first100 = append(first100, p)
+		}
+	}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	seen := map[netip.Prefix]bool{}
+	for range 2000 {
+		p, err := pickSubnet6(cfg, taken, rnd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(first100, p) {
+			t.Fatalf("picked %s, not among the first 100 free subnets", p)
+		}
+		seen[p] = true
+	}
+	if len(seen) < 90 {
+		t.Errorf("only %d distinct subnets in 2000 picks", len(seen))
+	}
+
+	small, err := ParseConfig([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:100::/124"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := []netip.Prefix{netip.MustParsePrefix("2001:db8:100::4/126"), netip.MustParsePrefix("2001:db8:100::8/126")}
+	if p, err := pickSubnet6(small, all, rnd); err != nil || p != netip.MustParsePrefix("2001:db8:100::c/126") {
+		t.Errorf("last free /126: %v %v", p, err)
+	}
+	all = append(all, netip.MustParsePrefix("2001:db8:100::c/126"))
+	if p, err := pickSubnet6(small, all, rnd); err != errOutOfSubnets {
+		t.Errorf("full range: %v %v, want out of subnets", p, err)
+	}
+}
+
+// TestDualStackOutOfSubnets: a dual-stack lease needs both families free,
+// as upstream's allocateSubnet; a full IPv6 range stops allocation although
+// IPv4 subnets are left.
+func TestDualStackOutOfSubnets(t *testing.T) {
+	etcdtest.Backends(t, func(t *testing.T, cli *clientv3.Client) {
+		cfg := putConfigDoc(t, cli, `{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/124"}`)
+		got := map[netip.Prefix]bool{}
+		for i := range 3 {
+			m, _ := newManager(cli, netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}), Options{})
+			l, err := m.Acquire(testCtx(t), cfg)
+			if err != nil || got[l.IPv6Subnet] || !compatible(cfg, l.subnets()) {
+				t.Fatalf("node %d: %+v %v", i, l, err)
+			}
+			got[l.IPv6Subnet] = true
+		}
+		m, _ := newManager(cli, netip.MustParseAddr("192.0.2.20"), Options{})
+		if l, err := m.Acquire(testCtx(t), cfg); err == nil || !strings.Contains(err.Error(), "out of subnets") {
+			t.Fatalf("fourth node: %+v %v, want out of subnets", l, err)
 		}
 	})
 }

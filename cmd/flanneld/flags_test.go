@@ -210,3 +210,30 @@ func TestPublicIPClaimFlag(t *testing.T) {
 		t.Fatalf("FLANNELD_PUBLIC_IP_CLAIM=false: identity %q, %v; want none (no claim)", claimIdentity(o, ext), err)
 	}
 }
+
+// TestPublicIPv6Flag: --public-ipv6 is a flag of ours now, filled from
+// FLANNELD_PUBLIC_IPV6 like every other, and no warning names it.
+func TestPublicIPv6Flag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--public-ipv6=2001:db8::7"}, nil, "2001:db8::7"},
+		{nil, map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::8"}, "2001:db8::8"},
+		{[]string{"-public-ipv6", "2001:db8::7"}, map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::8"}, "2001:db8::7"},
+	} {
+		var logs bytes.Buffer
+		o, err := parseOptions("flanneld", tc.args, func(k string) string { return tc.env[k] }, &logs, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Errorf("%v %v: %v", tc.args, tc.env, err)
+			continue
+		}
+		if o.publicIPv6 != tc.want {
+			t.Errorf("%v %v: publicIPv6 %q, want %q", tc.args, tc.env, o.publicIPv6, tc.want)
+		}
+		if strings.Contains(logs.String(), "public-ipv6") || strings.Contains(logs.String(), "PUBLIC_IPV6") {
+			t.Errorf("%v %v: warned about it:\n%s", tc.args, tc.env, logs.String())
+		}
+	}
+}
