@@ -207,3 +207,47 @@ func TestIPv6OnlyCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestDualStackMigration replaces an upstream node of a dual-stack cluster:
+// the lease upstream left in etcd (its key form and value bytes, on a 24 h
+// etcd lease) is found by PublicIP and kept, key and subnets unchanged, and
+// IPv4 flows to the other node.
+func TestDualStackMigration(t *testing.T) {
+	t.Parallel()
+	c := startWith(t, cluster.Options{Hosts: 2, Idle: 1, Config: dualStackConfig})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	key := subnetsPrefix + "198.18.77.0-24&2001:db8:100:4d::-64"
+	value := `{"PublicIP":"` + n2.Host.Addr.String() + `","PublicIPv6":null}`
+	grant, err := c.Etcd.Grant(ctx, 86400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Etcd.Put(ctx, key, value, clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n2.Env.Subnet != netip.MustParsePrefix("198.18.77.0/24") || n2.Env.IPv6Subnet != netip.MustParsePrefix("2001:db8:100:4d::/64") {
+		t.Fatalf("took %+v, want upstream's lease 198.18.77.0/24 and 2001:db8:100:4d::/64", n2.Env)
+	}
+	resp, err := c.Etcd.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != value || resp.Kvs[0].Lease == int64(grant.ID) {
+		t.Fatalf("%s after the takeover: %v %v; want the same value on a fresh etcd lease", key, resp, err)
+	}
+	if kvs := subnetKVs(t, c.Etcd); len(kvs) != 2 {
+		t.Errorf("etcd subnets %v, want upstream's key and node 1's", kvs)
+	}
+	if !strings.Contains(n2.Log(), "Found lease (ip: 198.18.77.0/24 ipv6: 2001:db8:100:4d::/64) for current IP ("+n2.Host.Addr.String()+"), reusing") {
+		t.Errorf("log lacks upstream's reuse line:\n%s", n2.Log())
+	}
+	if _, err := n2.AddContainer(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
+	waitPing(t, 10*time.Second, n2.Container, n1.Container.Addr)
+}
