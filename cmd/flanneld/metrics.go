@@ -63,6 +63,7 @@ var registeredHelp = map[string]string{
 	"flannel_lease_renewals_total":           "Subnet lease renewals.",
 	"flannel_lease_renewal_failures_total":   "Failed subnet lease renewals (each is retried).",
 	"flannel_lease_watch_resyncs_total":      "Re-lists of all subnets after the watch fell behind an etcd compaction.",
+	"flannel_tun_device_info":                "The TUN device this flanneld opened (upstream's flannel%d pattern), as the device label; always 1.",
 }
 
 // addHelp fills in the HELP lines of registeredHelp's families.
