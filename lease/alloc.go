@@ -12,9 +12,28 @@ const maxCandidates = 100
 
 var errOutOfSubnets = errors.New("out of subnets")
 
-// compatible reports whether a subnet fits the config: right length and
-// inside [SubnetMin, SubnetMax].
-func compatible(cfg *Config, p netip.Prefix) bool {
+// compatible reports whether a lease's subnets fit the config, as
+// upstream's isSubnetConfigCompat and isIPv6SubnetConfigCompat: each family
+// the config enables has a subnet of the right length inside its
+// [SubnetMin, SubnetMax]; a family it disables has none.
+func compatible(cfg *Config, sn subnets) bool {
+	if cfg.EnableIPv4 != sn.V4.IsValid() || cfg.EnableIPv6 != sn.V6.IsValid() {
+		return false
+	}
+	return (!cfg.EnableIPv4 || compatible4(cfg, sn.V4)) && (!cfg.EnableIPv6 || compatible6(cfg, sn.V6))
+}
+
+// compatible6 is compatible4 for the IPv6 subnet.
+func compatible6(cfg *Config, p netip.Prefix) bool {
+	if !p.IsValid() || !p.Addr().Is6() || p.Bits() != cfg.IPv6SubnetLen {
+		return false
+	}
+	return p.Addr().Compare(cfg.IPv6SubnetMin) >= 0 && p.Addr().Compare(cfg.IPv6SubnetMax) <= 0
+}
+
+// compatible4 reports whether an IPv4 subnet fits the config: right length
+// and inside [SubnetMin, SubnetMax].
+func compatible4(cfg *Config, p netip.Prefix) bool {
 	if !p.IsValid() || !p.Addr().Is4() || p.Bits() != cfg.SubnetLen {
 		return false
 	}
@@ -59,4 +78,36 @@ func overlapsAny(p netip.Prefix, list []netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// pickSubnet6 is pickSubnet for the IPv6 subnet: up to 100 free subnets
+// from IPv6SubnetMin on, one of them at random.
+func pickSubnet6(cfg *Config, taken []netip.Prefix, rnd *rand.Rand) (netip.Prefix, error) {
+	exact := make(map[netip.Prefix]struct{}, len(taken))
+	var other []netip.Prefix
+	for _, t := range taken {
+		if t.Bits() == cfg.IPv6SubnetLen {
+			exact[t.Masked()] = struct{}{}
+		} else {
+			other = append(other, t)
+		}
+	}
+	size := u128{}.setBit(128 - cfg.IPv6SubnetLen)
+	max := v6(cfg.IPv6SubnetMax)
+	var free []netip.Prefix
+	for a := v6(cfg.IPv6SubnetMin); !a.greater(max) && len(free) < maxCandidates; {
+		p := netip.PrefixFrom(a.addr(), cfg.IPv6SubnetLen)
+		if _, ok := exact[p]; !ok && !overlapsAny(p, other) {
+			free = append(free, p)
+		}
+		next := a.add(size)
+		if !next.greater(a) {
+			break // wrapped past the top of the address space
+		}
+		a = next
+	}
+	if len(free) == 0 {
+		return netip.Prefix{}, errOutOfSubnets
+	}
+	return free[rnd.IntN(len(free))], nil
 }

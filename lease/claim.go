@@ -32,7 +32,7 @@ func (m *Manager) claim(ctx context.Context) error {
 		owner, err := m.tryClaim(ctx)
 		if err == nil && owner == "" {
 			if logged != "" {
-				m.log.Info(fmt.Sprintf("PublicIP %s is free again, claimed by this node (%s)", m.publicIP, m.identity))
+				m.log.Info(fmt.Sprintf("PublicIP %s is free again, claimed by this node (%s)", m.claimIP, m.identity))
 			}
 			return nil
 		}
@@ -40,10 +40,10 @@ func (m *Manager) claim(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if denied := (*claimDeniedError)(nil); errors.As(err, &denied) {
-			m.warnOnce(denied.Prefix+m.publicIP.String(), "\x00denied", fmt.Sprintf("PublicIP claim not permitted by etcd (%v): running without it, as upstream does. "+
+			m.warnOnce(denied.Prefix+m.claimIP.String(), "\x00denied", fmt.Sprintf("PublicIP claim not permitted by etcd (%v): running without it, as upstream does. "+
 				"The claim stops a second node configured with the same PublicIP (%s) from sharing this node's lease. "+
 				"To enable it, let this node's etcd role read and write the prefix %s (etcdctl role grant-permission ROLE --prefix=true readwrite %s); "+
-				"to silence this, give --public-ip-claim=false", denied.Err, m.publicIP, denied.Prefix, denied.Prefix))
+				"to silence this, give --public-ip-claim=false", denied.Err, m.claimIP, denied.Prefix, denied.Prefix))
 			return nil
 		}
 		if err != nil && !unreachable(err) {
@@ -52,12 +52,12 @@ func (m *Manager) claim(ctx context.Context) error {
 		if err != nil {
 			if !waited {
 				waited = true
-				m.log.Error(fmt.Sprintf("Couldn't claim PublicIP %s: etcd is unreachable, retrying with backoff up to %s: %v", m.publicIP, maxBackoff, err))
+				m.log.Error(fmt.Sprintf("Couldn't claim PublicIP %s: etcd is unreachable, retrying with backoff up to %s: %v", m.claimIP, maxBackoff, err))
 			}
 		} else if owner != logged {
 			logged = owner
 			m.log.Error(fmt.Sprintf("PublicIP %s is already used by the running flanneld on %s; this node (%s) is configured with the same PublicIP. "+
-				"Give every node its own --public-ip (or --iface). Waiting until the other node stops.", m.publicIP, owner, m.identity))
+				"Give every node its own --public-ip (or --iface). Waiting until the other node stops.", m.claimIP, owner, m.identity))
 		}
 		if err := sleep(ctx, backoff); err != nil {
 			return err
@@ -70,7 +70,7 @@ func (m *Manager) claim(ctx context.Context) error {
 // goroutine the Manager owns (Close stops it); it returns the other
 // claimant's identity when another node holds it.
 func (m *Manager) tryClaim(ctx context.Context) (owner string, err error) {
-	owner, hold, err := m.reg.claim(ctx, m.publicIP, m.identity, m.claimTTL)
+	owner, hold, err := m.reg.claim(ctx, m.claimIP, m.identity, m.claimTTL)
 	if err != nil || owner != "" {
 		return owner, err
 	}
@@ -85,6 +85,6 @@ func (m *Manager) holdClaim(ctx context.Context, hold func()) {
 	if ctx.Err() != nil {
 		return
 	}
-	m.log.Warn("PublicIP claim lost, claiming again", "public_ip", m.publicIP)
+	m.log.Warn("PublicIP claim lost, claiming again", "public_ip", m.claimIP)
 	_ = m.claim(ctx)
 }

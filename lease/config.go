@@ -40,15 +40,18 @@ type Config struct {
 }
 
 // jsonConfig mirrors the JSON document; encoding/json already matches keys
-// case-insensitively and ignores unknown ones, as upstream does.
+// case-insensitively and ignores unknown ones, as upstream does. The CIDR
+// and address fields are values, as upstream's, so that a JSON null reaches
+// their parser and fails there as it does upstream; IPv6SubnetMin and
+// IPv6SubnetMax are pointers upstream, where null means unset.
 type jsonConfig struct {
-	Network       *cidr4
+	Network       cidr4
 	SubnetLen     uint
 	SubnetMin     addr4
 	SubnetMax     addr4
 	EnableIPv4    *bool
 	EnableIPv6    bool
-	IPv6Network   *cidr6
+	IPv6Network   cidr6
 	IPv6SubnetLen uint
 	IPv6SubnetMin addr6
 	IPv6SubnetMax addr6
@@ -72,15 +75,14 @@ func (c *cidr4) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// cidr6 takes any CIDR, as upstream's IP6Net does: an IPv4 one matters
+// (and fails) only when EnableIPv6 is set.
 type cidr6 struct{ p netip.Prefix }
 
 func (c *cidr6) UnmarshalJSON(b []byte) error {
 	p, err := parseCIDR(b)
 	if err != nil {
 		return err
-	}
-	if !p.Addr().Is6() {
-		return errors.New("invalid IPv6 CIDR format")
 	}
 	c.p = p
 	return nil
@@ -112,25 +114,37 @@ func (a *addr4) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// addr6 takes any IP address, as upstream's IP6 does; an IPv4 address
+// becomes its IPv4-mapped form, which no IPv6Network check accepts.
 type addr6 struct{ a netip.Addr }
 
 func (a *addr6) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	ip, err := netip.ParseAddr(string(bytes.Trim(b, `"`)))
 	if err != nil || ip.Zone() != "" {
 		return errors.New("invalid IP address format")
 	}
-	if !ip.Is6() || ip.Is4In6() {
-		return errors.New("invalid IPv6 address format")
-	}
-	a.a = ip
+	a.a = netip.AddrFrom16(ip.As16())
 	return nil
+}
+
+// decodeConfig unmarshals the document into a type named as upstream's
+// struct, which json's type errors name: "cannot unmarshal string into Go
+// struct field Config.EnableIPv6 of type bool".
+func decodeConfig(data []byte) (jsonConfig, error) {
+	type Config jsonConfig
+	var jc Config
+	err := json.Unmarshal(data, &jc)
+	return jsonConfig(jc), err
 }
 
 // ParseConfig parses and validates the network config JSON. Error texts are
 // upstream flannel's, so an operator can search for them.
 func ParseConfig(data []byte) (*Config, error) {
-	var jc jsonConfig
-	if err := json.Unmarshal(data, &jc); err != nil {
+	jc, err := decodeConfig(data)
+	if err != nil {
 		return nil, err
 	}
 	cfg := &Config{
@@ -148,12 +162,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	if jc.EnableIPv4 != nil {
 		cfg.EnableIPv4 = *jc.EnableIPv4
 	}
-	if jc.Network != nil {
-		cfg.Network = jc.Network.p
-	}
-	if jc.IPv6Network != nil {
-		cfg.IPv6Network = jc.IPv6Network.p
-	}
+	cfg.Network, cfg.IPv6Network = jc.Network.p, jc.IPv6Network.p
 	if err := parseBackend(cfg, jc.Backend); err != nil {
 		return nil, err
 	}
@@ -260,6 +269,11 @@ func (c *Config) check6() error {
 	if !c.IPv6Network.IsValid() || (c.IPv6Network.Addr().IsUnspecified() && c.IPv6Network.Bits() == 0) {
 		return errors.New("please define a correct IPv6Network parameter in the flannel config")
 	}
+	if !c.IPv6Network.Addr().Is6() || c.IPv6Network.Addr().Is4In6() {
+		// Upstream reads 198.18.0.0/16 here as ::ffff:198.18.0.0 with a
+		// 16-bit prefix and hands out subnets of ::/16; refuse it instead.
+		return fmt.Errorf("invalid IPv6 CIDR format: IPv6Network %s is not an IPv6 network", c.IPv6Network)
+	}
 	bits := c.IPv6Network.Bits()
 	if c.IPv6SubnetLen > 0 {
 		if c.IPv6SubnetLen > 126 {
@@ -345,6 +359,8 @@ func (u u128) add(v u128) u128 {
 	}
 	return u128{u.hi + v.hi + carry, lo}
 }
+
+func (u u128) greater(v u128) bool { return u.hi > v.hi || (u.hi == v.hi && u.lo > v.lo) }
 
 func (u u128) sub(v u128) u128 {
 	lo := u.lo - v.lo

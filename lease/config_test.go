@@ -119,3 +119,83 @@ func TestParseConfigEnableNFTables(t *testing.T) {
 		t.Error(`"EnableNFTables":"yes" accepted; upstream refuses the config`)
 	}
 }
+
+// TestParseConfigIPv6Derivations follows upstream's CheckNetworkConfig for
+// IPv6: /64 up to a /62 network, prefix+2 above, the second and the last
+// subnet as the range.
+func TestParseConfigIPv6Derivations(t *testing.T) {
+	for _, tt := range []struct {
+		json     string
+		len      int
+		min, max string
+		v4       bool
+	}{
+		// Upstream's fc00::/48 example, moved into the documentation range.
+		{`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48"}`, 64, "2001:db8:100:1::", "2001:db8:100:ffff::", true},
+		{`{"Network":"198.18.0.0/16","enableipv6":true,"ipv6network":"2001:db8:100:1a::7/62"}`, 64, "2001:db8:100:19::", "2001:db8:100:1b::", true},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/63"}`, 65, "2001:db8:0:0:8000::", "2001:db8:0:1:8000::", false},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/124"}`, 126, "2001:db8::4", "2001:db8::c", false},
+		{`{"EnableIPv6":true,"IPv6Network":"2001:db8::/32","IPv6SubnetLen":56,"IPv6SubnetMin":"2001:db8:0:100::","IPv6SubnetMax":"2001:db8:0:1000::","Network":"198.18.0.0/16"}`, 56, "2001:db8:0:100::", "2001:db8:0:1000::", true},
+		// "::" is upstream's empty IPv6SubnetMin: the default.
+		{`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","IPv6SubnetMin":"::"}`, 64, "2001:db8:100:1::", "2001:db8:100:ffff::", true},
+	} {
+		cfg, err := ParseConfig([]byte(tt.json))
+		if err != nil {
+			t.Errorf("%s: %v", tt.json, err)
+			continue
+		}
+		if !cfg.EnableIPv6 || cfg.EnableIPv4 != tt.v4 || cfg.IPv6SubnetLen != tt.len ||
+			cfg.IPv6SubnetMin != netip.MustParseAddr(tt.min) || cfg.IPv6SubnetMax != netip.MustParseAddr(tt.max) {
+			t.Errorf("%s = %+v, want len %d min %s max %s", tt.json, cfg, tt.len, tt.min, tt.max)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("Validate(%s): %v", tt.json, err)
+		}
+	}
+}
+
+// TestParseConfigIPv6Disabled: upstream parses the IPv6 fields whatever
+// their family and looks at them only with EnableIPv6, so IPv4 values there
+// do not stop an IPv4-only config; with EnableIPv6 they fail.
+func TestParseConfigIPv6Disabled(t *testing.T) {
+	for _, doc := range []string{
+		`{"Network":"198.18.0.0/16","IPv6Network":"198.19.0.0/16","IPv6SubnetMin":"198.19.1.0","IPv6SubnetLen":3}`,
+		`{"Network":"198.18.0.0/16","EnableIPv6":false,"IPv6Network":"2001:db8::/127"}`,
+	} {
+		if cfg, err := ParseConfig([]byte(doc)); err != nil || cfg.EnableIPv6 {
+			t.Errorf("%s: %+v, %v; upstream accepts it", doc, cfg, err)
+		}
+	}
+	for doc, want := range map[string]string{
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"198.19.0.0/16"}`:                                           "invalid IPv6 CIDR format: IPv6Network 198.19.0.0/16 is not an IPv6 network",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"198.19.1.0"}`:              "IPv6SubnetMin is not in the range of the IPv6Network",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMax":"2001:db9::"}`:              "IPv6SubnetMax is not in the range of the IPv6Network",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMax":"2001:db8::1"}`:             "IPv6SubnetMax is not on a SubnetLen boundary: 2001:db8::1",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"bogus"}`:                   "invalid IP address format",
+		`{"Network":"198.18.0.0/16","IPv6Network":"2001:db8::"}`:                                                                "invalid CIDR address: 2001:db8::",
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/0"}`:                                                           "please define a correct IPv6Network parameter in the flannel config",
+		`{"EnableIPv4":false,"Network":"198.18.0.0/16"}`:                                                                        "",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":null,"IPv6SubnetMax":null}`: "",
+		// Compared with upstream v0.28.9's own ParseConfig and
+		// CheckNetworkConfig: null reaches its CIDR parsers, the type
+		// errors name its struct.
+		`{"Network":"198.18.0.0/16","IPv6Network":null}`: "invalid CIDR address: null",
+		`{"Network":null}`: "invalid CIDR address: null",
+		`{"Network":"198.18.0.0/16","SubnetMin":null}`:                                                   "invalid IP address format",
+		`{"Network":"198.18.0.0/16","EnableIPv6":"yes","IPv6Network":"2001:db8::/48"}`:                   "json: cannot unmarshal string into Go struct field Config.EnableIPv6 of type bool",
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetLen":-1}`: "json: cannot unmarshal number -1 into Go struct field Config.IPv6SubnetLen of type uint",
+	} {
+		_, err := ParseConfig([]byte(doc))
+		if want == "" {
+			// Accepted as upstream accepts it; with neither family
+			// enabled the daemon stops at "none defined stack".
+			if err != nil {
+				t.Errorf("%s: %v, want accepted", doc, err)
+			}
+			continue
+		}
+		if err == nil || err.Error() != want {
+			t.Errorf("%s: error %v, want %q", doc, err, want)
+		}
+	}
+}

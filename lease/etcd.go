@@ -130,17 +130,17 @@ func (r *etcdRegistry) expiration(ctx context.Context, id leaseID) (time.Time, e
 }
 
 // create grants the lease first and revokes it on any failure.
-func (r *etcdRegistry) create(ctx context.Context, subnet netip.Prefix, publicIP netip.Addr) (time.Time, error) {
+func (r *etcdRegistry) create(ctx context.Context, sn subnets, attrs LeaseAttrs) (time.Time, error) {
 	cctx, cancel := r.ctx(ctx)
 	defer cancel()
 	grant, err := r.cli.Grant(cctx, int64(subnetTTL/time.Second))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("grant lease: %w", err)
 	}
-	key := r.keys.subnet(subnet)
+	key := r.keys.lease(sn)
 	resp, err := r.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.Version(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(MarshalLeaseAttrs(publicIP)), clientv3.WithLease(grant.ID))).
+		Then(clientv3.OpPut(key, string(attrs.Bytes()), clientv3.WithLease(grant.ID))).
 		Commit()
 	if err == nil && resp.Succeeded {
 		return time.Now().Add(time.Duration(grant.TTL) * time.Second), nil
@@ -154,15 +154,15 @@ func (r *etcdRegistry) create(ctx context.Context, subnet netip.Prefix, publicIP
 
 // renew puts the key on a new lease, as upstream does; the old lease
 // expires on its own with no keys attached.
-func (r *etcdRegistry) renew(ctx context.Context, subnet netip.Prefix, publicIP netip.Addr) (time.Time, leaseID, error) {
+func (r *etcdRegistry) renew(ctx context.Context, sn subnets, attrs LeaseAttrs) (time.Time, leaseID, error) {
 	ctx, cancel := r.ctx(ctx)
 	defer cancel()
 	grant, err := r.cli.Grant(ctx, int64(subnetTTL/time.Second))
 	if err != nil {
 		return time.Time{}, 0, fmt.Errorf("grant lease: %w", err)
 	}
-	key := r.keys.subnet(subnet)
-	if _, err := r.cli.Put(ctx, key, string(MarshalLeaseAttrs(publicIP)), clientv3.WithLease(grant.ID)); err != nil {
+	key := r.keys.lease(sn)
+	if _, err := r.cli.Put(ctx, key, string(attrs.Bytes()), clientv3.WithLease(grant.ID)); err != nil {
 		return time.Time{}, 0, fmt.Errorf("put %s: %w", key, err)
 	}
 	return time.Now().Add(time.Duration(grant.TTL) * time.Second), leaseID(grant.ID), nil
@@ -178,10 +178,10 @@ func (r *etcdRegistry) deleteIfUnchanged(ctx context.Context, key string, modRev
 	return err
 }
 
-func (r *etcdRegistry) get(ctx context.Context, subnet netip.Prefix) (e entry, found bool, rev int64, err error) {
+func (r *etcdRegistry) get(ctx context.Context, sn subnets) (e entry, found bool, rev int64, err error) {
 	ctx, cancel := r.ctx(ctx)
 	defer cancel()
-	resp, err := r.cli.Get(ctx, r.keys.subnet(subnet))
+	resp, err := r.cli.Get(ctx, r.keys.lease(sn))
 	if err != nil {
 		return entry{}, false, 0, err
 	}
@@ -196,8 +196,8 @@ func (r *etcdRegistry) watchSubnets(ctx context.Context, rev int64) <-chan watch
 	return r.watch(ctx, r.cli.Watch(clientv3.WithRequireLeader(ctx), r.keys.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev)))
 }
 
-func (r *etcdRegistry) watchKey(ctx context.Context, subnet netip.Prefix, rev int64) <-chan watchBatch {
-	return r.watch(ctx, r.cli.Watch(clientv3.WithRequireLeader(ctx), r.keys.subnet(subnet), clientv3.WithRev(rev)))
+func (r *etcdRegistry) watchKey(ctx context.Context, sn subnets, rev int64) <-chan watchBatch {
+	return r.watch(ctx, r.cli.Watch(clientv3.WithRequireLeader(ctx), r.keys.lease(sn), clientv3.WithRev(rev)))
 }
 
 // watch converts etcd's watch responses until the stream or ctx ends.

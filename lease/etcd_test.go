@@ -79,7 +79,13 @@ func (h hookRegistry) list(ctx context.Context) ([]entry, []string, int64, error
 
 func getKV(t *testing.T, cli *clientv3.Client, subnet netip.Prefix) (value string, lease clientv3.LeaseID, found bool) {
 	t.Helper()
-	resp, err := cli.Get(testCtx(t), prefix+"/subnets/"+SubnetKey(subnet))
+	return getKVKey(t, cli, prefix+"/subnets/"+SubnetKey(subnet))
+}
+
+// getKVKey reads one key.
+func getKVKey(t *testing.T, cli *clientv3.Client, key string) (value string, lease clientv3.LeaseID, found bool) {
+	t.Helper()
+	resp, err := cli.Get(testCtx(t), key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +162,7 @@ func TestAcquire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !compatible(cfg, l.Subnet) || l.PublicIP != nodeA {
+		if !compatible(cfg, l.subnets()) || l.PublicIP != nodeA {
 			t.Fatalf("lease %+v does not fit the config", l)
 		}
 		if d := time.Until(l.Expiration); d < 23*time.Hour || d > 24*time.Hour+time.Second {
@@ -251,7 +257,7 @@ func TestReuseFromSubnetFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !compatible(cfg, lc.Subnet) || lc.Subnet == prev || lc.Subnet == lb2.Subnet {
+		if !compatible(cfg, lc.subnets()) || lc.Subnet == prev || lc.Subnet == lb2.Subnet {
 			t.Errorf("node C got %s", lc.Subnet)
 		}
 		if !strings.Contains(logc.String(), "Found previously leased subnet (198.18.78.0/25) but not compatible with the Etcd network config, ignoring") {
@@ -274,7 +280,7 @@ func TestIncompatibleLeaseDeleted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !compatible(cfg, l.Subnet) {
+		if !compatible(cfg, l.subnets()) {
 			t.Errorf("got incompatible %s", l.Subnet)
 		}
 		if _, _, found := getKV(t, cli, old); found {
@@ -418,7 +424,7 @@ func TestKeepReacquiresRevokedLease(t *testing.T) {
 		// Another node overwrites the key: this node moves to a new subnet.
 		put(t, cli, prefix+"/subnets/"+SubnetKey(l.Subnet), `{"PublicIP":"192.0.2.9","PublicIPv6":null}`)
 		nl = next("takeover")
-		if nl.Subnet == l.Subnet || !compatible(cfg, nl.Subnet) {
+		if nl.Subnet == l.Subnet || !compatible(cfg, nl.subnets()) {
 			t.Errorf("after takeover got %s", nl.Subnet)
 		}
 		cancel()
@@ -451,7 +457,7 @@ func TestConcurrentAcquire(t *testing.T) {
 				t.Errorf("manager %d: %v", i, errs[i])
 				continue
 			}
-			if !compatible(cfg, l.Subnet) {
+			if !compatible(cfg, l.subnets()) {
 				t.Errorf("manager %d got %s outside the range", i, l.Subnet)
 			}
 			if j, dup := seen[l.Subnet]; dup {

@@ -8,19 +8,26 @@ import (
 )
 
 func FuzzParseLeaseAttrs(f *testing.F) {
-	for _, s := range []string{`{"PublicIP":"192.0.2.1","PublicIPv6":null}`, `{"publicip":"192.0.2.1"}`, `{"PublicIP":"2001:db8::1"}`, `{}`, `null`} {
+	for _, s := range []string{`{"PublicIP":"192.0.2.1","PublicIPv6":null}`, `{"publicip":"192.0.2.1"}`, `{"PublicIP":"2001:db8::1"}`, `{}`, `null`,
+		`{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1"}`, `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ip, err := ParseLeaseAttrs(b)
+		a, err := ParseLeaseAttrs(b)
 		if err != nil {
 			return
 		}
-		if !ip.Is4() || ip.IsUnspecified() {
-			t.Fatalf("ParseLeaseAttrs(%q) = %v", b, ip)
+		if a.PublicIP.IsValid() && (!a.PublicIP.Is4() || a.PublicIP.IsUnspecified()) {
+			t.Fatalf("ParseLeaseAttrs(%q): PublicIP %v", b, a.PublicIP)
 		}
-		if back, err := ParseLeaseAttrs(MarshalLeaseAttrs(ip)); err != nil || back != ip {
-			t.Fatalf("round trip of %v: %v, %v", ip, back, err)
+		if a.PublicIPv6.IsValid() && (!a.PublicIPv6.Is6() || a.PublicIPv6.Is4In6() || a.PublicIPv6.IsUnspecified() || a.PublicIPv6.Zone() != "") {
+			t.Fatalf("ParseLeaseAttrs(%q): PublicIPv6 %v", b, a.PublicIPv6)
+		}
+		if !a.PublicIP.IsValid() && !a.PublicIPv6.IsValid() {
+			t.Fatalf("ParseLeaseAttrs(%q) = %+v: no address", b, a)
+		}
+		if back, err := ParseLeaseAttrs(a.Bytes()); err != nil || back != a {
+			t.Fatalf("round trip of %+v: %+v, %v", a, back, err)
 		}
 	})
 }
@@ -33,6 +40,8 @@ func FuzzParseConfig(f *testing.F) {
 		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/48"}`,
 		`{"Network":"198.18.0.0/29"}`,
 		`{"Network":"198.18.0.0/16","Backend":"udp"}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:100::/48"}`,
+		`{"Network":"198.18.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/120","IPv6SubnetLen":124,"IPv6SubnetMax":"2001:db8::f0"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -49,8 +58,18 @@ func FuzzParseConfig(f *testing.F) {
 				cfg.SubnetLen < cfg.Network.Bits()+2 || cfg.SubnetLen > 30 {
 				t.Fatalf("ParseConfig(%q) = %+v: derived values out of range", b, cfg)
 			}
-			if compatible(cfg, netip.PrefixFrom(cfg.SubnetMin, cfg.SubnetLen)) != (v4(cfg.SubnetMin) <= v4(cfg.SubnetMax)) {
+			if compatible4(cfg, netip.PrefixFrom(cfg.SubnetMin, cfg.SubnetLen)) != (v4(cfg.SubnetMin) <= v4(cfg.SubnetMax)) {
 				t.Fatalf("SubnetMin of %+v is not compatible", cfg)
+			}
+		}
+		if cfg.EnableIPv6 {
+			n := cfg.IPv6Network
+			if !n.Addr().Is6() || n.Addr().Is4In6() || !n.Contains(cfg.IPv6SubnetMin) || !n.Contains(cfg.IPv6SubnetMax) ||
+				cfg.IPv6SubnetLen < n.Bits()+2 || cfg.IPv6SubnetLen > 126 {
+				t.Fatalf("ParseConfig(%q) = %+v: derived IPv6 values out of range", b, cfg)
+			}
+			if compatible6(cfg, netip.PrefixFrom(cfg.IPv6SubnetMin, cfg.IPv6SubnetLen)) != (cfg.IPv6SubnetMin.Compare(cfg.IPv6SubnetMax) <= 0) {
+				t.Fatalf("IPv6SubnetMin of %+v is not compatible", cfg)
 			}
 		}
 		if cfg.Port < 1 || cfg.Port > 65535 {
@@ -100,7 +119,11 @@ func FuzzParseSubnetKeyParts(f *testing.F) {
 		if !k.Subnet.Addr().Is4() || k.Subnet.Masked() != k.Subnet || k.Subnet.Bits() != ones || !v4.IP.Equal(k.Subnet.Addr().AsSlice()) {
 			t.Fatalf("%q: subnet %v, upstream %v", key, k.Subnet, v4.String())
 		}
-		if k.Canonical != (key == SubnetKey(k.Subnet)) {
+		own := k.Subnet
+		if own.Bits() == 0 && k.IPv6Subnet.IsValid() {
+			own = netip.Prefix{}
+		}
+		if k.Canonical != (key == LeaseKey(own, k.IPv6Subnet.Masked())) {
 			t.Fatalf("%q: canonical %v", key, k.Canonical)
 		}
 		if (v6 == nil) != !k.IPv6Subnet.IsValid() {

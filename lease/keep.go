@@ -21,19 +21,19 @@ const (
 // lease.
 func (m *Manager) Keep(ctx context.Context, cfg *Config, l Lease, onChange func(Lease)) error {
 	k := keeper{m: m, cfg: cfg, cur: l}
-	m.setOwn(l.Subnet)
+	m.setOwn(l)
 	backoff := minBackoff
 	for ctx.Err() == nil {
-		e, found, rev, err := m.reg.get(ctx, k.cur.Subnet)
+		e, found, rev, err := m.reg.get(ctx, k.cur.subnets())
 		if err != nil {
-			m.log.Warn("read own lease", "subnet", k.cur.Subnet, "err", err)
+			m.log.Warn("read own lease", "subnets", k.cur.subnets().display(), "err", err)
 			_ = sleep(ctx, backoff)
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
-		if !found || e.AttrsErr != nil || e.PublicIP != m.publicIP {
+		if !found || !m.owns(cfg, e) {
 			if found && e.AttrsErr == nil {
-				m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.Subnet, m.publicIP, e.PublicIP))
+				m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.subnets().display(), m.claimIP, holder(e)))
 			}
 			if !k.reacquire(ctx, onChange) {
 				return nil
@@ -76,7 +76,7 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 	m := k.m
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wch := m.reg.watchKey(wctx, k.cur.Subnet, rev)
+	wch := m.reg.watchKey(wctx, k.cur.subnets(), rev)
 
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -102,7 +102,7 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 		case <-ctx.Done():
 			return false, progressed
 		case <-timerC:
-			exp, id, err := m.reg.renew(ctx, k.cur.Subnet, m.publicIP)
+			exp, id, err := m.reg.renew(ctx, k.cur.subnets(), m.attrs(k.cfg))
 			if err != nil {
 				if ctx.Err() != nil {
 					return false, progressed
@@ -129,17 +129,17 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 			progressed = true
 			for _, ev := range resp.Events {
 				if ev.Deleted {
-					m.log.Warn("Lease has been revoked, re-acquiring", "subnet", k.cur.Subnet)
+					m.log.Warn("Lease has been revoked, re-acquiring", "subnets", k.cur.subnets().display())
 					return true, progressed
 				}
 				if ev.Entry.AttrsErr != nil {
-					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", k.cur.Subnet, m.publicIP), "value", ev.Entry.Raw)
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was overwritten with a malformed value; acquiring a lease again", k.cur.subnets().display(), m.claimIP), "value", ev.Entry.Raw)
 					return true, progressed
 				}
-				if ip := ev.Entry.PublicIP; ip != m.publicIP {
+				if !m.owns(k.cfg, ev.Entry) {
 					// The new holder keeps the subnet: taking it back would
 					// make both nodes' routes flap.
-					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.Subnet, m.publicIP, ip))
+					m.log.Error(fmt.Sprintf("Lease %s of this node (%s) was taken by the node with PublicIP %s; moving to another subnet", k.cur.subnets().display(), m.claimIP, holder(ev.Entry)))
 					return true, progressed
 				}
 				id := ev.Entry.LeaseID
@@ -149,7 +149,7 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 				k.leaseID = id
 				exp, err := m.reg.expiration(ctx, id)
 				if err != nil {
-					m.log.Warn("read own lease TTL", "subnet", k.cur.Subnet, "err", err)
+					m.log.Warn("read own lease TTL", "subnets", k.cur.subnets().display(), "err", err)
 					return false, progressed
 				}
 				k.cur.Expiration = exp
@@ -164,10 +164,10 @@ func (k *keeper) run(ctx context.Context, rev int64) (lost, progressed bool) {
 func (k *keeper) reacquire(ctx context.Context, onChange func(Lease)) bool {
 	m := k.m
 	for {
-		l, err := m.acquire(ctx, k.cfg, k.cur.Subnet)
+		l, err := m.acquire(ctx, k.cfg, k.cur.subnets())
 		if err == nil {
 			k.cur = l
-			m.setOwn(l.Subnet)
+			m.setOwn(l)
 			m.obs.LeaseAcquired(l)
 			if onChange != nil {
 				onChange(l)

@@ -11,10 +11,20 @@ import (
 	"time"
 )
 
-// Lease is one node's subnet as stored under <prefix>/subnets.
+// Lease is one node's subnets as stored under <prefix>/subnets.
 type Lease struct {
-	Subnet   netip.Prefix
+	// Subnet is the IPv4 subnet; the zero Prefix for an IPv6-only lease
+	// (upstream's key "0.0.0.0-0&2001:db8:100:3::-64").
+	Subnet netip.Prefix
+	// IPv6Subnet is the IPv6 subnet of a dual-stack or IPv6-only lease,
+	// the zero Prefix otherwise.
+	IPv6Subnet netip.Prefix
+	// PublicIP is the node's IPv4 underlay address; invalid for an
+	// IPv6-only node (stored as "0.0.0.0").
 	PublicIP netip.Addr
+	// PublicIPv6 is the node's IPv6 underlay address, invalid when the
+	// lease value has "PublicIPv6":null.
+	PublicIPv6 netip.Addr
 	// Expiration is zero for a reservation (a key without an etcd lease).
 	// Watch events leave it zero: they only carry what routes need.
 	Expiration time.Time
@@ -62,8 +72,9 @@ type SubnetKeyParts struct {
 	// IPv6Subnet is the dual-stack part ("&2001:db8:100:3::-64") as
 	// written, host bits included; the zero Prefix when the key has none.
 	IPv6Subnet netip.Prefix
-	// Canonical reports whether the key is exactly SubnetKey(Subnet), the
-	// form this node writes for its own lease.
+	// Canonical reports whether the key is exactly LeaseKey of its
+	// subnets, the form this node writes for its own lease: no host bits,
+	// no leading zeros, the IPv6 part compressed.
 	Canonical bool
 }
 
@@ -92,7 +103,11 @@ func ParseSubnetKeyParts(key string) (SubnetKeyParts, bool) {
 		}
 		k.IPv6Subnet = netip.PrefixFrom(ip6, int(bits6))
 	}
-	k.Canonical = key == SubnetKey(k.Subnet)
+	v4 := k.Subnet
+	if v4.Bits() == 0 && k.IPv6Subnet.IsValid() {
+		v4 = netip.Prefix{}
+	}
+	k.Canonical = key == LeaseKey(v4, k.IPv6Subnet.Masked())
 	return k, true
 }
 
@@ -146,35 +161,97 @@ func SubnetKey(p netip.Prefix) string {
 	return p.Addr().String() + "-" + strconv.Itoa(p.Bits())
 }
 
-// MarshalLeaseAttrs returns the lease value a udp node stores, byte for byte
-// what upstream writes: {"PublicIP":"192.0.2.1","PublicIPv6":null}.
-func MarshalLeaseAttrs(publicIP netip.Addr) []byte {
-	return []byte(`{"PublicIP":"` + publicIP.String() + `","PublicIPv6":null}`)
+// LeaseKey is the key name upstream writes for a lease's subnets:
+// SubnetKey(v4) alone, or with "&" and the IPv6 subnet in the same form
+// ("198.18.31.0-24&2001:db8:100:1a::-64"). An IPv6-only lease (v4 the zero
+// Prefix) has "0.0.0.0-0" as its IPv4 part, as upstream's.
+func LeaseKey(v4, v6 netip.Prefix) string {
+	if !v4.IsValid() {
+		v4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	if !v6.IsValid() {
+		return SubnetKey(v4)
+	}
+	return SubnetKey(v4) + "&" + v6.Addr().String() + "-" + strconv.Itoa(v6.Bits())
 }
 
-// ParseLeaseAttrs reads the public IP from a lease value. Like upstream it
-// accepts any key case, unknown fields and a missing PublicIPv6; the IP must
-// be a usable IPv4 address.
-func ParseLeaseAttrs(b []byte) (netip.Addr, error) {
-	var attrs struct {
-		PublicIP *string
+// LeaseAttrs is the lease value: the node's public addresses.
+type LeaseAttrs struct {
+	// PublicIP is invalid for an IPv6-only node; it is written as
+	// "0.0.0.0" then, as upstream does.
+	PublicIP netip.Addr
+	// PublicIPv6 is invalid when the node has none; it is written as null.
+	PublicIPv6 netip.Addr
+}
+
+// Bytes returns the value byte for byte as upstream's json.Marshal of its
+// LeaseAttrs writes it for a udp node:
+// {"PublicIP":"192.0.2.1","PublicIPv6":null} or
+// {"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1"}.
+func (a LeaseAttrs) Bytes() []byte {
+	v4 := netip.IPv4Unspecified()
+	if a.PublicIP.IsValid() {
+		v4 = a.PublicIP
 	}
-	if err := json.Unmarshal(b, &attrs); err != nil {
-		return netip.Addr{}, fmt.Errorf("decode lease attributes: %w", err)
+	v6 := "null"
+	if a.PublicIPv6.IsValid() {
+		v6 = `"` + a.PublicIPv6.String() + `"`
 	}
-	if attrs.PublicIP == nil {
-		return netip.Addr{}, errors.New("lease attributes have no PublicIP")
+	return []byte(`{"PublicIP":"` + v4.String() + `","PublicIPv6":` + v6 + `}`)
+}
+
+// MarshalLeaseAttrs returns the lease value of a node with only an IPv4
+// public address, byte for byte what upstream writes:
+// {"PublicIP":"192.0.2.1","PublicIPv6":null}.
+func MarshalLeaseAttrs(publicIP netip.Addr) []byte {
+	return LeaseAttrs{PublicIP: publicIP}.Bytes()
+}
+
+// ParseLeaseAttrs reads the public addresses from a lease value. Like
+// upstream it accepts any key case, unknown fields and a missing or null
+// PublicIPv6. PublicIP must be present; "0.0.0.0" (an IPv6-only node) is
+// accepted when PublicIPv6 is a unicast IPv6 address and leaves PublicIP
+// invalid. Every address returned is unicast.
+func ParseLeaseAttrs(b []byte) (LeaseAttrs, error) {
+	var raw struct {
+		PublicIP   *string
+		PublicIPv6 *string
 	}
-	ip, err := netip.ParseAddr(*attrs.PublicIP)
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return LeaseAttrs{}, fmt.Errorf("decode lease attributes: %w", err)
+	}
+	if raw.PublicIP == nil {
+		return LeaseAttrs{}, errors.New("lease attributes have no PublicIP")
+	}
+	var a LeaseAttrs
+	if raw.PublicIPv6 != nil {
+		ip, err := netip.ParseAddr(*raw.PublicIPv6)
+		if err != nil || ip.Zone() != "" || !ip.Is6() || ip.Is4In6() {
+			return LeaseAttrs{}, fmt.Errorf("lease PublicIPv6 %q is not an IPv6 address", *raw.PublicIPv6)
+		}
+		if !unicast(ip) {
+			return LeaseAttrs{}, fmt.Errorf("lease PublicIPv6 %s is not a unicast address", ip)
+		}
+		a.PublicIPv6 = ip
+	}
+	ip, err := netip.ParseAddr(*raw.PublicIP)
 	if err != nil || ip.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("lease PublicIP %q is not an IP address", *attrs.PublicIP)
+		return LeaseAttrs{}, fmt.Errorf("lease PublicIP %q is not an IP address", *raw.PublicIP)
 	}
 	ip = ip.Unmap()
 	if !ip.Is4() {
-		return netip.Addr{}, fmt.Errorf("lease PublicIP %q is not an IPv4 address", *attrs.PublicIP)
+		return LeaseAttrs{}, fmt.Errorf("lease PublicIP %q is not an IPv4 address", *raw.PublicIP)
 	}
-	if ip.IsUnspecified() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return netip.Addr{}, fmt.Errorf("lease PublicIP %s is not a unicast address", ip)
+	if ip.IsUnspecified() && a.PublicIPv6.IsValid() {
+		return a, nil
 	}
-	return ip, nil
+	if !unicast(ip) {
+		return LeaseAttrs{}, fmt.Errorf("lease PublicIP %s is not a unicast address", ip)
+	}
+	a.PublicIP = ip
+	return a, nil
+}
+
+func unicast(ip netip.Addr) bool {
+	return !ip.IsUnspecified() && !ip.IsMulticast() && ip != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }

@@ -40,6 +40,31 @@ func TestParseSubnetKey(t *testing.T) {
 	}
 }
 
+func TestLeaseAttrsIPv6(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	for _, tt := range []struct {
+		attrs LeaseAttrs
+		bytes string
+	}{
+		// Upstream's json.Marshal of LeaseAttrs, as its vxlan backend
+		// writes it for a dual-stack and an IPv6-only node.
+		{LeaseAttrs{PublicIP: v4, PublicIPv6: v6}, `{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1"}`},
+		{LeaseAttrs{PublicIPv6: v6}, `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1"}`},
+		{LeaseAttrs{PublicIP: v4}, `{"PublicIP":"192.0.2.1","PublicIPv6":null}`},
+	} {
+		if got := string(tt.attrs.Bytes()); got != tt.bytes {
+			t.Errorf("%+v.Bytes() = %s, want %s", tt.attrs, got, tt.bytes)
+		}
+		if back, err := ParseLeaseAttrs([]byte(tt.bytes)); err != nil || back != tt.attrs {
+			t.Errorf("ParseLeaseAttrs(%s) = %+v, %v; want %+v", tt.bytes, back, err, tt.attrs)
+		}
+	}
+	got, err := ParseLeaseAttrs([]byte(`{"publicip":"192.0.2.1","publicipv6":"2001:DB8:0::1","BackendV6Data":{"VNI":1}}`))
+	if err != nil || got != (LeaseAttrs{PublicIP: v4, PublicIPv6: v6}) {
+		t.Errorf("ParseLeaseAttrs of a vxlan value = %+v, %v", got, err)
+	}
+}
+
 func TestLeaseAttrs(t *testing.T) {
 	ip := netip.MustParseAddr("192.0.2.1")
 	if got, want := MarshalLeaseAttrs(ip), []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null}`); !bytes.Equal(got, want) {
@@ -56,7 +81,7 @@ func TestLeaseAttrs(t *testing.T) {
 	}
 	for _, s := range good {
 		got, err := ParseLeaseAttrs([]byte(s))
-		if err != nil || got != ip {
+		if err != nil || got.PublicIP != ip {
 			t.Errorf("ParseLeaseAttrs(%s) = %v, %v; want %v", s, got, err, ip)
 		}
 	}
@@ -65,6 +90,10 @@ func TestLeaseAttrs(t *testing.T) {
 		`{"PublicIP":"2001:db8::1"}`, `{"PublicIP":"0.0.0.0"}`, `{"PublicIP":"224.0.0.1"}`,
 		`{"PublicIP":"255.255.255.255"}`, `{"PublicIP":"192.0.2.1"`, `{"PublicIP":"192.0.2.01"}`,
 		`{"PublicIP":"fe80::1%eth0"}`,
+		`{"PublicIP":"0.0.0.0","PublicIPv6":null}`, `{"PublicIP":"192.0.2.1","PublicIPv6":"192.0.2.2"}`,
+		`{"PublicIP":"192.0.2.1","PublicIPv6":"::ffff:192.0.2.2"}`, `{"PublicIP":"192.0.2.1","PublicIPv6":"ff02::1"}`,
+		`{"PublicIP":"192.0.2.1","PublicIPv6":"::"}`, `{"PublicIP":"192.0.2.1","PublicIPv6":1}`,
+		`{"PublicIP":"0.0.0.0","PublicIPv6":"fe80::1%eth0"}`,
 	}
 	for _, s := range bad {
 		if got, err := ParseLeaseAttrs([]byte(s)); err == nil {
@@ -172,7 +201,7 @@ func TestPickSubnet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !compatible(cfg, p) {
+		if !compatible4(cfg, p) {
 			t.Fatalf("picked %s outside the range", p)
 		}
 		seen[p] = true
@@ -215,7 +244,7 @@ func TestPickSubnet(t *testing.T) {
 		t.Error("inverted range: want out of subnets")
 	}
 	top, _ := ParseConfig([]byte(`{"Network":"255.255.0.0/16"}`))
-	if p, err := pickSubnet(top, []netip.Prefix{}, rnd); err != nil || !compatible(top, p) {
+	if p, err := pickSubnet(top, []netip.Prefix{}, rnd); err != nil || !compatible4(top, p) {
 		t.Errorf("range ending at the top of the address space: %v, %v", p, err)
 	}
 }
@@ -226,8 +255,60 @@ func TestCompatible(t *testing.T) {
 		"198.18.10.0/24": true, "198.18.20.0/24": true, "198.18.15.0/24": true,
 		"198.18.9.0/24": false, "198.18.21.0/24": false, "198.18.15.0/25": false, "198.19.15.0/24": false,
 	} {
-		if got := compatible(cfg, netip.MustParsePrefix(s)); got != want {
+		if got := compatible4(cfg, netip.MustParsePrefix(s)); got != want {
 			t.Errorf("compatible(%s) = %v, want %v", s, got, want)
 		}
+	}
+}
+
+// TestSubnetFileIPv6 checks the dual-stack and IPv6-only files against
+// golden files in upstream's line order (main.go's WriteSubnetFile).
+func TestSubnetFileIPv6(t *testing.T) {
+	v6net, v6sub := netip.MustParsePrefix("2001:db8:100::/48"), netip.MustParsePrefix("2001:db8:100:1a::/64")
+	for name, sf := range map[string]SubnetFile{
+		"dualstack.env": {Network: netip.MustParsePrefix("198.18.0.0/16"), Subnet: netip.MustParsePrefix("198.18.31.0/24"),
+			IPv6Network: v6net, IPv6Subnet: v6sub, MTU: 1472},
+		"ipv6only.env": {IPv6Network: v6net, IPv6Subnet: v6sub, MTU: 1452, IPMasq: true},
+	} {
+		want, err := os.ReadFile(filepath.Join("testdata", "subnetenv", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "subnet.env")
+		if err := WriteSubnetFile(path, sf); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(path)
+		if string(got) != string(want) {
+			t.Errorf("%s: wrote %q, want %q", name, got, want)
+		}
+		back, err := ReadSubnetFile(path)
+		if err != nil || back != sf {
+			t.Errorf("%s: read back %+v, %v; want %+v", name, back, err, sf)
+		}
+	}
+}
+
+// TestReadSubnetFileIPv6Tolerant: a value of the wrong family, a list and
+// junk leave the field unset, as upstream's reader leaves its subnet empty.
+func TestReadSubnetFileIPv6Tolerant(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "subnet.env")
+	content := "export FLANNEL_IPV6_NETWORK=\"2001:db8:100::/48\"\nFLANNEL_IPV6_SUBNET=2001:db8:100:1a::1/64,2001:db8:100:1b::1/64\n" +
+		"FLANNEL_SUBNET=2001:db8:100:1c::1/64\nFLANNEL_NETWORK=junk\n"
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sf, err := ReadSubnetFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (SubnetFile{IPv6Network: netip.MustParsePrefix("2001:db8:100::/48")}); sf != want {
+		t.Errorf("read %+v, want %+v", sf, want)
+	}
+	if err := os.WriteFile(path, []byte("FLANNEL_IPV6_SUBNET=198.18.3.1/24\nFLANNEL_IPV6_NETWORK=::ffff:198.18.0.0/112\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if sf, _ := ReadSubnetFile(path); sf.IPv6Subnet.IsValid() || sf.IPv6Network.IsValid() {
+		t.Errorf("IPv4 values read as IPv6: %+v", sf)
 	}
 }

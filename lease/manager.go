@@ -26,10 +26,17 @@ const acquireTries = 20
 
 // Options configures a Manager.
 type Options struct {
-	Prefix      string        // default "/coreos.com/network"
-	PublicIP    netip.Addr    // this node's public (underlay) IPv4 address
-	PrevSubnet  netip.Prefix  // from the subnet file, may be invalid/zero
-	RenewMargin time.Duration // default 60m
+	Prefix   string     // default "/coreos.com/network"
+	PublicIP netip.Addr // this node's public (underlay) IPv4 address
+	// PublicIPv6 is this node's public IPv6 address, may be invalid. It
+	// goes into the lease value when the config enables IPv6, and it is
+	// the node's identity in an IPv6-only network (EnableIPv4 false).
+	PublicIPv6 netip.Addr
+	// PrevSubnet and PrevIPv6Subnet are FLANNEL_SUBNET and
+	// FLANNEL_IPV6_SUBNET from the subnet file; either may be invalid.
+	PrevSubnet     netip.Prefix
+	PrevIPv6Subnet netip.Prefix
+	RenewMargin    time.Duration // default 60m
 	// RetryInterval is the wait after a failed renewal or re-acquisition,
 	// default 1 minute (upstream's).
 	RetryInterval time.Duration
@@ -50,9 +57,11 @@ type Options struct {
 // policy lives here; all etcd I/O goes through its registry.
 type Manager struct {
 	reg           registry
-	own           atomic.Pointer[netip.Prefix] // the lease held, left out of Watch
+	own           atomic.Pointer[subnets] // the lease held, left out of Watch
 	publicIP      netip.Addr
-	prevSubnet    netip.Prefix
+	publicIPv6    netip.Addr
+	claimIP       netip.Addr // the identity claimed: PublicIP, or PublicIPv6 when IPv4 is disabled
+	prev          subnets
 	renewMargin   time.Duration
 	retryInterval time.Duration
 	configRetry   time.Duration
@@ -90,7 +99,9 @@ func newManagerOn(reg registry, opts Options) *Manager {
 	return &Manager{
 		reg:           reg,
 		publicIP:      opts.PublicIP,
-		prevSubnet:    opts.PrevSubnet,
+		publicIPv6:    opts.PublicIPv6,
+		claimIP:       opts.PublicIP,
+		prev:          subnets{opts.PrevSubnet, opts.PrevIPv6Subnet},
 		renewMargin:   opts.RenewMargin,
 		retryInterval: opts.RetryInterval,
 		configRetry:   time.Second,
@@ -154,51 +165,54 @@ func (m *Manager) WaitConfig(ctx context.Context) (*Config, error) {
 // are one condition to the operator.
 const stateUnreachable = "\x00unreachable"
 
-// Acquire gets this node a lease. In order: the lease already held by this
-// node's PublicIP (an incompatible one is deleted), the previous subnet from
-// the subnet file if free and compatible, or a random free subnet among the
-// first 100 in [SubnetMin, SubnetMax]. A lost creation race is retried.
+// Acquire gets this node a lease, with an IPv4 subnet, an IPv6 subnet or
+// both as the config enables them. In order: the lease already held by this
+// node's PublicIP (PublicIPv6 when IPv4 is disabled; an incompatible lease
+// is deleted), the previous subnets from the subnet file if free and
+// compatible, or for each family a random free subnet among the first 100
+// in [SubnetMin, SubnetMax]. A lost creation race is retried.
 // Reservations held by this PublicIP are used as they are. An unreachable
 // etcd is waited for (backoff 100 ms to 5 s, logged once). With
 // Options.Identity, the PublicIP is claimed first: while another running
 // node uses the same PublicIP, Acquire waits, having logged one error
 // naming both nodes.
 func (m *Manager) Acquire(ctx context.Context, cfg *Config) (Lease, error) {
+	m.claimIP = m.nodeIP(cfg)
 	if err := m.claim(m.claimContext(ctx)); err != nil {
-		return Lease{}, fmt.Errorf("claim public IP %s: %w", m.publicIP, err)
+		return Lease{}, fmt.Errorf("claim public IP %s: %w", m.claimIP, err)
 	}
 	backoff := minBackoff
 	waited := false
 	for {
-		l, err := m.acquire(ctx, cfg, m.prevSubnet)
+		l, err := m.acquire(ctx, cfg, m.prev)
 		if err == nil {
 			if waited {
 				m.log.Info("etcd is reachable again")
 			}
-			m.setOwn(l.Subnet)
+			m.setOwn(l)
 			m.obs.LeaseAcquired(l)
 			return l, nil
 		}
 		if ctx.Err() != nil || !unreachable(err) {
-			return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.publicIP, err)
+			return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.claimIP, err)
 		}
 		if !waited {
 			waited = true
 			m.log.Error(fmt.Sprintf("Couldn't acquire a lease: etcd is unreachable, retrying with backoff up to %s: %v", maxBackoff, err))
 		}
 		if err := sleep(ctx, backoff); err != nil {
-			return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.publicIP, err)
+			return Lease{}, fmt.Errorf("acquire lease for %s: %w", m.claimIP, err)
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
-func (m *Manager) acquire(ctx context.Context, cfg *Config, prev netip.Prefix) (Lease, error) {
-	if !m.publicIP.Is4() {
+func (m *Manager) acquire(ctx context.Context, cfg *Config, prev subnets) (Lease, error) {
+	if cfg.EnableIPv4 && !m.publicIP.Is4() {
 		return Lease{}, fmt.Errorf("public IP %v is not an IPv4 address", m.publicIP)
 	}
-	if !cfg.EnableIPv4 {
-		return Lease{}, errors.New("the network config has EnableIPv4 false; only IPv4 networks are supported")
+	if !cfg.EnableIPv4 && (!m.publicIPv6.Is6() || m.publicIPv6.Is4In6()) {
+		return Lease{}, errors.New("the network config has EnableIPv4 false: this node needs a public IPv6 address (--public-ipv6, or an IPv6 address on its interface) to name its lease")
 	}
 	for try := 0; try < acquireTries; try++ {
 		if try > 0 {
@@ -217,68 +231,147 @@ func (m *Manager) acquire(ctx context.Context, cfg *Config, prev netip.Prefix) (
 	return Lease{}, errors.New("max retries reached trying to acquire a subnet")
 }
 
-func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev netip.Prefix) (Lease, error) {
+func (m *Manager) tryAcquire(ctx context.Context, cfg *Config, prev subnets) (Lease, error) {
 	entries, bad, _, err := m.reg.list(ctx)
 	if err != nil {
 		return Lease{}, fmt.Errorf("list subnets: %w", err)
 	}
-	taken := make([]netip.Prefix, 0, len(entries)+len(bad))
+	var taken4, taken6 []netip.Prefix
 	for _, k := range bad {
 		if p, ok := m.badKey(k); ok {
-			taken = append(taken, p)
+			taken4 = append(taken4, p)
 		}
 	}
+	attrs := m.attrs(cfg)
 	for _, e := range entries {
-		if e.AttrsErr != nil || e.PublicIP != m.publicIP || e.Foreign {
-			taken = append(taken, e.Subnet)
-			continue
-		}
-		if !compatible(cfg, e.Subnet) {
-			m.log.Info(fmt.Sprintf("Found lease (ip: %s ipv6: ::/0) for current IP (%s) but not compatible with current config, deleting", e.Subnet, m.publicIP))
-			if err := m.reg.deleteIfUnchanged(ctx, e.Key, e.ModRev); err != nil {
-				return Lease{}, fmt.Errorf("delete incompatible lease %s: %w", e.Subnet, err)
+		if e.Foreign || !m.owns(cfg, e) {
+			if e.Subnet.IsValid() {
+				taken4 = append(taken4, e.Subnet)
+			}
+			if e.IPv6Subnet.IsValid() {
+				taken6 = append(taken6, e.IPv6Subnet)
 			}
 			continue
 		}
-		l := Lease{Subnet: e.Subnet, PublicIP: m.publicIP}
+		sn := subnets{e.Subnet, e.IPv6Subnet}
+		if !compatible(cfg, sn) {
+			m.log.Info(fmt.Sprintf("Found lease (%s) for current IP (%s) but not compatible with current config, deleting", sn, m.claimIP))
+			if err := m.reg.deleteIfUnchanged(ctx, e.Key, e.ModRev); err != nil {
+				return Lease{}, fmt.Errorf("delete incompatible lease %s: %w", e.Key, err)
+			}
+			continue
+		}
+		l := Lease{Subnet: sn.V4, IPv6Subnet: sn.V6, PublicIP: attrs.PublicIP, PublicIPv6: attrs.PublicIPv6}
 		if e.LeaseID != noLease {
-			exp, _, err := m.reg.renew(ctx, e.Subnet, m.publicIP)
+			exp, _, err := m.reg.renew(ctx, sn, attrs)
 			if err != nil {
-				return Lease{}, fmt.Errorf("refresh lease %s: %w", e.Subnet, err)
+				return Lease{}, fmt.Errorf("refresh lease %s: %w", e.Key, err)
 			}
 			l.Expiration = exp
 		}
-		m.log.Info(fmt.Sprintf("Found lease (ip: %s ipv6: ::/0) for current IP (%s), reusing", e.Subnet, m.publicIP))
+		m.log.Info(fmt.Sprintf("Found lease (%s) for current IP (%s), reusing", sn, m.claimIP))
 		return l, nil
 	}
 
-	var subnet netip.Prefix
-	if prev.IsValid() {
-		switch {
-		case !compatible(cfg, prev):
-			m.log.Info(fmt.Sprintf("Found previously leased subnet (%s) but not compatible with the Etcd network config, ignoring", prev))
-		case overlapsAny(prev, taken):
-			m.log.Info(fmt.Sprintf("Previously leased subnet (%s) is taken by another node, picking a new one", prev))
-		default:
-			m.log.Info(fmt.Sprintf("Found previously leased subnet (%s), reusing", prev))
-			subnet = prev
-		}
-	}
-	if !subnet.IsValid() {
-		m.log.Info(fmt.Sprintf("Picking subnet in range %s ... %s", cfg.SubnetMin, cfg.SubnetMax))
-		m.rndMu.Lock()
-		subnet, err = pickSubnet(cfg, taken, m.rnd)
-		m.rndMu.Unlock()
-		if err != nil {
-			return Lease{}, err
-		}
-	}
-	exp, err := m.reg.create(ctx, subnet, m.publicIP)
+	sn, err := m.choose(cfg, prev, taken4, taken6)
 	if err != nil {
 		return Lease{}, err
 	}
-	m.log.Info(fmt.Sprintf("Allocated lease (ip: %s ipv6: ::/0) to current node (%s)", subnet, m.publicIP))
-	return Lease{Subnet: subnet, PublicIP: m.publicIP, Expiration: exp}, nil
+	exp, err := m.reg.create(ctx, sn, attrs)
+	if err != nil {
+		return Lease{}, err
+	}
+	m.log.Info(fmt.Sprintf("Allocated lease (%s) to current node (%s)", sn, m.claimIP))
+	return Lease{Subnet: sn.V4, IPv6Subnet: sn.V6, PublicIP: attrs.PublicIP, PublicIPv6: attrs.PublicIPv6, Expiration: exp}, nil
+}
+
+// choose picks the subnets of a new lease: the previous ones when they fit
+// the config and are free, otherwise a random free subnet of each family
+// the config enables.
+func (m *Manager) choose(cfg *Config, prev subnets, taken4, taken6 []netip.Prefix) (subnets, error) {
+	if !cfg.EnableIPv4 {
+		prev.V4 = netip.Prefix{}
+	}
+	if !cfg.EnableIPv6 {
+		prev.V6 = netip.Prefix{}
+	}
+	if prev.V4.IsValid() || prev.V6.IsValid() {
+		// Upstream names the IPv4 subnet only in these lines.
+		shown := prev.V4
+		if !shown.IsValid() {
+			shown = prev.V6
+		}
+		switch {
+		case !compatible(cfg, prev):
+			m.log.Info(fmt.Sprintf("Found previously leased subnet (%s) but not compatible with the Etcd network config, ignoring", shown))
+		case overlapsAny(prev.V4, taken4) || overlapsAny(prev.V6, taken6):
+			m.log.Info(fmt.Sprintf("Previously leased subnet (%s) is taken by another node, picking a new one", shown))
+		default:
+			m.log.Info(fmt.Sprintf("Found previously leased subnet (%s), reusing", shown))
+			return prev, nil
+		}
+	}
+	var sn subnets
+	var err error
+	m.rndMu.Lock()
+	defer m.rndMu.Unlock()
+	if cfg.EnableIPv4 {
+		m.log.Info(fmt.Sprintf("Picking subnet in range %s ... %s", cfg.SubnetMin, cfg.SubnetMax))
+		if sn.V4, err = pickSubnet(cfg, taken4, m.rnd); err != nil {
+			return subnets{}, err
+		}
+	}
+	if cfg.EnableIPv6 {
+		m.log.Info(fmt.Sprintf("Picking ipv6 subnet in range %s ... %s", cfg.IPv6SubnetMin, cfg.IPv6SubnetMax))
+		if sn.V6, err = pickSubnet6(cfg, taken6, m.rnd); err != nil {
+			return subnets{}, err
+		}
+	}
+	return sn, nil
+}
+
+// attrs is the lease value this node writes under cfg: PublicIPv6 only
+// where the config enables IPv6, PublicIP "0.0.0.0" where it disables IPv4.
+func (m *Manager) attrs(cfg *Config) LeaseAttrs {
+	var a LeaseAttrs
+	if cfg.EnableIPv4 {
+		a.PublicIP = m.publicIP
+	}
+	if cfg.EnableIPv6 {
+		a.PublicIPv6 = m.publicIPv6
+	}
+	return a
+}
+
+// nodeIP is the address that names this node's lease under cfg: PublicIP,
+// or PublicIPv6 in an IPv6-only network.
+func (m *Manager) nodeIP(cfg *Config) netip.Addr {
+	if cfg.EnableIPv4 {
+		return m.publicIP
+	}
+	return m.publicIPv6
+}
+
+// owns reports whether an entry's value names this node under cfg.
+// Upstream finds an IPv6-only node's lease by its PublicIP too, which is
+// "0.0.0.0" for every such node, so each would take over the first one's
+// lease; the PublicIPv6 names it here.
+func (m *Manager) owns(cfg *Config, e entry) bool {
+	if e.AttrsErr != nil {
+		return false
+	}
+	if cfg.EnableIPv4 {
+		return e.PublicIP == m.publicIP
+	}
+	return !e.PublicIP.IsValid() && e.PublicIPv6 == m.publicIPv6
+}
+
+// holder names the node an entry belongs to, for log lines.
+func holder(e entry) netip.Addr {
+	if e.PublicIP.IsValid() {
+		return e.PublicIP
+	}
+	return e.PublicIPv6
 }
 
 // claimContext returns the context the PublicIP claim lives in: ctx until
@@ -307,14 +400,17 @@ func (m *Manager) Close() {
 	m.claims.Wait()
 }
 
-func (m *Manager) setOwn(p netip.Prefix) { m.own.Store(&p) }
+func (m *Manager) setOwn(l Lease) {
+	sn := l.subnets()
+	m.own.Store(&sn)
+}
 
-// ownSubnet is the subnet this Manager holds, zero before Acquire.
-func (m *Manager) ownSubnet() netip.Prefix {
+// ownSubnets are the subnets this Manager holds, zero before Acquire.
+func (m *Manager) ownSubnets() subnets {
 	if p := m.own.Load(); p != nil {
 		return *p
 	}
-	return netip.Prefix{}
+	return subnets{}
 }
 
 func (m *Manager) intN(n int) int {

@@ -162,34 +162,34 @@ func (r *memRegistry) list(context.Context) (entries []entry, bad []string, rev 
 	return entries, bad, r.rev, nil
 }
 
-func (r *memRegistry) get(_ context.Context, subnet netip.Prefix) (entry, bool, int64, error) {
+func (r *memRegistry) get(_ context.Context, sn subnets) (entry, bool, int64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	kv, ok := r.kvs[r.keys.subnet(subnet)]
+	kv, ok := r.kvs[r.keys.lease(sn)]
 	if !ok {
 		return entry{}, false, r.rev, nil
 	}
-	e, _ := r.entryLocked(r.keys.subnet(subnet), kv)
+	e, _ := r.entryLocked(r.keys.lease(sn), kv)
 	return e, true, r.rev, nil
 }
 
-func (r *memRegistry) create(_ context.Context, subnet netip.Prefix, publicIP netip.Addr) (time.Time, error) {
+func (r *memRegistry) create(_ context.Context, sn subnets, attrs LeaseAttrs) (time.Time, error) {
 	if r.beforeCreate != nil {
-		r.beforeCreate(subnet)
+		r.beforeCreate(sn.V4)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls["create"]++
-	key := r.keys.subnet(subnet)
+	key := r.keys.lease(sn)
 	if _, ok := r.kvs[key]; ok {
 		return time.Time{}, errSubnetExists
 	}
 	id := r.grantLocked(r.ttl)
-	r.putLocked(key, string(MarshalLeaseAttrs(publicIP)), id)
+	r.putLocked(key, string(attrs.Bytes()), id)
 	return r.leases[id], nil
 }
 
-func (r *memRegistry) renew(_ context.Context, subnet netip.Prefix, publicIP netip.Addr) (time.Time, leaseID, error) {
+func (r *memRegistry) renew(_ context.Context, sn subnets, attrs LeaseAttrs) (time.Time, leaseID, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls["renew"]++
@@ -198,7 +198,7 @@ func (r *memRegistry) renew(_ context.Context, subnet netip.Prefix, publicIP net
 		return time.Time{}, 0, errors.New("injected renewal failure")
 	}
 	id := r.grantLocked(r.ttl)
-	r.putLocked(r.keys.subnet(subnet), string(MarshalLeaseAttrs(publicIP)), id)
+	r.putLocked(r.keys.lease(sn), string(attrs.Bytes()), id)
 	return r.leases[id], id, nil
 }
 
@@ -227,8 +227,8 @@ func (r *memRegistry) watchSubnets(ctx context.Context, rev int64) <-chan watchB
 	return r.watch(ctx, rev, func(k string) bool { return strings.HasPrefix(k, r.keys.subnetsDir()) })
 }
 
-func (r *memRegistry) watchKey(ctx context.Context, subnet netip.Prefix, rev int64) <-chan watchBatch {
-	key := r.keys.subnet(subnet)
+func (r *memRegistry) watchKey(ctx context.Context, sn subnets, rev int64) <-chan watchBatch {
+	key := r.keys.lease(sn)
 	return r.watch(ctx, rev, func(k string) bool { return k == key })
 }
 
@@ -311,3 +311,6 @@ func (r *memRegistry) claim(ctx context.Context, publicIP netip.Addr, identity s
 	}
 	return "", hold, nil
 }
+
+// subnet is the key of an IPv4-only lease.
+func (k keys) subnet(p netip.Prefix) string { return k.lease(subnets{V4: p}) }

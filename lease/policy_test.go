@@ -52,7 +52,7 @@ func TestPolicyAcquireFresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !compatible(cfg, l.Subnet) || l.PublicIP != nodeA || time.Until(l.Expiration) < subnetTTL-time.Minute {
+	if !compatible(cfg, l.subnets()) || l.PublicIP != nodeA || time.Until(l.Expiration) < subnetTTL-time.Minute {
 		t.Fatalf("lease %+v", l)
 	}
 	// Upstream's policy: a random pick among the first 100 free subnets.
@@ -63,8 +63,8 @@ func TestPolicyAcquireFresh(t *testing.T) {
 	if !ok || kv.value != attrs(nodeA) || kv.lease == noLease {
 		t.Errorf("stored %+v %v", kv, ok)
 	}
-	if m.ownSubnet() != l.Subnet {
-		t.Errorf("own subnet %s, want %s", m.ownSubnet(), l.Subnet)
+	if m.ownSubnets() != l.subnets() {
+		t.Errorf("own subnet %s, want %s", m.ownSubnets(), l.Subnet)
 	}
 }
 
@@ -258,15 +258,15 @@ func TestPolicyReacquire(t *testing.T) {
 	// A malformed value is nobody's lease: not this node's, not free.
 	reg.put(key, `{"PublicIP":"nonsense"}`)
 	moved := next("a malformed value")
-	if moved.Subnet == l.Subnet || !compatible(cfg, moved.Subnet) {
+	if moved.Subnet == l.Subnet || !compatible(cfg, moved.subnets()) {
 		t.Errorf("after a malformed value got %s, want another subnet", moved.Subnet)
 	}
 	// Taken by another node: it keeps the subnet and this node moves.
 	key = reg.keys.subnet(moved.Subnet)
 	reg.put(key, attrs(nodeB))
 	nl := next("a takeover")
-	if nl.Subnet == moved.Subnet || !compatible(cfg, nl.Subnet) || m.ownSubnet() != nl.Subnet {
-		t.Errorf("after takeover got %s (own %s), want another subnet", nl.Subnet, m.ownSubnet())
+	if nl.Subnet == moved.Subnet || !compatible(cfg, nl.subnets()) || m.ownSubnets() != nl.subnets() {
+		t.Errorf("after takeover got %s (own %s), want another subnet", nl.Subnet, m.ownSubnets())
 	}
 	if kv, _ := reg.kv(key); kv.value != attrs(nodeB) {
 		t.Errorf("the other node's key became %q", kv.value)

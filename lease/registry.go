@@ -30,12 +30,12 @@ type registry interface {
 	// snapshot revision.
 	list(ctx context.Context) (entries []entry, bad []string, rev int64, err error)
 	// get reads one subnet key; found is false when it does not exist.
-	get(ctx context.Context, subnet netip.Prefix) (e entry, found bool, rev int64, err error)
-	// create atomically creates the key for subnet on a fresh 24 h lease;
+	get(ctx context.Context, sn subnets) (e entry, found bool, rev int64, err error)
+	// create atomically creates the key for sn on a fresh 24 h lease;
 	// errSubnetExists when the key already exists.
-	create(ctx context.Context, subnet netip.Prefix, publicIP netip.Addr) (time.Time, error)
+	create(ctx context.Context, sn subnets, attrs LeaseAttrs) (time.Time, error)
 	// renew attaches the key to a new 24 h lease, unconditionally.
-	renew(ctx context.Context, subnet netip.Prefix, publicIP netip.Addr) (time.Time, leaseID, error)
+	renew(ctx context.Context, sn subnets, attrs LeaseAttrs) (time.Time, leaseID, error)
 	// expiration returns when a lease expires: zero time without a lease,
 	// a past time for a lease the store no longer knows.
 	expiration(ctx context.Context, id leaseID) (time.Time, error)
@@ -44,7 +44,7 @@ type registry interface {
 	// watchSubnets follows every subnet key from rev on, watchKey one
 	// key. The channel closes when ctx is done or the stream breaks.
 	watchSubnets(ctx context.Context, rev int64) <-chan watchBatch
-	watchKey(ctx context.Context, subnet netip.Prefix, rev int64) <-chan watchBatch
+	watchKey(ctx context.Context, sn subnets, rev int64) <-chan watchBatch
 	// claim makes identity the holder of publicIP's claim key on a lease
 	// of ttl seconds, unless another identity holds it (owner, no error).
 	// A claim by the same identity, or one that expired, is taken over.
@@ -58,17 +58,52 @@ type leaseID int64
 
 const noLease leaseID = 0
 
-// entry is one key under <prefix>/subnets. Subnet is valid when the key
-// parses; PublicIP is valid when the value parses too.
+// subnets are what one lease's key names: an IPv4 subnet, an IPv6 subnet or
+// both (the other one is the zero Prefix).
+type subnets struct{ V4, V6 netip.Prefix }
+
+func (s subnets) key() string { return LeaseKey(s.V4, s.V6) }
+
+// String is the form of upstream's log lines: "ip: X ipv6: Y".
+func (s subnets) String() string {
+	v4, v6 := "0.0.0.0/0", "::/0"
+	if s.V4.IsValid() {
+		v4 = s.V4.String()
+	}
+	if s.V6.IsValid() {
+		v6 = s.V6.String()
+	}
+	return "ip: " + v4 + " ipv6: " + v6
+}
+
+// display names the subnets for this node's own log lines:
+// "198.18.31.0/24", "2001:db8:100:1a::/64" or both joined by " and ".
+func (s subnets) display() string {
+	switch {
+	case !s.V6.IsValid():
+		return s.V4.String()
+	case !s.V4.IsValid():
+		return s.V6.String()
+	}
+	return s.V4.String() + " and " + s.V6.String()
+}
+
+func (l Lease) subnets() subnets { return subnets{l.Subnet, l.IPv6Subnet} }
+
+// entry is one key under <prefix>/subnets. Subnet or IPv6Subnet is valid
+// when the key parses (Subnet is the zero Prefix for an IPv6-only key,
+// "0.0.0.0-0&..."); the public addresses are set when the value parses too.
 type entry struct {
 	Key    string
 	Subnet netip.Prefix
-	// IPv6Subnet is a dual-stack key's IPv6 part; Foreign marks a key not
-	// in the form this node writes (dual-stack, host bits, zero-padded
-	// length): it routes and is taken, but is never this node's own lease.
+	// IPv6Subnet is a dual-stack or IPv6-only key's IPv6 part, host bits
+	// cleared. Foreign marks a key not in the form this node writes (host
+	// bits, zero-padded lengths): it routes and is taken, but is never
+	// this node's own lease.
 	IPv6Subnet netip.Prefix
 	Foreign    bool
 	PublicIP   netip.Addr
+	PublicIPv6 netip.Addr
 	AttrsErr   error
 	Raw        string // the value, kept only when it is malformed (for log-once)
 	LeaseID    leaseID
@@ -101,8 +136,8 @@ type keys string
 
 func (k keys) config() string     { return path.Join(string(k), "config") }
 func (k keys) subnetsDir() string { return path.Join(string(k), "subnets") + "/" }
-func (k keys) subnet(p netip.Prefix) string {
-	return path.Join(string(k), "subnets", SubnetKey(p))
+func (k keys) lease(sn subnets) string {
+	return path.Join(string(k), "subnets", sn.key())
 }
 
 // claim is where the running flanneld that uses a PublicIP names itself.
@@ -139,8 +174,14 @@ func (k keys) parseEntry(key string, value []byte, lease leaseID, modRev int64) 
 	if !ok {
 		return e, false
 	}
-	e.Subnet, e.IPv6Subnet, e.Foreign = parts.Subnet, parts.IPv6Subnet, !parts.Canonical
-	e.PublicIP, e.AttrsErr = ParseLeaseAttrs(value)
+	e.Subnet, e.IPv6Subnet, e.Foreign = parts.Subnet, parts.IPv6Subnet.Masked(), !parts.Canonical
+	if e.Subnet.Bits() == 0 && e.IPv6Subnet.IsValid() {
+		// Upstream's IPv6-only lease: it has no IPv4 subnet, and must
+		// neither route all of IPv4 nor take the whole IPv4 range.
+		e.Subnet = netip.Prefix{}
+	}
+	attrs, err := ParseLeaseAttrs(value)
+	e.PublicIP, e.PublicIPv6, e.AttrsErr = attrs.PublicIP, attrs.PublicIPv6, err
 	if e.AttrsErr != nil {
 		e.Raw = string(value)
 	}

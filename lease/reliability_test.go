@@ -292,8 +292,8 @@ func TestConcurrentLeaseEvents(t *testing.T) {
 	for _, kv := range resp.Kvs {
 		k, _ := ParseSubnetKeyParts(string(kv.Key))
 		p := k.Subnet
-		ip, _ := ParseLeaseAttrs(kv.Value)
-		final[p] = ip
+		a, _ := ParseLeaseAttrs(kv.Value)
+		final[p] = a.PublicIP
 	}
 	for i, n := range nodes {
 		want := map[netip.Prefix]netip.Addr{}

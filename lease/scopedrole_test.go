@@ -101,7 +101,7 @@ func TestScopedRole(t *testing.T) {
 	}
 
 	// Renewal and the watch work under the same role.
-	if _, _, err := m.reg.renew(ctx, l.Subnet, nodeA); err != nil {
+	if _, _, err := m.reg.renew(ctx, l.subnets(), LeaseAttrs{PublicIP: nodeA}); err != nil {
 		t.Errorf("renew with a scoped role: %v", err)
 	}
 	wctx, cancel := context.WithCancel(ctx)

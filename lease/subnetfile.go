@@ -16,17 +16,28 @@ import (
 type SubnetFile struct {
 	Network netip.Prefix // config Network
 	Subnet  netip.Prefix // the lease subnet; the file writes network+1, e.g. 198.18.32.1/24
-	MTU     int
-	IPMasq  bool
+	// IPv6Network and IPv6Subnet are the config's IPv6Network and the
+	// lease's IPv6 subnet, written as 2001:db8:100:1a::1/64.
+	IPv6Network netip.Prefix
+	IPv6Subnet  netip.Prefix
+	MTU         int
+	IPMasq      bool
 }
 
-// Bytes renders the file exactly as upstream does. FLANNEL_NETWORK and
-// FLANNEL_SUBNET are left out when Network is not set (IPv4 disabled).
+// Bytes renders the file exactly as upstream does, in its order:
+// FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_NETWORK,
+// FLANNEL_IPV6_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ. The IPv4 lines are left
+// out when Network is not set (IPv4 disabled), the IPv6 lines when
+// IPv6Network is not set (IPv6 disabled).
 func (sf SubnetFile) Bytes() []byte {
 	var b bytes.Buffer
 	if sf.Network.IsValid() {
 		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", sf.Network)
 		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s/%d\n", sf.Subnet.Masked().Addr().Next(), sf.Subnet.Bits())
+	}
+	if sf.IPv6Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", sf.IPv6Network)
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s/%d\n", sf.IPv6Subnet.Masked().Addr().Next(), sf.IPv6Subnet.Bits())
 	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", sf.MTU)
 	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%t\n", sf.IPMasq)
@@ -99,9 +110,13 @@ func ReadSubnetFile(path string) (SubnetFile, error) {
 		val = strings.Trim(strings.TrimSpace(val), `"'`)
 		switch key {
 		case "FLANNEL_NETWORK":
-			sf.Network = parseEnvPrefix(val)
+			sf.Network = parseEnvPrefix(val, false)
 		case "FLANNEL_SUBNET":
-			sf.Subnet = parseEnvPrefix(val)
+			sf.Subnet = parseEnvPrefix(val, false)
+		case "FLANNEL_IPV6_NETWORK":
+			sf.IPv6Network = parseEnvPrefix(val, true)
+		case "FLANNEL_IPV6_SUBNET":
+			sf.IPv6Subnet = parseEnvPrefix(val, true)
 		case "FLANNEL_MTU":
 			if n, err := strconv.Atoi(val); err == nil && n > 0 {
 				sf.MTU = n
@@ -116,9 +131,11 @@ func ReadSubnetFile(path string) (SubnetFile, error) {
 	return sf, nil
 }
 
-// parseEnvPrefix turns "198.18.32.1/24" into 198.18.32.0/24, like Go's
-// net.ParseCIDR does for upstream. A list of several entries means none.
-func parseEnvPrefix(val string) netip.Prefix {
+// parseEnvPrefix turns "198.18.32.1/24" into 198.18.32.0/24 (and
+// "2001:db8:100:1a::1/64" into 2001:db8:100:1a::/64 when ipv6), like Go's
+// net.ParseCIDR does for upstream. A list of several entries means none, a
+// prefix of the other family too.
+func parseEnvPrefix(val string, ipv6 bool) netip.Prefix {
 	if strings.Contains(val, ",") {
 		parts := strings.Split(val, ",")
 		if len(parts) != 1 {
@@ -126,7 +143,7 @@ func parseEnvPrefix(val string) netip.Prefix {
 		}
 	}
 	p, err := netip.ParsePrefix(val)
-	if err != nil || !p.Addr().Is4() {
+	if err != nil || p.Addr().Zone() != "" || p.Addr().Is4() == ipv6 || p.Addr().Is4In6() {
 		return netip.Prefix{}
 	}
 	return p.Masked()

@@ -12,7 +12,9 @@ func TestParseSubnetKeyParts(t *testing.T) {
 	for key, want := range map[string]SubnetKeyParts{
 		"198.18.3.0-24": {Subnet: netip.MustParsePrefix("198.18.3.0/24"), Canonical: true},
 		"/coreos.com/network/subnets/198.18.3.0-24&2001:db8:100:3::-64": {Subnet: netip.MustParsePrefix("198.18.3.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:3::/64")},
-		"198.18.3.0-24&2001:db8:100:3::-64":                             {Subnet: netip.MustParsePrefix("198.18.3.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:3::/64")},
+		"198.18.3.0-24&2001:db8:100:3::-64":                             {Subnet: netip.MustParsePrefix("198.18.3.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:3::/64"), Canonical: true},
+		"0.0.0.0-0&2001:db8:100:3::-64":                                 {Subnet: netip.MustParsePrefix("0.0.0.0/0"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:3::/64"), Canonical: true},
+		"198.18.3.0-24&2001:db8:100:3::1-64":                            {Subnet: netip.MustParsePrefix("198.18.3.0/24"), IPv6Subnet: netip.MustParsePrefix("2001:db8:100:3::1/64")},
 		"198.18.3.7-24":                                                 {Subnet: netip.MustParsePrefix("198.18.3.0/24")},
 		"198.18.3.0-024":                                                {Subnet: netip.MustParsePrefix("198.18.3.0/24")},
 		"198.18.3.0-0":                                                  {Subnet: netip.MustParsePrefix("0.0.0.0/0")},
@@ -97,9 +99,11 @@ func TestUpstreamKeyForms(t *testing.T) {
 		put(t, cli, prefix+"/subnets/"+k, string(MarshalLeaseAttrs(netip.MustParseAddr("192.0.2.14"))))
 	}
 
-	// Our own PublicIP in a dual-stack key (an upstream dual-stack run on
-	// this host) is taken, not reused under another key.
-	put(t, cli, prefix+"/subnets/198.18.7.0-24&2001:db8:100:7::-64", string(MarshalLeaseAttrs(nodeA)))
+	// Our own PublicIP in a dual-stack key (a dual-stack run on this host)
+	// routes until this node acquires; under this IPv4-only config it is
+	// then incompatible and deleted, as upstream deletes it.
+	ownOld := prefix + "/subnets/198.18.7.0-24&2001:db8:100:7::-64"
+	put(t, cli, ownOld, string(MarshalLeaseAttrs(nodeA)))
 	m, lb := newManager(cli, nodeA, Options{Prefix: prefix})
 	w := startWatch(t, m)
 	w.until("the snapshot", func() bool { return len(w.batches) >= 1 })
@@ -117,12 +121,21 @@ func TestUpstreamKeyForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := netip.MustParsePrefix("198.18.8.0/24"); l.Subnet != want {
-		t.Fatalf("allocated %s, want %s, the only subnet no key holds", l.Subnet, want)
+	if _, _, found := getKVKey(t, cli, ownOld); found {
+		t.Errorf("own dual-stack key %s kept under an IPv4-only config", ownOld)
 	}
+	free := map[netip.Prefix]bool{netip.MustParsePrefix("198.18.7.0/24"): true, netip.MustParsePrefix("198.18.8.0/24"): true}
+	if !free[l.Subnet] {
+		t.Fatalf("allocated %s, want one of %v, the subnets no key holds", l.Subnet, free)
+	}
+	delete(free, l.Subnet)
 	m2, _ := newManager(cli, netip.MustParseAddr("192.0.2.2"), Options{Prefix: prefix})
-	if l2, err := m2.acquire(testCtx(t), cfg, netip.MustParsePrefix("198.18.4.0/24")); err == nil {
-		t.Fatalf("a second node got %s: a taken subnet was handed out again", l2.Subnet)
+	if l2, err := m2.Acquire(testCtx(t), cfg); err != nil || !free[l2.Subnet] {
+		t.Fatalf("second node got %v, %v; want the last free subnet %v", l2.Subnet, err, free)
+	}
+	m3, _ := newManager(cli, netip.MustParseAddr("192.0.2.3"), Options{Prefix: prefix})
+	if l3, err := m3.acquire(testCtx(t), cfg, subnets{V4: netip.MustParsePrefix("198.18.4.0/24")}); err == nil {
+		t.Fatalf("a third node got %s: a taken subnet was handed out again", l3.Subnet)
 	}
 	logs := lb.String()
 	for _, k := range unparseable {

@@ -2,7 +2,6 @@ package lease
 
 import (
 	"context"
-	"net/netip"
 )
 
 // maxWarned bounds the memory spent remembering malformed entries.
@@ -16,7 +15,7 @@ const maxWarned = 4096
 // values are skipped with one warning each. Watch returns nil when ctx is
 // done.
 func (m *Manager) Watch(ctx context.Context, events chan<- []Event) error {
-	w := watcher{m: m, events: events, known: map[netip.Prefix]Lease{}}
+	w := watcher{m: m, events: events, known: map[subnets]Lease{}}
 	backoff := minBackoff
 	relist := true
 	var rev int64
@@ -51,7 +50,7 @@ func (m *Manager) Watch(ctx context.Context, events chan<- []Event) error {
 type watcher struct {
 	m      *Manager
 	events chan<- []Event
-	known  map[netip.Prefix]Lease
+	known  map[subnets]Lease
 	// started is set once the first snapshot has been sent.
 	started bool
 }
@@ -66,17 +65,18 @@ func (w *watcher) snapshot(ctx context.Context) (int64, error) {
 	for _, k := range bad {
 		w.m.badKey(k)
 	}
-	current := make(map[netip.Prefix]Lease, len(entries))
+	current := make(map[subnets]Lease, len(entries))
 	for _, e := range entries {
 		if e.AttrsErr != nil {
 			w.warn(e.Key, e.Raw, "ignoring subnet with malformed value", "err", e.AttrsErr)
 			continue
 		}
-		current[e.Subnet] = w.lease(e)
+		l := w.lease(e)
+		current[l.subnets()] = l
 	}
 	var batch []Event
 	for p, l := range current {
-		if old, ok := w.known[p]; !ok || old.PublicIP != l.PublicIP {
+		if old, ok := w.known[p]; !ok || old.PublicIP != l.PublicIP || old.PublicIPv6 != l.PublicIPv6 {
 			batch = append(batch, Event{Type: EventAdded, Lease: l})
 		}
 	}
@@ -136,7 +136,8 @@ func (w *watcher) event(ev watchEvent) (Event, bool) {
 		}
 		return Event{}, false
 	}
-	old, had := w.known[e.Subnet]
+	sn := subnets{e.Subnet, e.IPv6Subnet}
+	old, had := w.known[sn]
 	if ev.Deleted || e.AttrsErr != nil {
 		if e.AttrsErr != nil && !ev.Deleted {
 			w.warn(e.Key, e.Raw, "ignoring subnet with malformed value", "err", e.AttrsErr)
@@ -146,11 +147,11 @@ func (w *watcher) event(ev watchEvent) (Event, bool) {
 		}
 		// A lease whose value turned malformed is removed too: a stale route
 		// to its old PublicIP would be wrong.
-		delete(w.known, e.Subnet)
+		delete(w.known, sn)
 		return Event{Type: EventRemoved, Lease: old}, true
 	}
 	l := w.lease(e)
-	w.known[e.Subnet] = l
+	w.known[sn] = l
 	return Event{Type: EventAdded, Lease: l}, true
 }
 
@@ -158,16 +159,16 @@ func (w *watcher) event(ev watchEvent) (Event, bool) {
 // need none, and a TimeToLive call per event would put one etcd round trip
 // in front of every route change (seconds behind a burst of 5,000 leases).
 func (w *watcher) lease(e entry) Lease {
-	return Lease{Subnet: e.Subnet, PublicIP: e.PublicIP}
+	return Lease{Subnet: e.Subnet, IPv6Subnet: e.IPv6Subnet, PublicIP: e.PublicIP, PublicIPv6: e.PublicIPv6}
 }
 
 // send delivers a batch without the own subnet. The first snapshot is sent
 // even when empty, so the receiver knows the initial state is complete.
 func (w *watcher) send(ctx context.Context, batch []Event, always bool) error {
-	own := w.m.ownSubnet()
+	own := w.m.ownSubnets()
 	out := batch[:0]
 	for _, e := range batch {
-		if own.IsValid() && e.Lease.Subnet == own {
+		if e.Lease.subnets() == own {
 			continue
 		}
 		out = append(out, e)

@@ -79,17 +79,21 @@ func (d *daemon) run(parent context.Context) error {
 	}
 	defer closeEtcd()
 
-	ext, prev, err := d.localState()
-	if err != nil {
+	prev := d.previousSubnets()
+	cfg, ext, err := d.configAndInterface(ctx, cli)
+	if err != nil || cfg == nil {
 		return err
 	}
 	mgr := d.newManager(cli, ext, prev)
 	defer mgr.Close()
-	cfg, l, err := d.acquireLease(ctx, mgr)
-	if err != nil || cfg == nil {
+	l, err := d.acquireLease(ctx, mgr, cfg)
+	if err != nil || !l.Subnet.IsValid() && !l.IPv6Subnet.IsValid() {
 		return err
 	}
 	d.ownNet.Store(&l.Subnet)
+	if !cfg.EnableIPv4 {
+		return d.runIPv6Only(ctx, mgr, cfg, l, ext)
+	}
 
 	dp, err := d.openDataPlane(cfg, l, ext)
 	if err != nil {
@@ -97,7 +101,7 @@ func (d *daemon) run(parent context.Context) error {
 	}
 	defer dp.close()
 
-	subnetFileOK, err := d.setupHost(cfg, prev, l.Subnet, dp.mtu)
+	subnetFileOK, err := d.setupHost(cfg, prev, l, dp.mtu)
 	if err != nil {
 		return err
 	}
@@ -167,60 +171,81 @@ func (d *daemon) connectEtcd(ctx context.Context) (*clientv3.Client, func(), err
 	return cli, func() { cli.Close(); closeSrv() }, nil
 }
 
-// localState reads the previous subnet and picks the external interface.
-func (d *daemon) localState() (*extIface, lease.SubnetFile, error) {
+// previousSubnets reads the subnet file the last run wrote.
+func (d *daemon) previousSubnets() lease.SubnetFile {
 	o, log := d.o, d.log
 	prev, err := lease.ReadSubnetFile(o.subnetFile)
 	if err != nil {
 		log.Warn("Could not read the previous subnet", "file", o.subnetFile, "error", err)
-	} else if prev.Subnet.IsValid() {
+	}
+	if prev.Subnet.IsValid() {
 		log.Info(fmt.Sprintf("Previous Subnet: %s", prev.Subnet))
 	}
-	ext, err := chooseInterface(o, log)
-	if err != nil {
-		return nil, prev, err
+	if prev.IPv6Subnet.IsValid() {
+		log.Info(fmt.Sprintf("Previous IPv6 Subnet: %s", prev.IPv6Subnet))
 	}
-	log.Info("Using interface", "name", ext.Name, "iface_ip", ext.IfaceAddr, "public_ip", ext.ExtAddr, "mtu", ext.MTU)
-	return ext, prev, nil
+	return prev
+}
+
+// configAndInterface waits for the network config, checks that this daemon
+// can serve it and picks the external interface for the address families
+// it enables, in upstream's order. A nil config and error means ctx ended
+// first: a clean shutdown.
+func (d *daemon) configAndInterface(ctx context.Context, cli *clientv3.Client) (*lease.Config, *extIface, error) {
+	cm := lease.NewManager(cli, lease.Options{Prefix: d.o.etcdPrefix, Logger: d.log})
+	defer cm.Close()
+	cfg, err := cm.WaitConfig(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, nil
+		}
+		return nil, nil, err
+	}
+	if cfg.BackendType != "udp" {
+		return nil, nil, fmt.Errorf("unknown backend type: %s (flannel-go implements only the udp backend)", cfg.BackendType)
+	}
+	if !cfg.EnableIPv4 && !cfg.EnableIPv6 {
+		return nil, nil, errors.New("none defined stack: the network config disables IPv4 (EnableIPv4 false) and does not enable IPv6 (EnableIPv6)")
+	}
+	ext, err := chooseInterface(d.o, stack{v4: cfg.EnableIPv4, v6: cfg.EnableIPv6}, d.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	d.log.Info("Using interface", "name", ext.Name, "iface_ip", ext.IfaceAddr, "public_ip", ext.ExtAddr,
+		"iface_ipv6", ext.IfaceV6Addr, "public_ipv6", ext.ExtV6Addr, "mtu", ext.MTU)
+	return cfg, ext, nil
 }
 
 func (d *daemon) newManager(cli *clientv3.Client, ext *extIface, prev lease.SubnetFile) *lease.Manager {
 	return lease.NewManager(cli, lease.Options{
-		Prefix:      d.o.etcdPrefix,
-		PublicIP:    ext.ExtAddr,
-		PrevSubnet:  prev.Subnet,
-		RenewMargin: d.o.renewMargin(),
-		Observer:    newLeaseMetrics(),
-		Identity:    claimIdentity(d.o, ext),
-		Logger:      d.log,
+		Prefix:         d.o.etcdPrefix,
+		PublicIP:       ext.ExtAddr,
+		PublicIPv6:     ext.ExtV6Addr,
+		PrevSubnet:     prev.Subnet,
+		PrevIPv6Subnet: prev.IPv6Subnet,
+		RenewMargin:    d.o.renewMargin(),
+		Observer:       newLeaseMetrics(),
+		Identity:       claimIdentity(d.o, ext),
+		Logger:         d.log,
 	})
 }
 
-// acquireLease waits for the network config, checks that this daemon can
-// serve it and acquires the lease. A nil config and error means ctx ended
-// first: a clean shutdown.
-func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager) (*lease.Config, lease.Lease, error) {
-	cfg, err := mgr.WaitConfig(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, lease.Lease{}, nil
-		}
-		return nil, lease.Lease{}, err
-	}
-	if cfg.BackendType != "udp" {
-		return nil, lease.Lease{}, fmt.Errorf("unknown backend type: %s (flannel-go implements only the udp backend)", cfg.BackendType)
-	}
-	if cfg.EnableIPv6 {
-		return nil, lease.Lease{}, errors.New("EnableIPv6 is set in the network config, but the udp backend carries IPv4 only: remove EnableIPv6 or use another backend")
-	}
+// acquireLease acquires the lease: IPv4, dual-stack or IPv6-only as the
+// config says. A zero lease and nil error means ctx ended first: a clean
+// shutdown.
+func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager, cfg *lease.Config) (lease.Lease, error) {
 	l, err := mgr.Acquire(ctx, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, lease.Lease{}, nil
+			return lease.Lease{}, nil
 		}
-		return nil, lease.Lease{}, fmt.Errorf("failed to acquire lease: %w", err)
+		return lease.Lease{}, fmt.Errorf("failed to acquire lease: %w", err)
 	}
-	return cfg, l, nil
+	if cfg.EnableIPv6 && cfg.EnableIPv4 {
+		d.log.Info(fmt.Sprintf("Dual-stack lease: IPv6 subnet %s of %s is leased and written to the subnet file; "+
+			"the udp backend carries IPv4 only, as upstream's: IPv6 packets are not forwarded between nodes", l.IPv6Subnet, cfg.IPv6Network))
+	}
+	return l, nil
 }
 
 // dataPlane is the TUN device, the router on it and, when it runs, the
@@ -295,16 +320,19 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 
 // setupHost installs the blackhole route and the iptables rules and writes
 // the subnet file; it reports whether the file was written.
-func (d *daemon) setupHost(cfg *lease.Config, prev lease.SubnetFile, subnet netip.Prefix, mtu int) (bool, error) {
+func (d *daemon) setupHost(cfg *lease.Config, prev lease.SubnetFile, l lease.Lease, mtu int) (bool, error) {
 	if d.o.ipBlackholeRoute {
-		if err := addBlackholeRoute(subnet); err != nil {
+		if err := addBlackholeRoute(l.Subnet); err != nil {
 			return false, err
 		}
 	}
-	if _, err := d.setupRules(cfg, prev, subnet); err != nil {
+	if _, err := d.setupRules(cfg, prev, l.Subnet); err != nil {
 		return false, err
 	}
-	return d.writeSubnetFile(cfg, subnet, mtu), nil
+	if cfg.EnableIPv6 && (d.o.ipMasq || d.o.ipBlackholeRoute) {
+		d.log.Warn("--ip-masq and --ip-blackhole-route cover the IPv4 network only: no IPv6 masquerade rules or blackhole route are installed (upstream installs them with ip6tables)")
+	}
+	return d.writeSubnetFile(cfg, l, mtu), nil
 }
 
 // runLoops runs the data plane, the lease watch, the route sync, the rule
@@ -331,7 +359,7 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 		wg.Go(func() { d.resync(runCtx) })
 	}
 	wg.Go(func() {
-		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dp.dev, dp.rt, nl, dp.mtu) })
+		err := mgr.Keep(runCtx, cfg, l, func(nl lease.Lease) { d.leaseChanged(cfg, dp, nl) })
 		if err != nil && runCtx.Err() == nil {
 			errc <- fmt.Errorf("keep lease: %w", err)
 		}
@@ -360,18 +388,25 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 // nodeIdentity names this node in PublicIP conflict messages.
 func nodeIdentity(ext *extIface) string {
 	host, _ := os.Hostname()
-	return fmt.Sprintf("host %s, interface %s %s", host, ext.Name, ext.IfaceAddr)
+	addr := ext.IfaceAddr
+	if !addr.IsValid() {
+		addr = ext.IfaceV6Addr
+	}
+	return fmt.Sprintf("host %s, interface %s %s", host, ext.Name, addr)
 }
 
-// writeSubnetFile writes the subnet file; a failure is only a warning, as
-// upstream, but the daemon then never reports ready.
-func (d *daemon) writeSubnetFile(cfg *lease.Config, subnet netip.Prefix, mtu int) bool {
-	err := lease.WriteSubnetFile(d.o.subnetFile, lease.SubnetFile{
-		Network: cfg.Network,
-		Subnet:  subnet,
-		MTU:     mtu,
-		IPMasq:  d.o.ipMasq,
-	})
+// writeSubnetFile writes the subnet file with the lines of the families
+// the config enables; a failure is only a warning, as upstream, but the
+// daemon then never reports ready.
+func (d *daemon) writeSubnetFile(cfg *lease.Config, l lease.Lease, mtu int) bool {
+	sf := lease.SubnetFile{MTU: mtu, IPMasq: d.o.ipMasq}
+	if cfg.EnableIPv4 {
+		sf.Network, sf.Subnet = cfg.Network, l.Subnet
+	}
+	if cfg.EnableIPv6 {
+		sf.IPv6Network, sf.IPv6Subnet = cfg.IPv6Network, l.IPv6Subnet
+	}
+	err := lease.WriteSubnetFile(d.o.subnetFile, sf)
 	if err != nil {
 		d.log.Warn("Failed to write the subnet file", "file", d.o.subnetFile, "error", err)
 		return false
@@ -381,13 +416,17 @@ func (d *daemon) writeSubnetFile(cfg *lease.Config, subnet netip.Prefix, mtu int
 
 // leaseChanged moves the node to a re-acquired lease: the TUN address, the
 // router's own subnet and the subnet file follow it.
-func (d *daemon) leaseChanged(cfg *lease.Config, dev *tun.Device, rt *router.Router, nl lease.Lease, mtu int) {
+func (d *daemon) leaseChanged(cfg *lease.Config, dp *dataPlane, nl lease.Lease) {
 	d.subnetMu.Lock()
 	defer d.subnetMu.Unlock()
+	dev, rt, mtu := dp.dev, dp.rt, dp.mtu
 	old := d.ownSubnet()
 	d.ownNet.Store(&nl.Subnet)
 	if old == nl.Subnet {
-		d.log.Info("Lease re-acquired", "subnet", nl.Subnet)
+		d.log.Info("Lease re-acquired", "subnet", nl.Subnet, "ipv6_subnet", nl.IPv6Subnet)
+		if cfg.EnableIPv6 {
+			d.ready.Store(d.writeSubnetFile(cfg, nl, mtu))
+		}
 		return
 	}
 	d.log.Warn("Lease re-acquired with a different subnet; containers on the old subnet must be restarted",
@@ -412,7 +451,7 @@ func (d *daemon) leaseChanged(cfg *lease.Config, dev *tun.Device, rt *router.Rou
 			d.log.Error("Update iptables rules for the new subnet", "error", err)
 		}
 	}
-	d.ready.Store(d.writeSubnetFile(cfg, nl.Subnet, mtu))
+	d.ready.Store(d.writeSubnetFile(cfg, nl, mtu))
 }
 
 // setupRules installs the --ip-masq and --iptables-forward-rules rules for

@@ -30,6 +30,7 @@ type options struct {
 	ifaceRegexes  stringList
 	ifaceCanReach string
 	publicIP      string
+	publicIPv6    string
 	publicIPClaim bool
 
 	subnetFile        string
@@ -88,6 +89,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.Var(&o.ifaceRegexes, "iface-regex", "regex expression to match the first interface to use (IP or name) for inter-host communication; can be given more than once")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "detect the interface to use by the route to this IP")
 	fs.StringVar(&o.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication")
+	fs.StringVar(&o.publicIPv6, "public-ipv6", "", "IPv6 accessible by other nodes for inter-host communication")
 	fs.BoolVar(&o.publicIPClaim, "public-ip-claim", true, "claim the PublicIP in etcd under <etcd-prefix>/flannel-go/public-ips/, so that a second node with the same PublicIP waits instead of sharing this node's lease")
 
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ... ) will be written to")

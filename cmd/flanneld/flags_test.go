@@ -118,14 +118,14 @@ func TestUpstreamFlagsAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.verbosity != 3 || logLevel(o.verbosity) != slog.LevelDebug || strings.Join(o.ifaces, ",") != "eth0" {
+	if o.verbosity != 3 || logLevel(o.verbosity) != slog.LevelDebug || strings.Join(o.ifaces, ",") != "eth0" || o.publicIPv6 != "2001:db8::1" {
 		t.Errorf("known flags not parsed along: %+v", o)
 	}
 	out := logs.String()
 	if n := strings.Count(out, "level=WARN"); n != 1 {
 		t.Errorf("%d warnings, want 1:\n%s", n, out)
 	}
-	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--public-ipv6", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR"} {
+	for _, w := range []string{"--vmodule", "--log_backtrace_at", "--logtostderr", "--alsologtostderr", "--stderrthreshold", "FLANNELD_LOG_DIR"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("warning does not name %s:\n%s", w, out)
 		}
@@ -133,8 +133,8 @@ func TestUpstreamFlagsAccepted(t *testing.T) {
 	if strings.Contains(out, "/var/log/flannel") {
 		t.Errorf("the warning repeats a value:\n%s", out)
 	}
-	if strings.Contains(out, "kube-subnet-mgr") || strings.Contains(out, "-v=") {
-		t.Errorf("--kube-subnet-mgr=false or -v reported as ignored:\n%s", out)
+	if strings.Contains(out, "kube-subnet-mgr") || strings.Contains(out, "-v=") || strings.Contains(out, "public-ipv6") {
+		t.Errorf("--kube-subnet-mgr=false, -v or --public-ipv6 reported as ignored:\n%s", out)
 	}
 }
 
@@ -223,5 +223,32 @@ func TestFastPathFlag(t *testing.T) {
 	_, err = parse(t, []string{"--fast-path=yes"}, nil)
 	if err == nil || !strings.Contains(err.Error(), "--fast-path must be auto, on or off") {
 		t.Fatalf("--fast-path=yes: %v, want an error naming the choices", err)
+	}
+}
+
+// TestPublicIPv6Flag: --public-ipv6 is a flag of ours now, filled from
+// FLANNELD_PUBLIC_IPV6 like every other, and no warning names it.
+func TestPublicIPv6Flag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--public-ipv6=2001:db8::7"}, nil, "2001:db8::7"},
+		{nil, map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::8"}, "2001:db8::8"},
+		{[]string{"-public-ipv6", "2001:db8::7"}, map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::8"}, "2001:db8::7"},
+	} {
+		var logs bytes.Buffer
+		o, err := parseOptions("flanneld", tc.args, func(k string) string { return tc.env[k] }, &logs, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Errorf("%v %v: %v", tc.args, tc.env, err)
+			continue
+		}
+		if o.publicIPv6 != tc.want {
+			t.Errorf("%v %v: publicIPv6 %q, want %q", tc.args, tc.env, o.publicIPv6, tc.want)
+		}
+		if strings.Contains(logs.String(), "public-ipv6") || strings.Contains(logs.String(), "PUBLIC_IPV6") {
+			t.Errorf("%v %v: warned about it:\n%s", tc.args, tc.env, logs.String())
+		}
 	}
 }

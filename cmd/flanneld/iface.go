@@ -20,65 +20,58 @@ type extIface struct {
 	Name      string
 	Index     int
 	MTU       int
-	IfaceAddr netip.Addr // bound by the UDP sockets
-	ExtAddr   netip.Addr // advertised in the lease (PublicIP)
+	IfaceAddr netip.Addr // IPv4, bound by the UDP sockets; invalid in an IPv6-only network
+	ExtAddr   netip.Addr // advertised in the lease (PublicIP) when IPv4 is enabled
+	// IfaceV6Addr is the interface's IPv6 address and ExtV6Addr the one
+	// advertised as PublicIPv6 (see publicV6); both are set only when the
+	// config enables IPv6, and may be invalid in a dual-stack network (the
+	// lease then says "PublicIPv6":null).
+	IfaceV6Addr netip.Addr
+	ExtV6Addr   netip.Addr
+}
+
+// stack is the address families the network config enables.
+type stack struct{ v4, v6 bool }
+
+// family is the one that picks the interface: IPv4 unless the network is
+// IPv6-only, as upstream's ipmatch.
+func (st stack) family() int {
+	if st.v4 {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
 }
 
 // chooseInterface picks the external interface as upstream does (spec 4.3):
 // --iface values in order, then --iface-regex, then --iface-can-reach; with
-// none of them, the interface owning --public-ip or the default route's.
-func chooseInterface(o *options, log *slog.Logger) (*extIface, error) {
-	var publicIP netip.Addr
-	if o.publicIP != "" {
-		ip, err := netip.ParseAddr(o.publicIP)
-		if err != nil || !ip.Is4() {
-			return nil, fmt.Errorf("invalid public IP address: %s", o.publicIP)
-		}
-		publicIP = ip
+// none of them, the interface owning --public-ip (--public-ipv6 in an
+// IPv6-only network) or the default route's. In an IPv6-only network the
+// IPv6 addresses and the IPv6 default route decide.
+func chooseInterface(o *options, st stack, log *slog.Logger) (*extIface, error) {
+	publicIP, publicIPv6, err := parsePublicIPs(o)
+	if err != nil {
+		return nil, err
 	}
-
+	fam := st.family()
 	var ext *extIface
 	switch {
 	case len(o.ifaces) == 0 && len(o.ifaceRegexes) == 0 && o.ifaceCanReach == "":
-		var err error
-		if publicIP.IsValid() {
+		switch {
+		case fam == unix.AF_INET && publicIP.IsValid():
 			ext, err = ifaceByIP(publicIP)
-		} else {
-			ext, err = ifaceByDefaultRoute()
+		case fam == unix.AF_INET6 && publicIPv6.IsValid():
+			ext, err = ifaceByIP(publicIPv6)
+		default:
+			ext, err = ifaceByDefaultRoute(fam)
+		}
+		if err == nil {
+			err = ext.complete(fam)
 		}
 		if err != nil {
 			return nil, err
 		}
 	default:
-		for _, v := range o.ifaces {
-			e, err := ifaceByNameOrIP(v)
-			if err != nil {
-				log.Info("Could not use interface", "iface", v, "error", err)
-				continue
-			}
-			ext = e
-			break
-		}
-		for _, re := range o.ifaceRegexes {
-			if ext != nil {
-				break
-			}
-			e, err := ifaceByRegex(re)
-			if err != nil {
-				log.Info("Could not match an interface", "iface-regex", re, "error", err)
-				continue
-			}
-			ext = e
-		}
-		if ext == nil && o.ifaceCanReach != "" {
-			e, err := ifaceCanReach(o.ifaceCanReach)
-			if err != nil {
-				log.Info("Could not find the interface that reaches the address", "iface-can-reach", o.ifaceCanReach, "error", err)
-			} else {
-				ext = e
-			}
-		}
-		if ext == nil {
+		if ext = ifaceByFlags(o, fam, log); ext == nil {
 			//lint:ignore ST1005 upstream's exact text
 			return nil, errors.New("Failed to find interface to use that matches the interfaces and/or regexes provided")
 		}
@@ -86,13 +79,121 @@ func chooseInterface(o *options, log *slog.Logger) (*extIface, error) {
 	if ext.MTU == 0 {
 		return nil, fmt.Errorf("failed to determine MTU for %s interface", ext.Name)
 	}
-	ext.ExtAddr = ext.IfaceAddr
-	if publicIP.IsValid() {
-		ext.ExtAddr = publicIP
-	} else {
-		log.Info(fmt.Sprintf("Defaulting external address to interface address (%s)", ext.IfaceAddr))
+	if st.v4 {
+		ext.ExtAddr = ext.IfaceAddr
+		if publicIP.IsValid() {
+			ext.ExtAddr = publicIP
+		} else {
+			log.Info(fmt.Sprintf("Defaulting external address to interface address (%s)", ext.IfaceAddr))
+		}
+	}
+	if st.v6 {
+		ext.publicV6(publicIPv6, st.v4, log)
 	}
 	return ext, nil
+}
+
+// parsePublicIPs reads --public-ip and --public-ipv6.
+func parsePublicIPs(o *options) (v4, v6 netip.Addr, err error) {
+	if o.publicIP != "" {
+		ip, err := netip.ParseAddr(o.publicIP)
+		if err != nil || !ip.Is4() {
+			return v4, v6, fmt.Errorf("invalid public IP address: %s", o.publicIP)
+		}
+		v4 = ip
+	}
+	if o.publicIPv6 != "" {
+		ip, err := netip.ParseAddr(o.publicIPv6)
+		if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
+			return v4, v6, fmt.Errorf("invalid public IPv6 address: %s", o.publicIPv6)
+		}
+		v6 = ip
+	}
+	return v4, v6, nil
+}
+
+// ifaceByFlags tries --iface, then --iface-regex, then --iface-can-reach;
+// nil when none of them gives an interface with an address of family fam.
+func ifaceByFlags(o *options, fam int, log *slog.Logger) *extIface {
+	for _, v := range o.ifaces {
+		e, err := ifaceByNameOrIP(v)
+		if err == nil {
+			err = e.complete(fam)
+		}
+		if err != nil {
+			log.Info("Could not use interface", "iface", v, "error", err)
+			continue
+		}
+		return e
+	}
+	for _, re := range o.ifaceRegexes {
+		e, err := ifaceByRegex(re, fam)
+		if err == nil {
+			err = e.complete(fam)
+		}
+		if err != nil {
+			log.Info("Could not match an interface", "iface-regex", re, "error", err)
+			continue
+		}
+		return e
+	}
+	if o.ifaceCanReach != "" {
+		e, err := ifaceCanReach(o.ifaceCanReach)
+		if err == nil {
+			err = e.complete(fam)
+		}
+		if err != nil {
+			log.Info("Could not find the interface that reaches the address", "iface-can-reach", o.ifaceCanReach, "error", err)
+			return nil
+		}
+		return e
+	}
+	return nil
+}
+
+// complete fills in the interface's first usable address of family fam
+// when the selection did not name one.
+func (e *extIface) complete(fam int) error {
+	if fam == unix.AF_INET && !e.IfaceAddr.IsValid() {
+		addrs := usableAddrs(e.Index, unix.AF_INET)
+		if len(addrs) == 0 {
+			return fmt.Errorf("failed to find IPv4 address for interface %s", e.Name)
+		}
+		e.IfaceAddr = addrs[0]
+	}
+	if fam == unix.AF_INET6 && !e.IfaceV6Addr.IsValid() {
+		addrs := usableAddrs(e.Index, unix.AF_INET6)
+		if len(addrs) == 0 {
+			return fmt.Errorf("failed to find IPv6 address for interface %s", e.Name)
+		}
+		e.IfaceV6Addr = addrs[0]
+	}
+	return nil
+}
+
+// publicV6 sets the IPv6 addresses of a network with IPv6 enabled. The
+// interface's IPv6 address is looked up in any case; PublicIPv6 is
+// --public-ipv6 if given. Without it, an IPv6-only node advertises its
+// interface address, while a dual-stack node leaves PublicIPv6 null as
+// upstream's udp backend always does: its peers reach it over IPv4, and an
+// interface address (often link-local only) would make every lease value
+// differ from upstream's bytes.
+func (e *extIface) publicV6(public netip.Addr, dual bool, log *slog.Logger) {
+	if !e.IfaceV6Addr.IsValid() {
+		if addrs := usableAddrs(e.Index, unix.AF_INET6); len(addrs) > 0 {
+			e.IfaceV6Addr = addrs[0]
+		}
+	}
+	switch {
+	case public.IsValid():
+		e.ExtV6Addr = public
+		log.Info(fmt.Sprintf("Using %s as external address", public))
+	case dual:
+		log.Info("Dual-stack network: the lease's PublicIPv6 stays null, as upstream's udp backend writes it (give --public-ipv6 to advertise one)")
+	default:
+		e.ExtV6Addr = e.IfaceV6Addr
+		log.Info(fmt.Sprintf("Defaulting external v6 address to interface address (%s)", e.IfaceV6Addr))
+	}
 }
 
 func ifaceByNameOrIP(v string) (*extIface, error) {
@@ -103,7 +204,7 @@ func ifaceByNameOrIP(v string) (*extIface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("error looking up interface %s: %w", v, err)
 	}
-	return fromLink(link, netip.Addr{})
+	return fromLink(link, netip.Addr{}), nil
 }
 
 // ifaceByIP returns the interface holding ip, with ip as its address.
@@ -112,38 +213,50 @@ func ifaceByIP(ip netip.Addr) (*extIface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
+	fam := unix.AF_INET
+	if ip.Is6() {
+		fam = unix.AF_INET6
+	}
 	for _, l := range links {
-		for _, a := range usableAddrs(l) {
+		for _, a := range usableAddrs(l.Attrs().Index, fam) {
 			if a == ip {
-				return fromLink(l, ip)
+				return fromLink(l, ip), nil
 			}
 		}
 	}
 	return nil, fmt.Errorf("no interface with address %s", ip)
 }
 
-func ifaceByDefaultRoute() (*extIface, error) {
-	routes, err := netlink.RouteList(nil, unix.AF_INET)
+// ifaceByDefaultRoute returns the interface of the first default route of
+// family fam, with upstream's error texts.
+func ifaceByDefaultRoute(fam int) (*extIface, error) {
+	routes, err := netlink.RouteList(nil, fam)
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
+	v6 := ""
+	if fam == unix.AF_INET6 {
+		v6 = " v6"
+	}
 	for _, r := range routes {
-		if r.Dst != nil && r.Dst.String() != "0.0.0.0/0" {
+		if r.Dst != nil && r.Dst.String() != "0.0.0.0/0" && r.Dst.String() != "::/0" {
 			continue
 		}
 		if r.LinkIndex <= 0 {
-			return nil, errors.New("found default route but could not determine interface")
+			return nil, fmt.Errorf("found default%s route but could not determine interface", v6)
 		}
 		link, err := netlink.LinkByIndex(r.LinkIndex)
 		if err != nil {
-			return nil, fmt.Errorf("found default route but could not determine interface: %w", err)
+			return nil, fmt.Errorf("found default%s route but could not determine interface: %w", v6, err)
 		}
-		return fromLink(link, netip.Addr{})
+		return fromLink(link, netip.Addr{}), nil
 	}
-	return nil, errors.New("unable to find default route")
+	return nil, fmt.Errorf("unable to find default%s route", v6)
 }
 
-func ifaceByRegex(expr string) (*extIface, error) {
+// ifaceByRegex returns the first interface with an address of family fam
+// that matches expr, else the first whose name matches.
+func ifaceByRegex(expr string, fam int) (*extIface, error) {
 	re, err := regexp.Compile(expr)
 	if err != nil {
 		return nil, fmt.Errorf("bad --iface-regex %q: %w", expr, err)
@@ -153,17 +266,15 @@ func ifaceByRegex(expr string) (*extIface, error) {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
 	for _, l := range links {
-		for _, a := range usableAddrs(l) {
+		for _, a := range usableAddrs(l.Attrs().Index, fam) {
 			if re.MatchString(a.String()) {
-				return fromLink(l, a)
+				return fromLink(l, a), nil
 			}
 		}
 	}
 	for _, l := range links {
-		if re.MatchString(l.Attrs().Name) {
-			if e, err := fromLink(l, netip.Addr{}); err == nil {
-				return e, nil
-			}
+		if re.MatchString(l.Attrs().Name) && len(usableAddrs(l.Attrs().Index, fam)) > 0 {
+			return fromLink(l, netip.Addr{}), nil
 		}
 	}
 	return nil, fmt.Errorf("no interface or address matches %q", expr)
@@ -171,7 +282,7 @@ func ifaceByRegex(expr string) (*extIface, error) {
 
 func ifaceCanReach(target string) (*extIface, error) {
 	ip := net.ParseIP(target)
-	if ip == nil || ip.To4() == nil {
+	if ip == nil {
 		return nil, fmt.Errorf("invalid --iface-can-reach address %q", target)
 	}
 	routes, err := netlink.RouteGet(ip)
@@ -182,31 +293,29 @@ func ifaceCanReach(target string) (*extIface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("route to %s: %w", target, err)
 	}
-	var src netip.Addr
-	if a, ok := netip.AddrFromSlice(routes[0].Src.To4()); ok {
-		src = a
-	}
-	return fromLink(link, src)
+	src, _ := netip.AddrFromSlice(routes[0].Src)
+	return fromLink(link, src.Unmap()), nil
 }
 
-// fromLink describes link; addr, when valid, is the address to use,
-// otherwise the first usable IPv4 address is taken.
-func fromLink(link netlink.Link, addr netip.Addr) (*extIface, error) {
+// fromLink describes link; addr, when valid, is the address of its family
+// to use, otherwise complete takes the first usable one.
+func fromLink(link netlink.Link, addr netip.Addr) *extIface {
 	a := link.Attrs()
-	if !addr.IsValid() {
-		addrs := usableAddrs(link)
-		if len(addrs) == 0 {
-			return nil, fmt.Errorf("failed to find IPv4 address for interface %s", a.Name)
-		}
-		addr = addrs[0]
+	e := &extIface{Name: a.Name, Index: a.Index, MTU: a.MTU}
+	switch {
+	case addr.Is4():
+		e.IfaceAddr = addr
+	case addr.Is6():
+		e.IfaceV6Addr = addr
 	}
-	return &extIface{Name: a.Name, Index: a.Index, MTU: a.MTU, IfaceAddr: addr}, nil
+	return e
 }
 
-// usableAddrs lists link's global or link-local unicast IPv4 addresses that
-// are not deprecated: global before link-local, permanent before dynamic.
-func usableAddrs(link netlink.Link) []netip.Addr {
-	list, err := netlink.AddrList(link, unix.AF_INET)
+// usableAddrs lists the link's global or link-local unicast addresses of
+// family fam that are not deprecated: global before link-local, permanent
+// before dynamic, as upstream's.
+func usableAddrs(index, fam int) []netip.Addr {
+	list, err := netlink.AddrList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: index}}, fam)
 	if err != nil {
 		return nil
 	}
@@ -216,8 +325,9 @@ func usableAddrs(link netlink.Link) []netip.Addr {
 	}
 	var cs []cand
 	for _, a := range list {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok || a.Flags&unix.IFA_F_DEPRECATED != 0 {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		ip = ip.Unmap()
+		if !ok || a.Flags&unix.IFA_F_DEPRECATED != 0 || ip.Is4() != (fam == unix.AF_INET) {
 			continue
 		}
 		if !ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() {

@@ -39,16 +39,13 @@ func (f *foreignFlag) Set(v string) error {
 // IsBoolFlag lets a boolean one be given without a value, as in upstream.
 func (f *foreignFlag) IsBoolFlag() bool { return f.isBool }
 
-// ignoredFlags are upstream v0.28.9's flags that mean nothing to the udp
-// backend over etcd (--public-ipv6: the udp backend carries IPv4 only), and
-// the klog flags: upstream copies -v, --vmodule and --log_backtrace_at into
+// ignoredFlags are the klog flags: upstream copies -v, --vmodule and --log_backtrace_at into
 // its flag set; the other klog flags are accepted too, since a unit that
 // names one has no reason to fail here. The value is the default shown by -h.
 var ignoredFlags = map[string]struct {
 	isBool bool
 	def    string
 }{
-	"public-ipv6":                      {false, ""},
 	"vmodule":                          {false, ""},
 	"log_backtrace_at":                 {false, ""},
 	"logtostderr":                      {true, "true"},

@@ -299,3 +299,22 @@ func TestMainReadsProcessEnvironment(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// TestIPv6Lines: upstream's mk-docker-opts.sh reads no FLANNEL_IPV6_*
+// variable, so a dual-stack file gives exactly the IPv4 output, and an
+// IPv6-only file (no FLANNEL_SUBNET) gives no --bip and no route check.
+func TestIPv6Lines(t *testing.T) {
+	dual := "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.74.1/24\nFLANNEL_IPV6_NETWORK=2001:db8:100::/48\n" +
+		"FLANNEL_IPV6_SUBNET=2001:db8:100:1a::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n"
+	if r := run(t, dual, nil, nil); r.code != 0 || r.out != lineBIP+lineIPMasq+lineMTU+`DOCKER_OPTS="`+combinedOpts {
+		t.Errorf("dual-stack file: exit %d, stderr %q, output:\n%s", r.code, r.stderr, r.out)
+	}
+	v6 := "FLANNEL_IPV6_NETWORK=2001:db8:100::/48\nFLANNEL_IPV6_SUBNET=2001:db8:100:1a::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n"
+	r := run(t, v6, nil, func() ([]string, error) {
+		t.Error("routing table read without FLANNEL_SUBNET")
+		return nil, nil
+	})
+	if want := lineIPMasq + lineMTU + `DOCKER_OPTS=" --ip-masq=true --mtu=1472"` + "\n"; r.code != 0 || r.out != want {
+		t.Errorf("IPv6-only file: exit %d, stderr %q, output:\n%s\nwant:\n%s", r.code, r.stderr, r.out, want)
+	}
+}

@@ -76,6 +76,10 @@ func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t Table) 
 func (s *Syncer) apply(events []lease.Event) {
 	for _, ev := range events {
 		subnet, ip := ev.Lease.Subnet, ev.Lease.PublicIP
+		if !subnet.IsValid() {
+			// An IPv6-only lease: nothing to route over IPv4.
+			continue
+		}
 		switch ev.Type {
 		case lease.EventAdded:
 			// Renewals arrive as Added again; only a new or moved subnet is news.

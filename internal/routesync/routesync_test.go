@@ -52,6 +52,11 @@ func TestRunFollowsEvents(t *testing.T) {
 	if got, want := next(), []string{"198.18.1.0/24>192.0.2.1", "198.18.2.0/24>192.0.2.2"}; !slices.Equal(got, want) {
 		t.Fatalf("routes %v, want %v", got, want)
 	}
+	// An IPv6-only lease (no IPv4 subnet) adds no route.
+	events <- []lease.Event{{Type: lease.EventAdded, Lease: lease.Lease{IPv6Subnet: netip.MustParsePrefix("2001:db8:100:2c::/64"), PublicIPv6: netip.MustParseAddr("2001:db8:ff::3")}}}
+	if got, want := next(), []string{"198.18.1.0/24>192.0.2.1", "198.18.2.0/24>192.0.2.2"}; !slices.Equal(got, want) {
+		t.Fatalf("routes %v after an IPv6-only lease, want %v", got, want)
+	}
 	// A moved subnet, a removal, and the removal of something unknown.
 	events <- []lease.Event{ev(lease.EventAdded, "198.18.2.0/24", "192.0.2.9"), ev(lease.EventRemoved, "198.18.1.0/24", "192.0.2.1"), ev(lease.EventRemoved, "198.18.7.0/24", "192.0.2.7")}
 	if got, want := next(), []string{"198.18.2.0/24>192.0.2.9"}; !slices.Equal(got, want) {
