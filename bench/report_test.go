@@ -236,3 +236,14 @@ func readFile(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+func TestParseProcPidStat(t *testing.T) {
+	line := "4242 (flan ne)ld) S 1 4242 4242 0 -1 4194560 1000 0 0 0 17 25 0 0 20 0 9 0 100 0 0\n"
+	got, err := ParseProcPidStat(line)
+	if err != nil || got != 42 {
+		t.Fatalf("ParseProcPidStat = %d, %v; want 42", got, err)
+	}
+	if _, err := ParseProcPidStat("4242 (x) S 1"); err == nil {
+		t.Fatal("a short line parsed")
+	}
+}

@@ -124,3 +124,32 @@ func buildICMPError(out []byte, p []byte, hlen int, src [4]byte, typ, code, ttl 
 	binary.BigEndian.PutUint16(icmp[2:4], checksum(icmp))
 	return n
 }
+
+// sameFlow reports whether the IPv4 packets a and b (at least their
+// headers) have the same addresses, protocol and, for TCP and UDP, ports.
+func sameFlow(a, b []byte) bool {
+	if len(a) < 20 || len(b) < 20 || a[9] != b[9] || [8]byte(a[12:20]) != [8]byte(b[12:20]) {
+		return false
+	}
+	if a[9] != 6 && a[9] != 17 {
+		return true
+	}
+	ha, hb := int(a[0]&0xf)*4, int(b[0]&0xf)*4
+	if len(a) < ha+4 || len(b) < hb+4 {
+		return false
+	}
+	return [4]byte(a[ha:ha+4]) == [4]byte(b[hb:hb+4])
+}
+
+// flowHash hashes the addresses, protocol and (TCP, UDP) ports of the IPv4
+// packet p into a byte; short packets hash to 0.
+func flowHash(p []byte) uint8 {
+	if len(p) < 20 {
+		return 0
+	}
+	h := binary.BigEndian.Uint32(p[12:16])*0x9e3779b1 ^ binary.BigEndian.Uint32(p[16:20])*0x85ebca77 ^ uint32(p[9])
+	if hl := int(p[0]&0xf) * 4; (p[9] == 6 || p[9] == 17) && len(p) >= hl+4 {
+		h ^= binary.BigEndian.Uint32(p[hl:hl+4]) * 0xc2b2ae3d
+	}
+	return uint8(h>>24 ^ h>>16 ^ h>>8 ^ h)
+}

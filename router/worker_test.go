@@ -79,16 +79,12 @@ func loadGRO(w *worker, i int, from netip.Addr, gso int, pkts [][]byte) {
 	m.Len = uint32(n)
 	m.Hdr.Flags = 0
 	w.inNames[i].Addr = from.As4()
-	ctl := w.inCtl[i*groCtlLen : (i+1)*groCtlLen]
+	ctl := w.inCtl[i*inCtlLen : (i+1)*inCtlLen]
 	c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
 	c.Level, c.Type = unix.SOL_UDP, unix.UDP_GRO
 	c.SetLen(unix.CmsgLen(4))
 	binary.NativeEndian.PutUint32(ctl[unix.CmsgLen(0):], uint32(gso))
 	m.Hdr.SetControllen(unix.CmsgLen(4))
-}
-
-func iovBytes(iov unix.Iovec) []byte {
-	return unsafe.Slice(iov.Base, iov.Len)
 }
 
 func TestEgressBatch(t *testing.T) {

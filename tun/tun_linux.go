@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/flannel-go/flannel-go/internal/fdpoll"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -237,12 +238,12 @@ type queue struct {
 	// after a call's first go to spare, because a super-packet's segment
 	// count is known only once it was read; one that does not fit into
 	// the buffers left stays there (pending) for the next call.
-	rpoll   [2]unix.PollFd
+	rpoll   *fdpoll.Waiter
 	spare   []byte
 	pending int // bytes in spare waiting for the next Read, -1 for none
 
 	wmu   sync.Mutex // serialises writers; guards the fields below
-	wpoll [2]unix.PollFd
+	wpoll *fdpoll.Waiter
 	gro   groTable
 	trust bool
 	hdr   [vnetHdrLen]byte
@@ -264,8 +265,9 @@ func newQueue(fd int, off Offloads, o options) (*queue, error) {
 	if off.VnetHdr {
 		q.spare = make([]byte, vnetHdrLen+maxIPv4Total)
 	}
-	q.rpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(evfd), Events: unix.POLLIN}}
-	q.wpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(evfd), Events: unix.POLLIN}}
+	q.rpoll = fdpoll.New(fd, unix.POLLIN, evfd, o.busyPoll)
+	// A full TUN write queue drains at the kernel's pace: no spin.
+	q.wpoll = fdpoll.New(fd, unix.POLLOUT, evfd, 0)
 	return q, nil
 }
 
@@ -298,22 +300,16 @@ func (q *queue) Close() error {
 	return nil
 }
 
-// wait sleeps until pfd[0] is ready or the queue is closed.
-func (q *queue) wait(pfd *[2]unix.PollFd) error {
-	for {
-		pfd[0].Revents, pfd[1].Revents = 0, 0
-		_, err := unix.Poll(pfd[:], -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return os.NewSyscallError("poll", err)
-		}
-		if pfd[1].Revents != 0 || q.closed.Load() {
-			return os.ErrClosed
-		}
-		return nil
+// wait sleeps until w's fd is ready or the queue is closed.
+func (q *queue) wait(w *fdpoll.Waiter) error {
+	err := w.Wait()
+	if errors.Is(err, fdpoll.ErrStopped) || q.closed.Load() {
+		return os.ErrClosed
 	}
+	if err != nil {
+		return os.NewSyscallError("poll", err)
+	}
+	return nil
 }
 
 // read reads one packet into b, sleeping while there is none.
@@ -322,10 +318,11 @@ func (q *queue) read(b []byte) (int, error) {
 		n, err := unix.Read(q.fd, b)
 		switch err {
 		case nil:
+			q.rpoll.Active()
 			return n, nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := q.wait(&q.rpoll); err != nil {
+			if err := q.wait(q.rpoll); err != nil {
 				return 0, err
 			}
 		default:
@@ -528,7 +525,7 @@ func (q *queue) writev(n int) error {
 			return nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := q.wait(&q.wpoll); err != nil {
+			if err := q.wait(q.wpoll); err != nil {
 				return err
 			}
 		default:

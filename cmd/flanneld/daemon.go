@@ -142,7 +142,7 @@ func (d *daemon) run(parent context.Context) error {
 	d.ownNet.Store(&l.Subnet)
 
 	raiseGOMAXPROCS(o.queues, log)
-	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums))
+	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums), tun.WithBusyPoll(o.busyPoll))
 	if err != nil {
 		return fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
 	}
@@ -168,6 +168,9 @@ func (d *daemon) run(parent context.Context) error {
 		StrictSource:       o.strictSource,
 		MTU:                mtu,
 		DisableOffloads:    !o.offloads,
+		BusyPoll:           o.busyPoll,
+		AQMTarget:          o.aqmTarget,
+		AQMInterval:        o.aqmInterval,
 		Logger:             log,
 	}, dev.Queues)
 	if err != nil {

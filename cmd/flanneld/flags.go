@@ -49,6 +49,9 @@ type options struct {
 	strictSource       bool
 	offloads           bool
 	verifyChecksums    bool
+	busyPoll           time.Duration
+	aqmTarget          time.Duration
+	aqmInterval        time.Duration
 
 	verbosity int
 	version   bool
@@ -103,6 +106,9 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
 	fs.BoolVar(&o.strictSource, "strict-source", false, "drop overlay packets whose inner source is outside the sending node's subnet (breaks NodePort-style forwarding that keeps the client's address)")
 	fs.BoolVar(&o.offloads, "offloads", true, "use TSO/GRO on the TUN device and UDP GSO/GRO on the sockets where the kernel has them")
+	fs.DurationVar(&o.busyPoll, "busy-poll", 200*time.Microsecond, "after forwarding a packet, data-plane threads check for the next one this long without sleeping (0 disables); an idle daemon still sleeps")
+	fs.DurationVar(&o.aqmTarget, "aqm-target", 250*time.Microsecond, "queueing delay in front of the data plane (TUN queue, socket receive queue) above which, once it stood for --aqm-interval, a bulk flow's packet is ECN-marked or dropped (CoDel); 0 disables")
+	fs.DurationVar(&o.aqmInterval, "aqm-interval", 2500*time.Microsecond, "how long the queueing delay must stand above --aqm-target before CoDel acts, and its base spacing between signals")
 	fs.BoolVar(&o.verifyChecksums, "verify-checksums", false, "re-verify inner TCP/UDP checksums of received packets instead of trusting the outer UDP checksum")
 
 	fs.IntVar(&o.verbosity, "v", 0, "log verbosity; 1 or more enables debug logs")
@@ -171,6 +177,12 @@ func (o *options) validate() error {
 	}
 	if o.tunTxQueueLen < 1 || o.tunTxQueueLen > 1<<20 {
 		errs = append(errs, fmt.Errorf("--tun-txqueuelen must be between 1 and 1048576, got %d", o.tunTxQueueLen))
+	}
+	if o.busyPoll < 0 || o.busyPoll > 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--busy-poll must be between 0 and 10ms, got %s", o.busyPoll))
+	}
+	if o.aqmTarget < 0 || o.aqmInterval <= 0 || o.aqmInterval > time.Second || o.aqmTarget > o.aqmInterval {
+		errs = append(errs, fmt.Errorf("--aqm-target (%s) must be between 0 and --aqm-interval (%s), which must be above 0 and at most 1s", o.aqmTarget, o.aqmInterval))
 	}
 	if o.iptablesResync < 1 {
 		errs = append(errs, fmt.Errorf("--iptables-resync must be at least 1 second, got %d", o.iptablesResync))

@@ -95,6 +95,7 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 		{"tun_write_error", s.Drops.TunWriteError},
 		{"tun_read", s.Drops.TunRead},
 		{"strict_source", s.Drops.StrictSource},
+		{"codel", s.Drops.CoDel},
 	} {
 		p.sample("flannel_router_dropped_packets_total", `reason="`+d.reason+`"`, d.n)
 	}
@@ -102,6 +103,9 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
 	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")
 	p.sample("flannel_router_icmp_errors_rate_limited_total", "", s.ICMPRateLimited)
+	p.family("flannel_router_ecn_ce_marked_total", "counter", "ECN-capable inner packets marked Congestion Experienced by the AQM instead of a drop, by direction.")
+	p.sample("flannel_router_ecn_ce_marked_total", `direction="in"`, s.RxCEMarked)
+	p.sample("flannel_router_ecn_ce_marked_total", `direction="out"`, s.TxCEMarked)
 
 	p.family("flannel_router_batch_size", "histogram", "Packets per batch: per recvmmsg call (in), per TUN read after splitting super-packets (out).")
 	p.histogram("flannel_router_batch_size", "in", &s.RxBatchSizes, s.RxBatchPackets)
