@@ -24,12 +24,15 @@ const bedPrefix = "fgb"
 
 // flannelVariants are the flanneld configurations measured, each in fresh
 // namespaces, so that each technique's share is visible: the defaults, then
-// without offloads, then also with a single queue.
+// without busy-polling, without the AQM, without offloads, and also with a
+// single queue.
 var flannelVariants = []struct {
 	name string
 	args []string
 }{
 	{"flannel-go", nil},
+	{"no busy-poll", []string{"--busy-poll=0"}},
+	{"no AQM", []string{"--aqm-target=0"}},
 	{"no offloads", []string{"--offloads=false"}},
 	{"no offloads q=1", []string{"--offloads=false", "--queues=1"}},
 }
@@ -407,6 +410,9 @@ func BenchmarkDataPath(b *testing.B) {
 	reps, dur := 3, 10*time.Second
 	if *quickFlag {
 		reps, dur = 1, 3*time.Second
+	}
+	if *repsFlag > 0 {
+		reps = *repsFlag
 	}
 	results.Meta["reps"] = strconv.Itoa(reps)
 	results.Meta["duration"] = dur.String()

@@ -294,6 +294,10 @@ func TestSendFallback(t *testing.T) {
 			if d := w.eg.drops[dropSendError].Load(); d != c.drops || w.eg.packets.Load() != 1 {
 				t.Errorf("EPERM: %d dropped, %d sent; want 10 and 1", d, w.eg.packets.Load())
 			}
+			want := []SyscallError{{Op: "sendmmsg", Errno: "EPERM", Count: 1}}
+			if got := w.r.Stats().SyscallErrors; !slices.Equal(got, want) {
+				t.Errorf("EPERM: syscall errors %v, want %v", got, want)
+			}
 			continue
 		}
 		if w.r.Offloads().UDPGSO != c.gsoKept {

@@ -12,10 +12,12 @@
 package router
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,6 +209,17 @@ func (r *Router) Stats() Stats {
 		s.addDrops(&w.eg)
 		s.addDrops(&w.in)
 	}
+	m := map[[2]string]uint64{}
+	for _, w := range r.workers {
+		w.egErr.addTo(m)
+		w.inErr.addTo(m)
+	}
+	for k, v := range m {
+		s.SyscallErrors = append(s.SyscallErrors, SyscallError{Op: k[0], Errno: k[1], Count: v})
+	}
+	slices.SortFunc(s.SyscallErrors, func(a, b SyscallError) int {
+		return cmp.Or(cmp.Compare(a.Op, b.Op), cmp.Compare(a.Errno, b.Errno))
+	})
 	return s
 }
 

@@ -65,6 +65,10 @@ type Stats struct {
 	// TxBatchPackets and RxBatchPackets are the packets in those batches.
 	TxBatchPackets, RxBatchPackets uint64
 
+	// SyscallErrors counts failed data-plane calls by call and errno,
+	// sorted; calls that never failed are left out.
+	SyscallErrors []SyscallError
+
 	// Offloads in use when Stats was called.
 	Offloads Offloads
 }

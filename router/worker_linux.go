@@ -103,6 +103,8 @@ type worker struct {
 	rpoll   *fdpoll.Waiter
 
 	eg, in counters
+	// egErr and inErr count failed calls; each is owned by one goroutine.
+	egErr, inErr errnoCounts
 }
 
 // slab cuts n buffers of size bytes out of one allocation.
@@ -508,7 +510,11 @@ func (w *worker) runEgress() error {
 				w.r.log.Debug("TUN read dropped a packet", "worker", w.id, "error", err)
 				continue
 			}
-			return wrapf(err, "worker %d: read from TUN", w.id)
+			// Only a closed queue ends the worker; a pause keeps a
+			// persistent error from spinning the CPU.
+			w.transient(&w.egErr, opTunRead, err)
+			time.Sleep(time.Millisecond)
+			continue
 		}
 		if n == 0 {
 			continue
@@ -568,10 +574,21 @@ func (w *worker) send() error {
 		default:
 			// The errno belongs to the first unsent message.
 			w.eg.drops[dropSendError].Add(uint64(w.msgSegs[w.outIdx]))
+			w.transient(&w.egErr, opSendmmsg, e)
 			w.outIdx++
 		}
 	}
 	return nil
+}
+
+// transient counts a failed call that does not stop the worker and logs it
+// once per errno per minute.
+func (w *worker) transient(c *errnoCounts, op syscallOp, err error) {
+	e := errnoOf(err)
+	if c.count(op, e, w.clock()) {
+		w.r.log.Warn("Data-plane call failed; counting and carrying on (logged once a minute per error)",
+			"worker", w.id, "call", opNames[op], "errno", unix.ErrnoName(e), "error", err)
+	}
 }
 
 func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
@@ -614,8 +631,12 @@ func (w *worker) recv() (int, error) {
 			if w.rpoll.Wait() != nil {
 				return 0, errStopped
 			}
+		case unix.EBADF:
+			return 0, errStopped
 		default:
-			return 0, wrapf(e, "worker %d: recvmmsg", w.id)
+			// ECONNREFUSED (an ICMP error about a datagram we sent),
+			// ENOMEM, ...: counted, and the socket is read again.
+			w.transient(&w.inErr, opRecvmmsg, e)
 		}
 	}
 }
@@ -649,6 +670,10 @@ func (w *worker) writeTUN(bufs [][]byte, c *counters, data bool) error {
 		return errStopped
 	}
 	c.drops[dropTunWriteError].Add(uint64(len(bufs) - n))
-	w.r.log.Debug("TUN write failed", "worker", w.id, "error", err)
+	if data {
+		w.transient(&w.inErr, opTunWrite, err)
+	} else {
+		w.transient(&w.egErr, opTunWrite, err)
+	}
 	return nil
 }

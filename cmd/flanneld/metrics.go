@@ -103,6 +103,10 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
 	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")
 	p.sample("flannel_router_icmp_errors_rate_limited_total", "", s.ICMPRateLimited)
+	p.family("flannel_router_syscall_errors_total", "counter", "Failed data-plane calls (recvmmsg, sendmmsg, tun_read, tun_write) by errno; transient errors are counted and the worker carries on.")
+	for _, e := range s.SyscallErrors {
+		p.sample("flannel_router_syscall_errors_total", fmt.Sprintf("call=%q,errno=%q", e.Op, e.Errno), e.Count)
+	}
 	p.family("flannel_router_ecn_ce_marked_total", "counter", "ECN-capable inner packets marked Congestion Experienced by the AQM instead of a drop, by direction.")
 	p.sample("flannel_router_ecn_ce_marked_total", `direction="in"`, s.RxCEMarked)
 	p.sample("flannel_router_ecn_ce_marked_total", `direction="out"`, s.TxCEMarked)

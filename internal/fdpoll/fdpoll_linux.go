@@ -5,8 +5,10 @@
 package fdpoll
 
 import (
+	"encoding/binary"
 	"errors"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,9 +32,16 @@ var ErrStopped = errors.New("fdpoll: stopped")
 // what makes the answer likely, and the answer arrives on another thread
 // (the socket's receiver, or the TUN reader after a TUN write). Once the
 // window is over the waiter sleeps in poll(2): no traffic costs no CPU.
+//
+// A waiter asleep when activity starts would miss the window, and a
+// request-response exchange (a ping every 10 ms) would pay every wake-up
+// again. So the first Active after a quiet period kicks the sleeping
+// waiters through a shared eventfd: they wake while the packet is still on
+// its way and spin when the answer arrives, so that the wake-up is off the
+// packet's path.
 type Waiter struct {
-	pfd  [2]unix.PollFd
-	spin int64 // nanoseconds
+	pfd  [3]unix.PollFd // the fd, the stop fd, the kick fd
+	spin int64          // nanoseconds
 }
 
 var (
@@ -44,43 +53,81 @@ var (
 
 func now() int64 { return int64(time.Since(epoch)) }
 
+// kickFD is the eventfd that wakes sleeping waiters when activity starts;
+// -1 if it could not be made (waiters then only spin after their own
+// activity).
+var kickFD = sync.OnceValue(func() int {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return -1
+	}
+	return fd
+})
+
+var kickOne = func() []byte {
+	var b [8]byte
+	binary.NativeEndian.PutUint64(b[:], 1)
+	return b[:]
+}()
+
 // New returns a waiter on fd for events (unix.POLLIN or POLLOUT) that
 // stops once stop (an eventfd, or -1 for none) is readable.
 func New(fd int, events int16, stop int, spin time.Duration) *Waiter {
 	w := &Waiter{spin: int64(spin)}
 	w.pfd[0] = unix.PollFd{Fd: int32(fd), Events: events}
 	w.pfd[1] = unix.PollFd{Fd: int32(stop), Events: unix.POLLIN}
+	w.pfd[2] = unix.PollFd{Fd: -1} // poll ignores negative fds
+	if spin > 0 {
+		w.pfd[2] = unix.PollFd{Fd: int32(kickFD()), Events: unix.POLLIN}
+	}
 	return w
 }
 
 // Active records that the data plane just moved packets: every waiter with
 // a spin window spins before it sleeps. Callers call it once per batch.
 func (w *Waiter) Active() {
-	if w.spin > 0 {
-		lastActive.Store(now())
+	if w.spin <= 0 {
+		return
+	}
+	t := now()
+	if t-lastActive.Swap(t) > w.spin {
+		if fd := kickFD(); fd >= 0 {
+			unix.Write(fd, kickOne)
+		}
 	}
 }
 
 // Wait returns nil once the fd is ready, ErrStopped once the stop fd was
 // signalled, or poll's error.
 func (w *Waiter) Wait() error {
-	for w.spin > 0 && now()-lastActive.Load() < w.spin {
-		ready, err := w.poll(0)
+	for {
+		for w.spin > 0 && now()-lastActive.Load() < w.spin {
+			ready, err := w.poll(0)
+			if ready || err != nil {
+				return err
+			}
+			runtime.Gosched()
+			unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		}
+		ready, err := w.poll(-1)
 		if ready || err != nil {
 			return err
 		}
-		runtime.Gosched()
-		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		// Kicked: activity started elsewhere; reset the kick and spin.
+		var b [8]byte
+		unix.Read(int(w.pfd[2].Fd), b[:])
 	}
-	_, err := w.poll(-1)
-	return err
 }
 
 // poll polls once; ready says the fd (not the stop fd) is ready.
 func (w *Waiter) poll(timeout int) (ready bool, err error) {
 	for {
-		w.pfd[0].Revents, w.pfd[1].Revents = 0, 0
-		n, err := unix.Poll(w.pfd[:], timeout)
+		w.pfd[0].Revents, w.pfd[1].Revents, w.pfd[2].Revents = 0, 0, 0
+		pfd := w.pfd[:]
+		if timeout == 0 {
+			pfd = pfd[:2] // a spinning waiter needs no kick
+		}
+		_, err := unix.Poll(pfd, timeout)
 		if err == unix.EINTR {
 			continue
 		}
@@ -90,6 +137,6 @@ func (w *Waiter) poll(timeout int) (ready bool, err error) {
 		if w.pfd[1].Revents != 0 {
 			return false, ErrStopped
 		}
-		return n > 0, nil
+		return w.pfd[0].Revents != 0, nil
 	}
 }
