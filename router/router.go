@@ -209,6 +209,9 @@ func (r *Router) Stats() Stats {
 		s.addDrops(&w.eg)
 		s.addDrops(&w.in)
 	}
+	for _, w := range r.workers {
+		w.stages.addTo(&s.Stages)
+	}
 	m := map[[2]string]uint64{}
 	for _, w := range r.workers {
 		w.egErr.addTo(m)

@@ -65,6 +65,9 @@ type Stats struct {
 	// TxBatchPackets and RxBatchPackets are the packets in those batches.
 	TxBatchPackets, RxBatchPackets uint64
 
+	// Stages is the distribution of each step's time per batch.
+	Stages [NumStages]StageHist
+
 	// SyscallErrors counts failed data-plane calls by call and errno,
 	// sorted; calls that never failed are left out.
 	SyscallErrors []SyscallError

@@ -105,6 +105,8 @@ type worker struct {
 	eg, in counters
 	// egErr and inErr count failed calls; each is owned by one goroutine.
 	egErr, inErr errnoCounts
+	// stages times each batch's steps; both goroutines add to it.
+	stages stageCounters
 }
 
 // slab cuts n buffers of size bytes out of one allocation.
@@ -397,6 +399,9 @@ func (w *worker) ingressBatch(t *table, n int) int {
 		owed := false
 		for i := range n {
 			w.parseCtl(i)
+			if i == 0 && w.inStamp[0] != 0 {
+				w.stages.observe(StageSocketQueue, time.Duration(now-w.inStamp[0]))
+			}
 			if w.inStamp[i] != 0 && w.inAQM.signal(now-w.inStamp[i], clock) {
 				owed = true
 			}
@@ -524,14 +529,20 @@ func (w *worker) runEgress() error {
 		if n < len(w.tunBufs)/2 {
 			w.lastEmpty = now
 		}
+		if now > w.lastEmpty {
+			w.stages.observe(StageTUNBacklog, time.Duration(now-w.lastEmpty))
+		}
 		_, nicmp := w.egressBatch(w.r.table.Load(), n)
 		if w.egAQM.signal(now-w.lastEmpty, now) {
 			w.aqmSignal()
 		}
+		routed := w.clock()
+		w.stages.observe(StageRoute, routed-time.Duration(now))
 		if w.outN > 0 {
 			if err := w.send(); err != nil {
 				return err
 			}
+			w.stages.observe(StageSend, w.clock()-routed)
 		}
 		if nicmp > 0 {
 			if err := w.writeTUN(w.icmpOut[:nicmp], &w.eg, false); err != nil {
@@ -603,11 +614,13 @@ func (w *worker) runIngress() error {
 			return err
 		}
 		w.in.batch(n)
+		start := w.clock()
 		if k := w.ingressBatch(w.r.table.Load(), n); k > 0 {
 			if err := w.writeTUN(w.inWrite[:k], &w.in, true); err != nil {
 				return err
 			}
 		}
+		w.stages.observe(StageTUNWrite, w.clock()-start)
 	}
 }
 

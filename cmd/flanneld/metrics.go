@@ -103,6 +103,21 @@ func writeRouterStats(w io.Writer, s router.Stats) {
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
 	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")
 	p.sample("flannel_router_icmp_errors_rate_limited_total", "", s.ICMPRateLimited)
+	p.family("flannel_router_stage_seconds", "histogram", "Time per batch of each step of the data path: tun_backlog (how long the TUN queue has stood backlogged), route, send (sendmmsg), socket_queue (oldest datagram's wait in the socket), tun_write.")
+	for st, h := range s.Stages {
+		var cum uint64
+		name := router.StageNames[st]
+		for i, b := range h.Buckets {
+			cum += b
+			le := "+Inf"
+			if i < len(router.StageBounds) {
+				le = fmt.Sprintf("%g", float64(router.StageBounds[i])/1e6)
+			}
+			p.sample("flannel_router_stage_seconds_bucket", `stage="`+name+`",le="`+le+`"`, cum)
+		}
+		fmt.Fprintf(w, "flannel_router_stage_seconds_sum{stage=%q} %g\n", name, float64(h.SumNs)/1e9)
+		p.sample("flannel_router_stage_seconds_count", `stage="`+name+`"`, cum)
+	}
 	p.family("flannel_router_syscall_errors_total", "counter", "Failed data-plane calls (recvmmsg, sendmmsg, tun_read, tun_write) by errno; transient errors are counted and the worker carries on.")
 	for _, e := range s.SyscallErrors {
 		p.sample("flannel_router_syscall_errors_total", fmt.Sprintf("call=%q,errno=%q", e.Op, e.Errno), e.Count)
