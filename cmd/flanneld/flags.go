@@ -67,7 +67,13 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
-func defaultQueues() int { return max(runtime.NumCPU(), 1) }
+// startGOMAXPROCS is the runtime's own choice before the daemon changes it:
+// the CPUs the process may use, the affinity mask and a cgroup CPU limit
+// included (Go 1.25 and later).
+var startGOMAXPROCS = runtime.GOMAXPROCS(0)
+
+// defaultQueues is one queue per CPU the process may use.
+func defaultQueues() int { return max(startGOMAXPROCS, 1) }
 
 // newFlagSet builds the flag set bound to o.
 func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
@@ -100,7 +106,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for healthz server to listen (0 to disable)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "also serve /metrics on this host:port")
 
-	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU by default")
+	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU the process may use (affinity and cgroup CPU limit) by default")
 	fs.IntVar(&o.socketBuffer, "socket-buffer", 4<<20, "UDP socket send and receive buffer size in bytes")
 	fs.IntVar(&o.tunTxQueueLen, "tun-txqueuelen", 4096, "TUN device transmit queue length")
 	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
