@@ -2,6 +2,7 @@ package router
 
 import (
 	"encoding/binary"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"math"
 )
 
@@ -77,6 +78,6 @@ func markCE(p []byte) bool {
 	old := binary.BigEndian.Uint16(p[0:2])
 	p[1] = tos | 3
 	hc := binary.BigEndian.Uint16(p[10:12])
-	binary.BigEndian.PutUint16(p[10:12], checksumUpdate(hc, old, binary.BigEndian.Uint16(p[0:2])))
+	binary.BigEndian.PutUint16(p[10:12], inet.ChecksumUpdate(hc, old, binary.BigEndian.Uint16(p[0:2])))
 	return true
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"net"
 	"net/netip"
 	"testing"
@@ -100,14 +101,14 @@ func testRouterNetns(t *testing.T) {
 		udp.SrcPort != 9999 || udp.DstPort != 4242 || string(udp.Payload) != "hello" {
 		t.Errorf("inner packet %x: ttl %d len %d %v:%d -> %v:%d %q", got, ip.TTL, ip.Length, ip.SrcIP, udp.SrcPort, ip.DstIP, udp.DstPort, udp.Payload)
 	}
-	if checksum(got[:ip.IHL*4]) != 0 {
+	if inet.Checksum(got[:ip.IHL*4]) != 0 {
 		t.Errorf("inner header checksum invalid: %x", got[:20])
 	}
 	// The kernel's original differs only in TTL and header checksum.
 	orig := bytes.Clone(got)
 	orig[8] = 64
 	binary.BigEndian.PutUint16(orig[10:12], 0)
-	binary.BigEndian.PutUint16(orig[10:12], checksum(orig[:20]))
+	binary.BigEndian.PutUint16(orig[10:12], inet.Checksum(orig[:20]))
 	back := bytes.Clone(orig)
 	decrementTTL(back)
 	if !bytes.Equal(back, got) {

@@ -3,6 +3,7 @@ package router
 import (
 	"encoding/binary"
 	"errors"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"os"
 	"time"
 	"unsafe"
@@ -439,7 +440,7 @@ func (w *worker) sameFlowAsTrain(i, n int) bool {
 	}
 	a := w.inBufs[i][off : off+int(w.inMsgs[i].Len)]
 	for j := range n {
-		if w.inSegs[j] < int32(w.inMsgs[j].Len) && sameFlow(a, w.inBufs[j][off:off+int(w.inSegs[j])]) {
+		if w.inSegs[j] < int32(w.inMsgs[j].Len) && inet.SameFlow(a, w.inBufs[j][off:off+int(w.inSegs[j])]) {
 			return true
 		}
 	}

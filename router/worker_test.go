@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"net/netip"
 	"testing"
 	"time"
@@ -115,7 +116,7 @@ func TestEgressBatch(t *testing.T) {
 		want := bytes.Clone(tc.orig)
 		want[8]--
 		binary.BigEndian.PutUint16(want[10:12], 0)
-		binary.BigEndian.PutUint16(want[10:12], checksum(want[:int(want[0]&0xf)*4]))
+		binary.BigEndian.PutUint16(want[10:12], inet.Checksum(want[:int(want[0]&0xf)*4]))
 		if !bytes.Equal(got, want) {
 			t.Errorf("datagram %d = %x, want %x", i, got, want)
 		}
