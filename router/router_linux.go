@@ -195,7 +195,3 @@ func (r *Router) closeFDs() error {
 	}
 	return errors.Join(errs...)
 }
-
-func wrapf(err error, format string, args ...any) error {
-	return fmt.Errorf(format+": %w", append(args, err)...)
-}
