@@ -419,7 +419,10 @@ func BenchmarkDataPath(b *testing.B) {
 	results.Meta["endpoints"] = "raw veth: host to host; other paths: container to container"
 	ctx := b.Context()
 	ps := paths()
-	flanneld(b)
+	results.Meta["flanneld_version"] = binaryVersion(flanneld(b))
+	if *baselineFlag != "" {
+		results.Meta["baseline_flanneld_version"] = binaryVersion(*baselineFlag)
+	}
 	for rep := range reps {
 		for i := range ps {
 			// Rotating the order spreads slow phases of the machine over paths.
@@ -452,4 +455,14 @@ func BenchmarkDataPath(b *testing.B) {
 			})
 		}
 	}
+}
+
+// binaryVersion is what the flanneld binary says it is (its commit when
+// built by make), for the result file.
+func binaryVersion(bin string) string {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return strings.TrimSpace(string(out))
 }
