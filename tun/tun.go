@@ -5,7 +5,10 @@
 // packets, and one Write coalesces a flow's packets into a super-packet.
 package tun
 
-import "time"
+import (
+	"log/slog"
+	"time"
+)
 
 // Headroom is the number of bytes callers should reserve in front of each
 // packet (the offset argument of Queue.Read and Queue.Write). Read puts the
@@ -34,6 +37,10 @@ type Queue interface {
 	Write(bufs [][]byte, offset int) (int, error)
 	// BatchSize is the number of buffers Read is able to fill in one call.
 	BatchSize() int
+	// Backlogged reports whether the last Read stopped because the
+	// buffers ran out (the device may hold more) rather than because the
+	// device had no packet left: a backlog in front of the reader.
+	Backlogged() bool
 	// Offloads reports the offloads the queue's device uses.
 	Offloads() Offloads
 	// Close closes the queue and unblocks a pending Read.
@@ -60,7 +67,12 @@ type options struct {
 	offloads       bool
 	verifyChecksum bool
 	busyPoll       time.Duration
+	log            *slog.Logger
 }
+
+// WithLogger gives Open a logger for set-up steps whose failure changes
+// behaviour without failing Open (slog.Default() if not given).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithBusyPoll makes a read or write that finds the queue not ready check
 // it again without sleeping for d after the queue's last activity, before

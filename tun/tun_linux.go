@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -91,9 +92,7 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 			d.Offloads = setOffloads(fd)
 			if d.Offloads.TSO {
 				// Splitting needs a buffer per segment.
-				if l, err := netlink.LinkByName(name); err == nil {
-					_ = netlink.LinkSetGSOMaxSegs(l, OffloadBatchSize)
-				}
+				capGSOSegs(name, o)
 			}
 		}
 		q, err := newQueue(fd, d.Offloads, o)
@@ -105,6 +104,24 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 		d.Queues = append(d.Queues, q)
 	}
 	return d, nil
+}
+
+// capGSOSegs limits the device's super-packets to OffloadBatchSize
+// segments. Should that fail, a larger one is refused by Read and counted
+// as a drop: say so once, at start.
+func capGSOSegs(name string, o options) {
+	log := o.log
+	if log == nil {
+		log = slog.Default()
+	}
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetGSOMaxSegs(l, OffloadBatchSize)
+	}
+	if err != nil {
+		log.Warn("Could not cap the TUN's GSO segments; larger super-packets will be dropped",
+			"device", name, "gso_max_segs", OffloadBatchSize, "error", err)
+	}
 }
 
 // openQueue attaches one non-blocking queue to the TUN name, creating it.
@@ -241,6 +258,8 @@ type queue struct {
 	rpoll   *fdpoll.Waiter
 	spare   []byte
 	pending int // bytes in spare waiting for the next Read, -1 for none
+	// backlog: the last Read left packets in the device
+	backlog bool
 
 	wmu   sync.Mutex // serialises writers; guards the fields below
 	wpoll *fdpoll.Waiter
@@ -279,6 +298,8 @@ func (q *queue) BatchSize() int {
 }
 
 func (q *queue) Offloads() Offloads { return q.off }
+
+func (q *queue) Backlogged() bool { return q.backlog }
 
 func (q *queue) Close() error {
 	if !q.closed.CompareAndSwap(false, true) {
@@ -351,6 +372,7 @@ func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, fmt.Errorf("TUN read: offset %d leaves no room for the %d-byte virtio-net header", offset, vnetHdrLen)
 	}
 	var k int
+	q.backlog = true // until a read finds the device empty
 	if q.pending >= 0 {
 		n := q.pending
 		q.pending = -1
@@ -379,6 +401,7 @@ func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			continue
 		}
 		if err != nil {
+			q.backlog = false
 			break // EAGAIN; a real error shows again on the next Read
 		}
 		m, err := splitRead(q.spare[:n], bufs[k:], sizes[k:], offset)
@@ -425,12 +448,14 @@ func (q *queue) readPlain(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	sizes[0] = n
 	k := 1
+	q.backlog = true // until a read finds the device empty
 	for k < min(len(bufs), len(sizes)) {
 		n, err := unix.Read(q.fd, bufs[k][offset:])
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
+			q.backlog = false
 			break // EAGAIN; a real error shows again on the next Read
 		}
 		sizes[k] = n

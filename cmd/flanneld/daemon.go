@@ -142,7 +142,7 @@ func (d *daemon) run(parent context.Context) error {
 	d.ownNet.Store(&l.Subnet)
 
 	raiseGOMAXPROCS(o.queues, log)
-	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums), tun.WithBusyPoll(o.busyPoll))
+	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums), tun.WithBusyPoll(o.busyPoll), tun.WithLogger(log))
 	if err != nil {
 		return fmt.Errorf("open TUN device %s with %d queues: %w", tunName, o.queues, err)
 	}
