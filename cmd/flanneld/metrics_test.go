@@ -63,7 +63,9 @@ func TestWriteRouterStats(t *testing.T) {
 	writeRouterStats(&b, router.Stats{
 		TxPackets: 1, TxBytes: 2, RxPackets: 3, RxBytes: 4, TxBatches: 5, RxBatches: 6,
 		ICMPSent: 7, ICMPRateLimited: 8,
-		Drops:          router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16, TunRead: 17},
+		Drops:      router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16, TunRead: 17, CoDel: 18},
+		TxCEMarked: 19, RxCEMarked: 20,
+		SyscallErrors:  []router.SyscallError{{Op: "recvmmsg", Errno: "ENOBUFS", Count: 21}},
 		TxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{0, 0, 0, 0, 0, 1, 0, 2, 1},
 		TxBatchPackets: 400,
 		RxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{3},
@@ -90,6 +92,11 @@ func TestWriteRouterStats(t *testing.T) {
 		`flannel_router_dropped_packets_total{reason="send_error"} 15`,
 		`flannel_router_dropped_packets_total{reason="tun_write_error"} 16`,
 		`flannel_router_dropped_packets_total{reason="tun_read"} 17`,
+		`flannel_router_dropped_packets_total{reason="codel"} 18`,
+		`flannel_router_ecn_ce_marked_total{direction="out"} 19`,
+		`flannel_router_ecn_ce_marked_total{direction="in"} 20`,
+		`flannel_router_syscall_errors_total{call="recvmmsg",errno="ENOBUFS"} 21`,
+		`flannel_router_stage_seconds_bucket{stage="send",le="+Inf"} 0`,
 		`flannel_router_batch_size_bucket{direction="out",le="16"} 0`,
 		`flannel_router_batch_size_bucket{direction="out",le="32"} 1`,
 		`flannel_router_batch_size_bucket{direction="out",le="128"} 3`,
@@ -109,7 +116,7 @@ func TestWriteRouterStats(t *testing.T) {
 	for name, typ := range types {
 		want := "counter"
 		switch name {
-		case "flannel_router_batch_size":
+		case "flannel_router_batch_size", "flannel_router_stage_seconds":
 			want = "histogram"
 		case "flannel_offload_enabled":
 			want = "gauge"
