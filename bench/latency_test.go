@@ -35,7 +35,12 @@ func rttMetrics(streams int) (p50, avg, p99, hi, loss Metric) {
 // under one TCP stream over the same path's idle p99, same repetition.
 var mLoadOverIdle = Metric{"rtt_tcp1_p99_over_idle", "RTT p99 under 1 TCP stream / idle p99", "x", false}
 
-var mIdleCPU = Metric{"flanneld_idle_cpu_pct", "flanneld idle CPU, both hosts", "%", false}
+var (
+	mIdleCPU = Metric{"flanneld_idle_cpu_pct", "flanneld idle CPU, both hosts", "%", false}
+	// mPingCPU is what light traffic costs: both flanneld processes
+	// while the idle-RTT pings (100 a second) run.
+	mPingCPU = Metric{"flanneld_ping_cpu_pct", "flanneld CPU during 100 pings/s, both hosts", "%", false}
+)
 
 // ping sends pingSamples pings, one every 10 ms, and returns the replies.
 func (r *runner) ping(ctx context.Context) (PingResult, error) {
@@ -71,7 +76,17 @@ func (r *runner) rtt(ctx context.Context, b *testing.B, path string, streams int
 		}()
 		time.Sleep(1500 * time.Millisecond) // the load's ramp-up, not a synchronisation
 	}
+	before, cpuErr := procTicks(r.env.pids)
+	start := time.Now()
 	p, err := r.ping(ctx)
+	if streams == 0 && len(r.env.pids) > 0 {
+		after, cpuErr2 := procTicks(r.env.pids)
+		cpu := math.NaN()
+		if cpuErr == nil && cpuErr2 == nil {
+			cpu = 100 * float64(after-before) / clockTicks / time.Since(start).Seconds()
+		}
+		results.Add(path, mPingCPU, cpu)
+	}
 	if iperfErr != nil {
 		if lerr := <-iperfErr; lerr != nil && err == nil {
 			err = fmt.Errorf("load of %d TCP streams: %w", streams, lerr)

@@ -24,14 +24,14 @@ const bedPrefix = "fgb"
 
 // flannelVariants are the flanneld configurations measured, each in fresh
 // namespaces, so that each technique's share is visible: the defaults, then
-// without busy-polling, without the AQM, without offloads, and also with a
+// with busy-polling, without the AQM, without offloads, and also with a
 // single queue.
 var flannelVariants = []struct {
 	name string
 	args []string
 }{
 	{"flannel-go", nil},
-	{"no busy-poll", []string{"--busy-poll=0"}},
+	{"busy-poll 200us", []string{"--busy-poll=200us"}},
 	{"no AQM", []string{"--aqm-target=0"}},
 	{"no offloads", []string{"--offloads=false"}},
 	{"no offloads q=1", []string{"--offloads=false", "--queues=1"}},
@@ -460,7 +460,7 @@ func BenchmarkDataPath(b *testing.B) {
 // binaryVersion is what the flanneld binary says it is (its commit when
 // built by make), for the result file.
 func binaryVersion(bin string) string {
-	out, err := exec.Command(bin, "--version").Output()
+	out, err := exec.Command(bin, "--version").CombinedOutput()
 	if err != nil {
 		return "unknown: " + err.Error()
 	}
