@@ -33,6 +33,10 @@ const (
 	// maxGROSegs is the most datagrams the kernel merges into one
 	// UDP_GRO message.
 	maxGROSegs = 64
+	// minBulkSegs is the shortest train the AQM takes a packet from: a
+	// bulk flow's. A sparse flow whose two packets happened to queue
+	// together is never the victim.
+	minBulkSegs = 4
 )
 
 var (
@@ -263,12 +267,12 @@ func (w *worker) sparseFirst() {
 }
 
 // aqmSignal applies a CoDel signal to the batch in outMsgs: the last packet
-// of its longest train, a bulk flow's, is marked CE or, if its flow is not
+// of its longest train of at least minBulkSegs, a bulk flow's, is marked CE or, if its flow is not
 // ECN-capable, left out of the train.
 func (w *worker) aqmSignal() {
 	best := -1
 	for m := range w.outN {
-		if w.msgSegs[m] > 1 && (best < 0 || w.msgSegs[m] > w.msgSegs[best]) {
+		if w.msgSegs[m] >= minBulkSegs && (best < 0 || w.msgSegs[m] > w.msgSegs[best]) {
 			best = m
 		}
 	}
@@ -406,7 +410,7 @@ func (w *worker) ingressBatch(t *table, n int) int {
 			if w.inStamp[i] != 0 && w.inAQM.signal(now-w.inStamp[i], clock) {
 				owed = true
 			}
-			if owed && w.inSegs[i] < int32(w.inMsgs[i].Len) {
+			if owed && int32(w.inMsgs[i].Len) > (minBulkSegs-1)*w.inSegs[i] {
 				victim, owed = i, false
 			}
 		}

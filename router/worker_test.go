@@ -281,3 +281,17 @@ func TestIngressStrictSource(t *testing.T) {
 		t.Fatalf("without StrictSource: %d packets, want 1", k)
 	}
 }
+
+// stampMsg adds an SCM_TIMESTAMPNS control message (wall-clock ns) after
+// what message i's control buffer already holds, as recvmmsg would.
+func stampMsg(w *worker, i int, ns int64) {
+	h := &w.inMsgs[i].Hdr
+	at := (int(h.Controllen) + 7) &^ 7 // control messages start aligned
+	ctl := w.inCtl[i*inCtlLen+at : (i+1)*inCtlLen]
+	c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+	c.Level, c.Type = unix.SOL_SOCKET, unix.SO_TIMESTAMPNS
+	c.SetLen(unix.CmsgLen(16))
+	binary.NativeEndian.PutUint64(ctl[unix.CmsgLen(0):], uint64(ns/1e9))
+	binary.NativeEndian.PutUint64(ctl[unix.CmsgLen(0)+8:], uint64(ns%1e9))
+	h.SetControllen(at + unix.CmsgSpace(16))
+}
