@@ -8,6 +8,7 @@ import (
 	"github.com/flannel-go/flannel-go/internal/inet"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -240,6 +241,7 @@ func TestRouterWireFormat(t *testing.T) {
 			}
 		}
 		burst(1)
+		waitTxPackets(r, n)
 		o := r.Offloads()
 		if o.TUNUSO && o.UDPGSO {
 			// Other batches are the kernel's IPv6 chatter on the new
@@ -249,11 +251,21 @@ func TestRouterWireFormat(t *testing.T) {
 			}
 		}
 		burst(2)
+		waitTxPackets(r, 2*n)
 		if s := r.Stats(); s.Drops.SendError != 0 || s.TxPackets != 2*n {
 			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops.SendError, 2*n)
 		}
 		stop()
 	})
+}
+
+// waitTxPackets waits up to 5 s until r counted want sent packets: the
+// peer may read a datagram before the sending thread, back from sendmmsg,
+// has counted it.
+func waitTxPackets(r *Router, want uint64) {
+	for deadline := time.Now().Add(5 * time.Second); r.Stats().TxPackets < want && time.Now().Before(deadline); {
+		runtime.Gosched()
+	}
 }
 
 // listenUDP opens a UDP socket in the calling thread's namespace, closed
