@@ -33,7 +33,6 @@ func (q idleQueue) Read([][]byte, []int, int) (int, error) {
 }
 func (q idleQueue) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
 func (q idleQueue) BatchSize() int                          { return tun.DefaultBatchSize }
-func (q idleQueue) Backlogged() bool                        { return false }
 func (q idleQueue) Offloads() tun.Offloads                  { return tun.Offloads{} }
 func (q idleQueue) Close() error {
 	select {

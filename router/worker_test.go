@@ -21,7 +21,6 @@ type memQueue struct{ batch int }
 func (q memQueue) Read([][]byte, []int, int) (int, error) { return 0, nil }
 func (q memQueue) Write(b [][]byte, _ int) (int, error)   { return len(b), nil }
 func (q memQueue) BatchSize() int                         { return q.batch }
-func (q memQueue) Backlogged() bool                       { return false }
 func (q memQueue) Offloads() tun.Offloads                 { return tun.Offloads{} }
 func (q memQueue) Close() error                           { return nil }
 

@@ -37,10 +37,6 @@ type Queue interface {
 	Write(bufs [][]byte, offset int) (int, error)
 	// BatchSize is the number of buffers Read is able to fill in one call.
 	BatchSize() int
-	// Backlogged reports whether the last Read stopped because the
-	// buffers ran out (the device may hold more) rather than because the
-	// device had no packet left: a backlog in front of the reader.
-	Backlogged() bool
 	// Offloads reports the offloads the queue's device uses.
 	Offloads() Offloads
 	// Close closes the queue and unblocks a pending Read.

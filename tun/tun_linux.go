@@ -258,8 +258,6 @@ type queue struct {
 	rpoll   *fdpoll.Waiter
 	spare   []byte
 	pending int // bytes in spare waiting for the next Read, -1 for none
-	// backlog: the last Read left packets in the device
-	backlog bool
 
 	wmu   sync.Mutex // serialises writers; guards the fields below
 	wpoll *fdpoll.Waiter
@@ -298,8 +296,6 @@ func (q *queue) BatchSize() int {
 }
 
 func (q *queue) Offloads() Offloads { return q.off }
-
-func (q *queue) Backlogged() bool { return q.backlog }
 
 func (q *queue) Close() error {
 	if !q.closed.CompareAndSwap(false, true) {
@@ -372,7 +368,6 @@ func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, fmt.Errorf("TUN read: offset %d leaves no room for the %d-byte virtio-net header", offset, vnetHdrLen)
 	}
 	var k int
-	q.backlog = true // until a read finds the device empty
 	if q.pending >= 0 {
 		n := q.pending
 		q.pending = -1
@@ -401,7 +396,6 @@ func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			continue
 		}
 		if err != nil {
-			q.backlog = false
 			break // EAGAIN; a real error shows again on the next Read
 		}
 		m, err := splitRead(q.spare[:n], bufs[k:], sizes[k:], offset)
@@ -448,14 +442,12 @@ func (q *queue) readPlain(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	sizes[0] = n
 	k := 1
-	q.backlog = true // until a read finds the device empty
 	for k < min(len(bufs), len(sizes)) {
 		n, err := unix.Read(q.fd, bufs[k][offset:])
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			q.backlog = false
 			break // EAGAIN; a real error shows again on the next Read
 		}
 		sizes[k] = n

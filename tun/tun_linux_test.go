@@ -287,38 +287,3 @@ func sendGSO(c *net.UDPConn, b []byte, size int, to *net.UDPAddr) error {
 	_, _, err := c.WriteMsgUDP(b, oob, to)
 	return err
 }
-
-// Backlogged tells a Read that ran out of buffers from one that drained
-// the device: what the router's AQM uses to see a standing TUN queue.
-func TestBacklogged(t *testing.T) {
-	for _, off := range []bool{true, false} {
-		t.Run(fmt.Sprintf("offloads=%v", off), func(t *testing.T) {
-			withDevice(t, 1, func(d *Device, _ *testbed.Host) {
-				q := d.Queues[0]
-				c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: remote.AsSlice(), Port: 9999})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				for i := range 3 {
-					if _, err := c.Write([]byte{'b', byte(i)}); err != nil {
-						t.Fatal(err)
-					}
-				}
-				bufs := make([][]byte, q.BatchSize())
-				for i := range bufs {
-					bufs[i] = make([]byte, Headroom+65535)
-				}
-				sizes := make([]int, len(bufs))
-				deadline := time.Now().Add(5 * time.Second)
-				if n := readWithin(t, q, bufs[:2], sizes[:2], deadline); n != 2 || !q.Backlogged() {
-					t.Fatalf("Read into 2 buffers with 3 packets queued: %d packets, backlogged %v; want 2, true", n, q.Backlogged())
-				}
-				readWithin(t, q, bufs, sizes, deadline)
-				if q.Backlogged() {
-					t.Fatal("a Read that drained the device reports a backlog")
-				}
-			}, WithOffloads(off))
-		})
-	}
-}
