@@ -12,7 +12,7 @@ import (
 )
 
 // ChartKeys are the metrics drawn in the PNG, one panel each, in order.
-var ChartKeys = []string{"tcp1_gbps", "tcp4_gbps", "udp200k_kpps", "rtt_avg_us", "rtt_p99_us", "cpu_s_per_gb"}
+var ChartKeys = []string{"tcp1_gbps", "tcp4_gbps", "udp200k_kpps", "rtt_avg_us", "rtt_p99_us", "rtt_tcp1_p99_us", "rtt_tcp4_p99_us", "flanneld_idle_cpu_pct", "cpu_s_per_gb"}
 
 var palette = []color.RGBA{
 	{0x55, 0x55, 0x55, 0xff}, // raw veth

@@ -13,10 +13,14 @@ import (
 )
 
 var (
-	reportFlag   = flag.Bool("report", false, "after the benchmarks, print the markdown table and write results/<date>.json and .png")
-	quickFlag    = flag.Bool("quick", false, "1 repetition and 3 s per workload instead of 3 repetitions of 10 s")
-	flanneldFlag = flag.String("flanneld", "", "flanneld binary to benchmark (default: build ../cmd/flanneld)")
-	resultsDir   = flag.String("results", "results", "directory for the JSON and PNG reports")
+	reportFlag    = flag.Bool("report", false, "after the benchmarks, print the markdown table and write results/<date>.json and .png")
+	quickFlag     = flag.Bool("quick", false, "1 repetition and 3 s per workload instead of 3 repetitions of 10 s")
+	flanneldFlag  = flag.String("flanneld", "", "flanneld binary to benchmark (default: build ../cmd/flanneld)")
+	baselineFlag  = flag.String("baseline-flanneld", "", "also measure this flanneld binary (e.g. built from an older commit) as path \"flannel-go baseline\"")
+	pathsFlag     = flag.String("paths", "", "regexp: measure only the paths it matches (kernel VXLAN, the baseline, is always measured)")
+	workloadsFlag = flag.String("workloads", "", "comma-separated workload groups to run: rtt, tcp, udp (default all)")
+	repsFlag      = flag.Int("reps", 0, "repetitions (default 3, or 1 with -quick)")
+	resultsDir    = flag.String("results", "results", "directory for the JSON and PNG reports")
 )
 
 // results collects what the benchmarks measured, for -report.

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,16 +26,17 @@ const bedPrefix = "fgb"
 
 // flannelVariants are the flanneld configurations measured, each in fresh
 // namespaces, so that each technique's share is visible: the kernel fast
-// path, the userspace router with its defaults, then without offloads, then
-// also with a single queue.
+// path, the userspace router with its defaults, with busy-polling, without
+// the AQM, and without offloads.
 var flannelVariants = []struct {
 	name string
 	args []string
 }{
 	{"flannel-go fast path", []string{"--fast-path=on"}},
 	{"flannel-go", []string{"--fast-path=off"}},
+	{"busy-poll 200us", []string{"--fast-path=off", "--busy-poll=200us"}},
+	{"no AQM", []string{"--fast-path=off", "--aqm-target=0"}},
 	{"no offloads", []string{"--fast-path=off", "--offloads=false"}},
-	{"no offloads q=1", []string{"--fast-path=off", "--offloads=false", "--queues=1"}},
 }
 
 // udpRates are the offered rates of the 64-byte UDP workload, in packets/s.
@@ -50,6 +53,7 @@ type node interface {
 type pathEnv struct {
 	src, dst         node
 	srcAddr, dstAddr netip.Addr
+	pids             []int // the path's flanneld processes
 	close            func()
 }
 
@@ -65,10 +69,27 @@ func paths() []pathDef {
 	}
 	for _, v := range flannelVariants {
 		ps = append(ps, pathDef{v.name, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
-			return setupFlannel(ctx, b, v.args)
+			return setupFlannel(ctx, b, flanneld(b), v.args)
 		}})
 	}
-	return ps
+	if *baselineFlag != "" {
+		// The same defaults, built from another commit: a before/after
+		// comparison measured in one run.
+		ps = append(ps, pathDef{"flannel-go baseline", func(ctx context.Context, b *testing.B) (*pathEnv, error) {
+			return setupFlannel(ctx, b, *baselineFlag, nil)
+		}})
+	}
+	if *pathsFlag == "" {
+		return ps
+	}
+	re := regexp.MustCompile(*pathsFlag)
+	kept := ps[:0]
+	for _, p := range ps {
+		if p.name == BaselinePath || re.MatchString(p.name) {
+			kept = append(kept, p)
+		}
+	}
+	return kept
 }
 
 func newBed(ctx context.Context, b *testing.B) (*testbed.Bed, error) {
@@ -142,9 +163,9 @@ func setupVXLAN(ctx context.Context, b *testing.B) (*pathEnv, error) {
 // setupFlannel runs this project's flanneld (udp backend, default settings
 // plus args) on two hosts with one container each; traffic goes container to
 // container, as in a deployment.
-func setupFlannel(ctx context.Context, b *testing.B, args []string) (*pathEnv, error) {
+func setupFlannel(ctx context.Context, b *testing.B, bin string, args []string) (*pathEnv, error) {
 	c, err := cluster.Start(ctx, cluster.Options{
-		Flanneld: flanneld(b),
+		Flanneld: bin,
 		Hosts:    2,
 		Bed:      testbed.Options{Direct: true, Prefix: bedPrefix},
 		Args:     args,
@@ -159,6 +180,9 @@ func setupFlannel(ctx context.Context, b *testing.B, args []string) (*pathEnv, e
 	}
 	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
 	env := &pathEnv{src: src, dst: dst, dstAddr: dst.Addr, close: func() { c.Close() }}
+	for _, n := range c.Nodes {
+		env.pids = append(env.pids, n.PID())
+	}
 	if err := waitReachable(ctx, env, 20*time.Second); err != nil {
 		logs := c.Logs()
 		c.Close()
@@ -222,6 +246,13 @@ type runner struct {
 		before, after CPUSample
 		err           error
 	}
+	// idleP99 is the idle RTT p99 of this repetition, in microseconds.
+	idleP99 float64
+}
+
+// want reports whether the workload group (rtt, tcp, udp) is selected.
+func (r *runner) want(group string) bool {
+	return *workloadsFlag == "" || slices.Contains(strings.Split(*workloadsFlag, ","), group)
 }
 
 // iperf runs one iperf3 test: a one-shot server on dst, then the client on
@@ -287,10 +318,7 @@ var (
 	mTCP4      = Metric{"tcp4_gbps", "TCP 4 streams", "Gbit/s", true}
 	mTCP4Retr  = Metric{"tcp4_retrans", "TCP 4 streams retransmits", "count", false}
 	mCPUPerGB  = Metric{"cpu_s_per_gb", "CPU per GB, TCP 1 stream (flanneld user + kernel)", "CPU-s/GB", true}
-	mRTTMin    = Metric{"rtt_min_us", "idle RTT min", "us", true}
-	mRTTAvg    = Metric{"rtt_avg_us", "idle RTT avg", "us", true}
-	mRTTP99    = Metric{"rtt_p99_us", "idle RTT p99", "us", true}
-	metricUnit = map[string]string{"Gbit/s": "Gbit/s", "count": "retrans", "CPU-s/GB": "CPU-s/GB", "us": "us", "kpps": "kpps", "%": "loss%"}
+	metricUnit = map[string]string{"Gbit/s": "Gbit/s", "count": "retrans", "CPU-s/GB": "CPU-s/GB", "us": "us", "x": "x", "kpps": "kpps", "%": "loss%"}
 )
 
 // udpMetrics names the figures of one offered rate. "sent" shows where
@@ -350,21 +378,16 @@ func (r *runner) run(ctx context.Context, b *testing.B, path string) {
 		}
 	}
 
-	pargs := []string{"-c", "50", "-i", "0.01", "-W", "1"}
-	if r.env.srcAddr.IsValid() {
-		pargs = append(pargs, "-I", r.env.srcAddr.String())
+	if r.want("rtt") {
+		r.idleCPU(b, path)
+		for _, streams := range []int{0, 1, 4} {
+			r.rtt(ctx, b, path, streams)
+		}
 	}
-	out, err := r.env.src.Command(ctx, "ping", append(pargs, r.env.dstAddr.String())...).CombinedOutput()
-	if p, perr := ParsePing(string(out)); perr != nil {
-		fail("ping", fmt.Errorf("%v %w: %s", err, perr, out), mRTTMin, mRTTAvg, mRTTP99)
-	} else {
-		lo, avg, p99 := p.Stats()
-		results.Add(path, mRTTMin, lo)
-		results.Add(path, mRTTAvg, avg)
-		results.Add(path, mRTTP99, p99)
-	}
-
 	for _, streams := range []int{1, 4} {
+		if !r.want("tcp") {
+			break
+		}
 		mg, mr := mTCP1, mTCP1Retr
 		if streams == 4 {
 			mg, mr = mTCP4, mTCP4Retr
@@ -394,6 +417,9 @@ func (r *runner) run(ctx context.Context, b *testing.B, path string) {
 	}
 
 	for _, rate := range udpRates {
+		if !r.want("udp") {
+			break
+		}
 		ms, mp, ml := udpMetrics(rate)
 		results.SetOffered(mp.Key, float64(rate)/1000, ms.Key)
 		res, err := r.udpLoad(ctx, rate)
@@ -420,13 +446,19 @@ func BenchmarkDataPath(b *testing.B) {
 	if *quickFlag {
 		reps, dur = 1, 3*time.Second
 	}
+	if *repsFlag > 0 {
+		reps = *repsFlag
+	}
 	results.Meta["reps"] = strconv.Itoa(reps)
 	results.Meta["duration"] = dur.String()
 	results.Meta["endpoints"] = "raw veth: host to host; other paths: container to container"
 	results.Meta["cpu_per_gb"] = CPUPerGBCovers
 	ctx := b.Context()
 	ps := paths()
-	flanneld(b)
+	results.Meta["flanneld_version"] = binaryVersion(flanneld(b))
+	if *baselineFlag != "" {
+		results.Meta["baseline_flanneld_version"] = binaryVersion(*baselineFlag)
+	}
 	for rep := range reps {
 		for i := range ps {
 			// Rotating the order spreads slow phases of the machine over paths.
@@ -459,4 +491,14 @@ func BenchmarkDataPath(b *testing.B) {
 			})
 		}
 	}
+}
+
+// binaryVersion is what the flanneld binary says it is (its commit when
+// built by make), for the result file.
+func binaryVersion(bin string) string {
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return strings.TrimSpace(string(out))
 }

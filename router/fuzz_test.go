@@ -3,6 +3,7 @@
 package router
 
 import (
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"net/netip"
 	"testing"
 	"unsafe"
@@ -41,7 +42,7 @@ func FuzzEgress(f *testing.F) {
 		if len(data) > maxDatagram {
 			return
 		}
-		valid := len(data) >= 20 && int(data[0]&0xf)*4 <= len(data) && checksum(data[:max(20, int(data[0]&0xf)*4)]) == 0
+		valid := len(data) >= 20 && int(data[0]&0xf)*4 <= len(data) && inet.Checksum(data[:max(20, int(data[0]&0xf)*4)]) == 0
 		n := loadTUN(w, [][]byte{data})
 		nout, nicmp := w.egressBatch(w.r.table.Load(), n)
 		if nout == 1 {
@@ -52,13 +53,13 @@ func FuzzEgress(f *testing.F) {
 			if p[8] != data[8]-1 {
 				t.Fatalf("TTL %d -> %d", data[8], p[8])
 			}
-			if valid && checksum(p[:int(p[0]&0xf)*4]) != 0 {
+			if valid && inet.Checksum(p[:int(p[0]&0xf)*4]) != 0 {
 				t.Fatalf("checksum broken: %x", p)
 			}
 		}
 		if nicmp == 1 {
 			p := w.icmpOut[0][off:]
-			if checksum(p[:20]) != 0 || checksum(p[20:]) != 0 {
+			if inet.Checksum(p[:20]) != 0 || inet.Checksum(p[20:]) != 0 {
 				t.Fatalf("ICMP checksums invalid: %x", p)
 			}
 		}

@@ -139,7 +139,8 @@ func TestIngressGRO(t *testing.T) {
 	loadGRO(w, 3, netip.MustParseAddr("192.0.2.99"), 1400, train)
 
 	k := w.ingressBatch(w.r.table.Load(), 4)
-	want := [][]byte{train[0], train[1], train[2], single, train2[0], train2[2]}
+	// The single datagram's flow has no train in the batch: it goes first.
+	want := [][]byte{single, train[0], train[1], train[2], train2[0], train2[2]}
 	if k != len(want) {
 		t.Fatalf("%d packets, want %d", k, len(want))
 	}
@@ -149,7 +150,7 @@ func TestIngressGRO(t *testing.T) {
 		}
 	}
 	// Packets of a train stay in the receive buffer, back to back.
-	if &w.inWrite[1][off] != &w.inBufs[0][off+1400] {
+	if &w.inWrite[2][off] != &w.inBufs[0][off+1400] {
 		t.Error("the second packet of the train was copied")
 	}
 	if d := &w.in.drops; d[dropNotIPv4].Load() != 1 || d[dropUnknownPeer].Load() != 1 {
@@ -295,6 +296,10 @@ func TestSendFallback(t *testing.T) {
 			if d := w.eg.drops[dropSendError].Load(); d != c.drops || w.eg.packets.Load() != 1 {
 				t.Errorf("EPERM: %d dropped, %d sent; want 10 and 1", d, w.eg.packets.Load())
 			}
+			want := []SyscallError{{Op: "sendmmsg", Errno: "EPERM", Count: 1}}
+			if got := w.r.Stats().SyscallErrors; !slices.Equal(got, want) {
+				t.Errorf("EPERM: syscall errors %v, want %v", got, want)
+			}
 			continue
 		}
 		if w.r.Offloads().UDPGSO != c.gsoKept {
@@ -312,4 +317,33 @@ func ones(n int) []int {
 		s[i] = 1
 	}
 	return s
+}
+
+// A single datagram of a flow that also has a train in the batch keeps its
+// place: reordering a bulk flow would look like loss to TCP.
+func TestIngressSparseFirstKeepsFlowOrder(t *testing.T) {
+	w := testWorker(t, false)
+	pkt := func(size int, tag byte) []byte {
+		return ipv4Packet(t, podA, srcPod, layers.IPProtocolUDP, 63, 0, bytes.Repeat([]byte{tag}, size-20))
+	}
+	train := [][]byte{pkt(1400, 1), pkt(1400, 1)}
+	tail := pkt(600, 1)  // same ports (payload bytes): same flow as the train
+	other := pkt(100, 9) // another flow
+	loadGRO(w, 0, peerA, 1400, train)
+	for i, p := range [][]byte{tail, other} {
+		w.inMsgs[i+1].Len = uint32(copy(w.inBufs[i+1][off:], p))
+		w.inMsgs[i+1].Hdr.Flags = 0
+		w.inMsgs[i+1].Hdr.SetControllen(0)
+		w.inNames[i+1].Addr = peerA.As4()
+	}
+	k := w.ingressBatch(w.r.table.Load(), 3)
+	want := [][]byte{other, train[0], train[1], tail}
+	if k != len(want) {
+		t.Fatalf("%d packets, want %d", k, len(want))
+	}
+	for i := range want {
+		if got := w.inWrite[i][off:]; !bytes.Equal(got, want[i]) {
+			t.Errorf("packet %d = %x..., want %x...", i, got[:28], want[i][:28])
+		}
+	}
 }

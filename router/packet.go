@@ -1,6 +1,10 @@
 package router
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/flannel-go/flannel-go/internal/inet"
+)
 
 // IPv4 header facts the data path needs.
 const (
@@ -42,38 +46,13 @@ func parseIPv4(p []byte) (hlen, total int, reason dropReason) {
 	return hlen, total, dropNone
 }
 
-// checksum is the Internet checksum (RFC 1071) of b.
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
-}
-
-// checksumUpdate returns header checksum hc after one 16-bit word of the
-// covered data changed from old to new (RFC 1624, eqn. 3).
-func checksumUpdate(hc, old, new uint16) uint16 {
-	sum := uint32(^hc) + uint32(^old) + uint32(new)
-	sum = sum>>16 + sum&0xffff
-	sum += sum >> 16
-	return ^uint16(sum)
-}
-
 // decrementTTL lowers the TTL of the valid IPv4 header h by one and patches
 // its checksum. The caller has checked that the TTL is above 1.
 func decrementTTL(h []byte) {
 	old := binary.BigEndian.Uint16(h[8:10])
 	h[8]--
 	hc := binary.BigEndian.Uint16(h[10:12])
-	binary.BigEndian.PutUint16(h[10:12], checksumUpdate(hc, old, old-0x0100))
+	binary.BigEndian.PutUint16(h[10:12], inet.ChecksumUpdate(hc, old, old-0x0100))
 }
 
 // mayReportError tells whether an ICMP error may be sent about the valid
@@ -114,13 +93,26 @@ func buildICMPError(out []byte, p []byte, hlen int, src [4]byte, typ, code, ttl 
 	clear(ip[10:12])
 	copy(ip[12:16], src[:])
 	copy(ip[16:20], p[12:16])
-	binary.BigEndian.PutUint16(ip[10:12], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:12], inet.Checksum(ip))
 
 	icmp := out[ipv4MinHeader:n]
 	icmp[0] = typ
 	icmp[1] = code
 	clear(icmp[2:8])
 	copy(icmp[8:], p[:quote])
-	binary.BigEndian.PutUint16(icmp[2:4], checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:4], inet.Checksum(icmp))
 	return n
+}
+
+// flowHash hashes the addresses, protocol and (TCP, UDP) ports of the IPv4
+// packet p into a byte; short packets hash to 0.
+func flowHash(p []byte) uint8 {
+	if len(p) < 20 {
+		return 0
+	}
+	h := binary.BigEndian.Uint32(p[12:16])*0x9e3779b1 ^ binary.BigEndian.Uint32(p[16:20])*0x85ebca77 ^ uint32(p[9])
+	if hl := int(p[0]&0xf) * 4; (p[9] == 6 || p[9] == 17) && len(p) >= hl+4 {
+		h ^= binary.BigEndian.Uint32(p[hl:hl+4]) * 0xc2b2ae3d
+	}
+	return uint8(h>>24 ^ h>>16 ^ h>>8 ^ h)
 }

@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"math/rand/v2"
 	"net"
 	"testing"
@@ -40,11 +41,11 @@ func TestChecksumUpdateRandom(t *testing.T) {
 		h[0] = 0x45
 		h[8] = byte(2 + rng.IntN(254))
 		binary.BigEndian.PutUint16(h[10:12], 0)
-		binary.BigEndian.PutUint16(h[10:12], checksum(h))
+		binary.BigEndian.PutUint16(h[10:12], inet.Checksum(h))
 		decrementTTL(h)
 		got := binary.BigEndian.Uint16(h[10:12])
 		binary.BigEndian.PutUint16(h[10:12], 0)
-		if want := checksum(h); got != want {
+		if want := inet.Checksum(h); got != want {
 			t.Fatalf("header %x: incremental checksum %#04x, full %#04x", h, got, want)
 		}
 	}
@@ -56,7 +57,7 @@ func TestDecrementTTLGopacket(t *testing.T) {
 	if p[8] != 63 {
 		t.Fatalf("TTL %d, want 63", p[8])
 	}
-	if checksum(p[:20]) != 0 {
+	if inet.Checksum(p[:20]) != 0 {
 		t.Errorf("header checksum no longer valid")
 	}
 }

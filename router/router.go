@@ -12,12 +12,15 @@
 package router
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Defaults for zero Config fields.
@@ -72,6 +75,15 @@ type Config struct {
 	// DisableOffloads sends one datagram per sendmmsg slot and receives
 	// without UDP GRO. The TUN's offloads are chosen by tun.Open.
 	DisableOffloads bool
+	// BusyPoll is how long a worker that found its socket empty keeps
+	// checking it without sleeping, counted from the last datagram it
+	// received (0: sleep at once). Within it a datagram costs no wake-up.
+	BusyPoll time.Duration
+	// AQMTarget and AQMInterval drive CoDel on the queues in front of each
+	// worker, the TUN queue and the socket's receive queue: once the delay
+	// there stood above AQMTarget for AQMInterval, a bulk flow's packet is
+	// marked CE or dropped. 0 turns it off.
+	AQMTarget, AQMInterval time.Duration
 }
 
 // Offloads says which offloads the data plane uses; the TUN ones come from
@@ -192,9 +204,25 @@ func (r *Router) Stats() Stats {
 		s.RxBatchPackets += w.in.batchPackets.Load()
 		sumBatches(&s.TxBatchSizes, &w.eg)
 		sumBatches(&s.RxBatchSizes, &w.in)
+		s.TxCEMarked += w.eg.ceMarked.Load()
+		s.RxCEMarked += w.in.ceMarked.Load()
 		s.addDrops(&w.eg)
 		s.addDrops(&w.in)
 	}
+	for _, w := range r.workers {
+		w.stages.addTo(&s.Stages)
+	}
+	m := map[[2]string]uint64{}
+	for _, w := range r.workers {
+		w.egErr.addTo(m)
+		w.inErr.addTo(m)
+	}
+	for k, v := range m {
+		s.SyscallErrors = append(s.SyscallErrors, SyscallError{Op: k[0], Errno: k[1], Count: v})
+	}
+	slices.SortFunc(s.SyscallErrors, func(a, b SyscallError) int {
+		return cmp.Or(cmp.Compare(a.Op, b.Op), cmp.Compare(a.Errno, b.Errno))
+	})
 	return s
 }
 

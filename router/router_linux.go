@@ -67,6 +67,13 @@ func listen(cfg Config) (socket, error) {
 		unix.Close(fd)
 		return socket{}, err
 	}
+	// Receive timestamps give the socket queue's delay to the AQM.
+	if cfg.AQMTarget > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			unix.Close(fd)
+			return socket{}, fmt.Errorf("set SO_TIMESTAMPNS: %w", err)
+		}
+	}
 	if !cfg.DisableOffloads {
 		_, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT)
 		s.gso = err == nil
@@ -187,8 +194,4 @@ func (r *Router) closeFDs() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func wrapf(err error, format string, args ...any) error {
-	return fmt.Errorf(format+": %w", append(args, err)...)
 }

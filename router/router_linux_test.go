@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -100,14 +102,14 @@ func testRouterNetns(t *testing.T) {
 		udp.SrcPort != 9999 || udp.DstPort != 4242 || string(udp.Payload) != "hello" {
 		t.Errorf("inner packet %x: ttl %d len %d %v:%d -> %v:%d %q", got, ip.TTL, ip.Length, ip.SrcIP, udp.SrcPort, ip.DstIP, udp.DstPort, udp.Payload)
 	}
-	if checksum(got[:ip.IHL*4]) != 0 {
+	if inet.Checksum(got[:ip.IHL*4]) != 0 {
 		t.Errorf("inner header checksum invalid: %x", got[:20])
 	}
 	// The kernel's original differs only in TTL and header checksum.
 	orig := bytes.Clone(got)
 	orig[8] = 64
 	binary.BigEndian.PutUint16(orig[10:12], 0)
-	binary.BigEndian.PutUint16(orig[10:12], checksum(orig[:20]))
+	binary.BigEndian.PutUint16(orig[10:12], inet.Checksum(orig[:20]))
 	back := bytes.Clone(orig)
 	decrementTTL(back)
 	if !bytes.Equal(back, got) {
@@ -239,9 +241,7 @@ func TestRouterWireFormat(t *testing.T) {
 			}
 		}
 		burst(1)
-		// The peer can read a datagram before the worker that sent it has
-		// counted it.
-		waitFor(t, "first burst counted", func() bool { return r.Stats().TxPackets >= n })
+		waitTxPackets(r, n)
 		o := r.Offloads()
 		if o.TUNUSO && o.UDPGSO {
 			// Other batches are the kernel's IPv6 chatter on the new
@@ -251,12 +251,21 @@ func TestRouterWireFormat(t *testing.T) {
 			}
 		}
 		burst(2)
-		waitFor(t, "second burst counted", func() bool { return r.Stats().TxPackets >= 2*n })
+		waitTxPackets(r, 2*n)
 		if s := r.Stats(); s.Drops.SendError != 0 || s.TxPackets != 2*n {
 			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops.SendError, 2*n)
 		}
 		stop()
 	})
+}
+
+// waitTxPackets waits up to 5 s until r counted want sent packets: the
+// peer may read a datagram before the sending thread, back from sendmmsg,
+// has counted it.
+func waitTxPackets(r *Router, want uint64) {
+	for deadline := time.Now().Add(5 * time.Second); r.Stats().TxPackets < want && time.Now().Before(deadline); {
+		runtime.Gosched()
+	}
 }
 
 // listenUDP opens a UDP socket in the calling thread's namespace, closed

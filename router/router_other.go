@@ -13,7 +13,11 @@ import (
 // package compiles, so that tools and editors work, and New says why not.
 
 // worker carries only the counters Stats reads.
-type worker struct{ eg, in counters }
+type worker struct {
+	eg, in       counters
+	egErr, inErr errnoCounts
+	stages       stageCounters
+}
 
 var errNotLinux = errors.New("router: the data plane runs on Linux only")
 

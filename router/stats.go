@@ -20,6 +20,7 @@ const (
 	dropTunWriteError
 	dropTunRead
 	dropStrictSource
+	dropCoDel
 	numDropReasons
 )
 
@@ -35,6 +36,7 @@ type Drops struct {
 	TunWriteError uint64 // the TUN refused the packet
 	TunRead       uint64 // the TUN queue returned a malformed (super-)packet
 	StrictSource  uint64 // inner source outside the sender's subnets (Config.StrictSource)
+	CoDel         uint64 // a bulk flow's packet dropped because the queue in front of the router stood above the AQM target
 }
 
 // Stats are the router's counters, summed over its workers. Packets and
@@ -50,6 +52,10 @@ type Stats struct {
 	ICMPSent        uint64 // ICMP errors written into the TUN
 	ICMPRateLimited uint64 // ICMP errors not sent because of the rate limit
 
+	// TxCEMarked and RxCEMarked count ECN-capable packets marked
+	// Congestion Experienced instead of a CoDel drop.
+	TxCEMarked, RxCEMarked uint64
+
 	Drops Drops
 
 	// TxBatchSizes and RxBatchSizes count batches by size: bucket i holds
@@ -58,6 +64,13 @@ type Stats struct {
 	TxBatchSizes, RxBatchSizes [len(BatchSizeBounds) + 1]uint64
 	// TxBatchPackets and RxBatchPackets are the packets in those batches.
 	TxBatchPackets, RxBatchPackets uint64
+
+	// Stages is the distribution of each step's time per batch.
+	Stages [NumStages]StageHist
+
+	// SyscallErrors counts failed data-plane calls by call and errno,
+	// sorted; calls that never failed are left out.
+	SyscallErrors []SyscallError
 
 	// Offloads in use when Stats was called.
 	Offloads Offloads
@@ -74,6 +87,7 @@ type counters struct {
 	batchPackets            atomic.Uint64
 	batchSizes              [len(BatchSizeBounds) + 1]atomic.Uint64
 	icmpSent, icmpLimited   atomic.Uint64
+	ceMarked                atomic.Uint64
 	drops                   [numDropReasons]atomic.Uint64
 	_                       [64]byte
 }
@@ -104,6 +118,7 @@ func (s *Stats) addDrops(c *counters) {
 	s.Drops.TunWriteError += c.drops[dropTunWriteError].Load()
 	s.Drops.TunRead += c.drops[dropTunRead].Load()
 	s.Drops.StrictSource += c.drops[dropStrictSource].Load()
+	s.Drops.CoDel += c.drops[dropCoDel].Load()
 	s.ICMPSent += c.icmpSent.Load()
 	s.ICMPRateLimited += c.icmpLimited.Load()
 }

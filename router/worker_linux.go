@@ -3,10 +3,12 @@ package router
 import (
 	"encoding/binary"
 	"errors"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"os"
 	"time"
 	"unsafe"
 
+	"github.com/flannel-go/flannel-go/internal/fdpoll"
 	"github.com/flannel-go/flannel-go/tun"
 	"golang.org/x/sys/unix"
 )
@@ -18,7 +20,11 @@ const (
 	// that no datagram (or GRO train) is truncated.
 	maxDatagram = 65535
 	// udpBatch is the number of messages one recvmmsg call may return.
-	udpBatch = 32
+	// Each may be a GRO train of up to 64 KB, and a batch is written into
+	// the TUN before the next one is read: 8 bounds that to about 512 KB,
+	// a few hundred microseconds, which a sparse packet received behind it
+	// may wait (32 held 2 MB, about a millisecond).
+	udpBatch = 8
 	// maxGSOSegs and maxGSOBytes bound one UDP_SEGMENT send: the kernel
 	// takes at most 64 segments (UDP_MAX_SEGMENTS on older kernels) and
 	// one UDP datagram's worth of payload, 65535-20-8 bytes.
@@ -27,11 +33,18 @@ const (
 	// maxGROSegs is the most datagrams the kernel merges into one
 	// UDP_GRO message.
 	maxGROSegs = 64
+	// minBulkSegs is the shortest train the AQM takes a packet from: a
+	// bulk flow's. A sparse flow whose two packets happened to queue
+	// together is never the victim.
+	minBulkSegs = 4
 )
 
 var (
 	gsoCtlLen = unix.CmsgSpace(2) // UDP_SEGMENT: a u16 segment size
 	groCtlLen = unix.CmsgSpace(4) // UDP_GRO: an int segment size
+	// inCtlLen holds UDP_GRO and SCM_TIMESTAMPNS (a struct timespec):
+	// when the datagram reached the socket, for the queue's delay.
+	inCtlLen = groCtlLen + unix.CmsgSpace(16)
 )
 
 // worker moves packets between one TUN queue and one UDP socket: an egress
@@ -66,21 +79,39 @@ type worker struct {
 	msgSegs  []int32
 	outN     int
 	outIdx   int
-	spoll    [2]unix.PollFd
+	spoll    *fdpoll.Waiter
 	icmpBufs [][]byte
 	icmpOut  [][]byte
 	lim      limiter
+	// egAQM watches how long the TUN queue stands: the TUN hands out no
+	// timestamps, but a Read that fills half the batch or more shows a
+	// backlog, so the time since the last Read that drained the queue is
+	// a lower bound of the delay in front of the worker.
+	egAQM     codel
+	lastEmpty int64
+	// flowCount counts a batch's packets per flow hash bucket; sparse
+	// flows (one packet in the batch) are sent first.
+	flowCount [256]uint8
+	spareIovs []unix.Iovec
+	sparePeer []uint32
 
 	// Ingress, owned by the ingress goroutine.
 	inBufs  [][]byte
 	inMsgs  []unix.Mmsghdr
 	inIovs  []unix.Iovec
 	inNames []unix.RawSockaddrInet4
-	inCtl   []byte // groCtlLen bytes per message
+	inCtl   []byte // inCtlLen bytes per message
 	inWrite [][]byte
-	rpoll   [2]unix.PollFd
+	inSegs  []int32 // per message: segment size (the whole message if one datagram)
+	inStamp []int64 // per message: when it reached the socket, wall-clock ns (0: unknown)
+	inAQM   codel
+	rpoll   *fdpoll.Waiter
 
 	eg, in counters
+	// egErr and inErr count failed calls; each is owned by one goroutine.
+	egErr, inErr errnoCounts
+	// stages times each batch's steps; both goroutines add to it.
+	stages stageCounters
 }
 
 // slab cuts n buffers of size bytes out of one allocation.
@@ -96,29 +127,35 @@ func slab(n, size int) [][]byte {
 func newWorker(r *Router, id int, q tun.Queue) *worker {
 	eb := max(1, q.BatchSize())
 	w := &worker{
-		r:        r,
-		id:       id,
-		q:        q,
-		sock:     -1,
-		evfd:     -1,
-		tunBufs:  slab(eb, off+maxDatagram),
-		tunSizes: make([]int, eb),
-		outIovs:  make([]unix.Iovec, eb),
-		outPeer:  make([]uint32, eb),
-		outMsgs:  make([]unix.Mmsghdr, eb),
-		outNames: make([]unix.RawSockaddrInet4, eb),
-		outCtl:   make([]byte, eb*gsoCtlLen),
-		msgFirst: make([]int32, eb),
-		msgSegs:  make([]int32, eb),
-		icmpBufs: slab(eb, off+icmpMaxLen),
-		icmpOut:  make([][]byte, eb),
-		lim:      newLimiter(icmpRate, icmpBurst),
-		inBufs:   slab(udpBatch, off+maxDatagram),
-		inMsgs:   make([]unix.Mmsghdr, udpBatch),
-		inIovs:   make([]unix.Iovec, udpBatch),
-		inNames:  make([]unix.RawSockaddrInet4, udpBatch),
-		inCtl:    make([]byte, udpBatch*groCtlLen),
-		inWrite:  make([][]byte, 0, udpBatch*maxGROSegs),
+		r:         r,
+		id:        id,
+		q:         q,
+		sock:      -1,
+		evfd:      -1,
+		tunBufs:   slab(eb, off+maxDatagram),
+		tunSizes:  make([]int, eb),
+		outIovs:   make([]unix.Iovec, eb),
+		outPeer:   make([]uint32, eb),
+		spareIovs: make([]unix.Iovec, eb),
+		sparePeer: make([]uint32, eb),
+		outMsgs:   make([]unix.Mmsghdr, eb),
+		outNames:  make([]unix.RawSockaddrInet4, eb),
+		outCtl:    make([]byte, eb*gsoCtlLen),
+		msgFirst:  make([]int32, eb),
+		msgSegs:   make([]int32, eb),
+		icmpBufs:  slab(eb, off+icmpMaxLen),
+		icmpOut:   make([][]byte, eb),
+		lim:       newLimiter(icmpRate, icmpBurst),
+		inBufs:    slab(udpBatch, off+maxDatagram),
+		inMsgs:    make([]unix.Mmsghdr, udpBatch),
+		inIovs:    make([]unix.Iovec, udpBatch),
+		inNames:   make([]unix.RawSockaddrInet4, udpBatch),
+		inCtl:     make([]byte, udpBatch*inCtlLen),
+		inSegs:    make([]int32, udpBatch),
+		inStamp:   make([]int64, udpBatch),
+		egAQM:     codel{target: int64(r.cfg.AQMTarget), interval: int64(r.cfg.AQMInterval)},
+		inAQM:     codel{target: int64(r.cfg.AQMTarget), interval: int64(r.cfg.AQMInterval)},
+		inWrite:   make([][]byte, 0, udpBatch*maxGROSegs),
 	}
 	start := time.Now()
 	w.clock = func() time.Duration { return time.Since(start) }
@@ -143,15 +180,17 @@ func newWorker(r *Router, id int, q tun.Queue) *worker {
 		h.Name = (*byte)(unsafe.Pointer(&w.inNames[i]))
 		h.Iov = &w.inIovs[i]
 		h.SetIovlen(1)
-		h.Control = &w.inCtl[i*groCtlLen]
+		h.Control = &w.inCtl[i*inCtlLen]
 	}
 	return w
 }
 
 // initPoll sets up the poll(2) sets once the socket and eventfd exist.
+// A full send buffer drains at the kernel's pace, so only the receive side
+// busy-polls.
 func (w *worker) initPoll() {
-	w.spoll = [2]unix.PollFd{{Fd: int32(w.sock), Events: unix.POLLOUT}, {Fd: int32(w.evfd), Events: unix.POLLIN}}
-	w.rpoll = [2]unix.PollFd{{Fd: int32(w.sock), Events: unix.POLLIN}, {Fd: int32(w.evfd), Events: unix.POLLIN}}
+	w.spoll = fdpoll.New(w.sock, unix.POLLOUT, w.evfd, 0)
+	w.rpoll = fdpoll.New(w.sock, unix.POLLIN, w.evfd, w.r.cfg.BusyPoll)
 }
 
 // egressBatch routes the n packets read from the TUN: packets for peers
@@ -189,9 +228,73 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 		nout++
 	}
 	w.outPkts = nout
+	w.sparseFirst()
 	w.outN, w.outIdx = w.buildMsgs(0, 0, w.r.gso.Load()), 0
 	return nout, nicmp
 }
+
+// sparseFirst moves the packets of flows that have a single packet in the
+// batch in front of the others, keeping each group's order, so that a
+// ping or a DNS query is sent before a bulk flow's trains.
+func (w *worker) sparseFirst() {
+	n := w.outPkts
+	if n < 2 {
+		return
+	}
+	clear(w.flowCount[:])
+	for i := range n {
+		h := flowHash(iovBytes(w.outIovs[i]))
+		w.flowCount[h] = min(w.flowCount[h]+1, 2)
+	}
+	k := 0
+	for i := range n {
+		if w.flowCount[flowHash(iovBytes(w.outIovs[i]))] == 1 {
+			w.spareIovs[k], w.sparePeer[k] = w.outIovs[i], w.outPeer[i]
+			k++
+		}
+	}
+	if k == 0 || k == n {
+		return
+	}
+	for i := range n {
+		if w.flowCount[flowHash(iovBytes(w.outIovs[i]))] != 1 {
+			w.spareIovs[k], w.sparePeer[k] = w.outIovs[i], w.outPeer[i]
+			k++
+		}
+	}
+	copy(w.outIovs[:n], w.spareIovs[:n])
+	copy(w.outPeer[:n], w.sparePeer[:n])
+}
+
+// aqmSignal applies a CoDel signal to the batch in outMsgs: the last packet
+// of its longest train of at least minBulkSegs, a bulk flow's, is marked CE or, if its flow is not
+// ECN-capable, left out of the train.
+func (w *worker) aqmSignal() {
+	best := -1
+	for m := range w.outN {
+		if w.msgSegs[m] >= minBulkSegs && (best < 0 || w.msgSegs[m] > w.msgSegs[best]) {
+			best = m
+		}
+	}
+	if best < 0 {
+		return
+	}
+	last := int(w.msgFirst[best] + w.msgSegs[best] - 1)
+	if markCE(iovBytes(w.outIovs[last])) {
+		w.eg.ceMarked.Add(1)
+		return
+	}
+	w.eg.drop(dropCoDel)
+	w.msgSegs[best]--
+	h := &w.outMsgs[best].Hdr
+	h.SetIovlen(int(w.msgSegs[best]))
+	if w.msgSegs[best] == 1 {
+		h.Control = nil
+		h.SetControllen(0)
+	}
+}
+
+func iovBytes(iov unix.Iovec) []byte { return unsafe.Slice(iov.Base, iov.Len) }
 
 // buildMsgs fills outMsgs[msg:] with the packets from index pkt on and
 // returns the number of messages. With gso, a run of packets to one peer
@@ -256,19 +359,29 @@ func (w *worker) icmpError(pkt []byte, hlen int, typ, code, ttl uint8, nicmp int
 	return nicmp + 1
 }
 
-// groSize returns the segment size of a UDP_GRO message, 0 if it is one
-// datagram.
-func (w *worker) groSize(i int) int {
+// parseCtl reads message i's control messages into inSegs[i] (the UDP_GRO
+// segment size, or its length if it is one datagram) and inStamp[i].
+func (w *worker) parseCtl(i int) {
 	h := &w.inMsgs[i].Hdr
-	if int(h.Controllen) < unix.CmsgLen(4) {
-		return 0
+	w.inSegs[i], w.inStamp[i] = int32(w.inMsgs[i].Len), 0
+	ctl := w.inCtl[i*inCtlLen : i*inCtlLen+min(int(h.Controllen), inCtlLen)]
+	for len(ctl) >= unix.CmsgLen(0) {
+		c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+		l := int(c.Len)
+		if l < unix.CmsgLen(0) || l > len(ctl) {
+			return
+		}
+		data := ctl[unix.CmsgLen(0):l]
+		switch {
+		case c.Level == unix.SOL_UDP && c.Type == unix.UDP_GRO && len(data) >= 4:
+			if seg := int32(binary.NativeEndian.Uint32(data)); seg > 0 {
+				w.inSegs[i] = seg
+			}
+		case c.Level == unix.SOL_SOCKET && c.Type == unix.SO_TIMESTAMPNS && len(data) >= 16:
+			w.inStamp[i] = int64(binary.NativeEndian.Uint64(data))*1e9 + int64(binary.NativeEndian.Uint64(data[8:]))
+		}
+		ctl = ctl[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(ctl)):]
 	}
-	ctl := w.inCtl[i*groCtlLen : (i+1)*groCtlLen]
-	c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
-	if c.Level != unix.SOL_UDP || c.Type != unix.UDP_GRO {
-		return 0
-	}
-	return int(int32(binary.NativeEndian.Uint32(ctl[unix.CmsgLen(0):])))
 }
 
 // ingressBatch checks the n received messages, splits GRO trains into
@@ -276,58 +389,123 @@ func (w *worker) groSize(i int) int {
 // into the TUN in inWrite, as slices of the receive buffers; it returns
 // their number. A batch with more packets than inWrite holds is written
 // in parts.
+//
+// Sparse flows go first: a single datagram whose flow has no train in the
+// batch is listed before the trains, so a ping or a DNS answer never waits
+// for a bulk flow's writes; a flow's own packets keep their order. The
+// socket's queue is under CoDel: when the delay since the kernel queued
+// the messages has stood above target, the last datagram of a train (a
+// bulk flow's) is marked CE or, if its flow is not ECN-capable, dropped.
 func (w *worker) ingressBatch(t *table, n int) int {
-	accept, strict := w.r.cfg.AcceptUnknownPeers, w.r.cfg.StrictSource
-	tap := w.r.tap.Load()
 	w.inWrite = w.inWrite[:0]
+	victim := -1
+	if w.inAQM.target > 0 {
+		now, clock := time.Now().UnixNano(), int64(w.clock())
+		owed := false
+		for i := range n {
+			w.parseCtl(i)
+			if i == 0 && w.inStamp[0] != 0 {
+				w.stages.observe(StageSocketQueue, time.Duration(now-w.inStamp[0]))
+			}
+			if w.inStamp[i] != 0 && w.inAQM.signal(now-w.inStamp[i], clock) {
+				owed = true
+			}
+			if owed && int32(w.inMsgs[i].Len) > (minBulkSegs-1)*w.inSegs[i] {
+				victim, owed = i, false
+			}
+		}
+	} else {
+		for i := range n {
+			w.parseCtl(i)
+		}
+	}
 	for i := range n {
-		m := &w.inMsgs[i]
-		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-			w.in.drop(dropOversize)
-			continue
-		}
-		sender := be32(w.inNames[i].Addr)
-		if !accept && !t.isPeer(sender) {
-			w.in.drop(dropUnknownPeer)
-			continue
-		}
-		buf := w.inBufs[i]
-		l := int(m.Len)
-		if l == 0 {
-			w.in.drop(dropMalformed)
-			continue
-		}
-		seg := w.groSize(i)
-		if seg <= 0 {
-			seg = l
-		}
-		for at := 0; at < l; at += seg {
-			pkt := buf[off+at : off+min(at+seg, l)]
-			if tap != nil {
-				tap.t.Capture(In, pkt)
+		if w.inSegs[i] >= int32(w.inMsgs[i].Len) && !w.sameFlowAsTrain(i, n) {
+			if w.ingressMsg(t, i, false) != nil {
+				return 0
 			}
-			_, total, reason := parseIPv4(pkt)
-			if reason != dropNone {
-				w.in.drop(reason)
-				continue
+		}
+	}
+	for i := range n {
+		if w.inSegs[i] < int32(w.inMsgs[i].Len) || w.sameFlowAsTrain(i, n) {
+			if w.ingressMsg(t, i, i == victim) != nil {
+				return 0
 			}
-			if strict && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
-				w.in.drop(dropStrictSource)
-				continue
-			}
-			if len(w.inWrite) == cap(w.inWrite) {
-				if w.writeTUN(w.inWrite, &w.in, true) != nil {
-					w.inWrite = w.inWrite[:0]
-					return 0
-				}
-				w.inWrite = w.inWrite[:0]
-			}
-			// The headroom of a packet inside a train is the previous
-			// packet's tail; the TUN never writes before offset.
-			w.inWrite = append(w.inWrite, buf[at:off+at+total])
 		}
 	}
 	return len(w.inWrite)
+}
+
+// sameFlowAsTrain reports whether the single datagram in message i belongs
+// to a flow (addresses, protocol, ports) that a train in the batch carries.
+func (w *worker) sameFlowAsTrain(i, n int) bool {
+	if w.inSegs[i] < int32(w.inMsgs[i].Len) {
+		return false
+	}
+	a := w.inBufs[i][off : off+int(w.inMsgs[i].Len)]
+	for j := range n {
+		if w.inSegs[j] < int32(w.inMsgs[j].Len) && inet.SameFlow(a, w.inBufs[j][off:off+int(w.inSegs[j])]) {
+			return true
+		}
+	}
+	return false
+}
+
+// ingressMsg checks message i and appends its packets to inWrite, writing
+// inWrite out first when it is full; with signal, the last packet is
+// marked CE or dropped (CoDel). Only a closed TUN is an error.
+func (w *worker) ingressMsg(t *table, i int, signal bool) error {
+	m := &w.inMsgs[i]
+	if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+		w.in.drop(dropOversize)
+		return nil
+	}
+	sender := be32(w.inNames[i].Addr)
+	if !w.r.cfg.AcceptUnknownPeers && !t.isPeer(sender) {
+		w.in.drop(dropUnknownPeer)
+		return nil
+	}
+	buf := w.inBufs[i]
+	l := int(m.Len)
+	if l == 0 {
+		w.in.drop(dropMalformed)
+		return nil
+	}
+	tap := w.r.tap.Load()
+	seg := int(w.inSegs[i])
+	for at := 0; at < l; at += seg {
+		pkt := buf[off+at : off+min(at+seg, l)]
+		if tap != nil {
+			tap.t.Capture(In, pkt)
+		}
+		_, total, reason := parseIPv4(pkt)
+		if reason != dropNone {
+			w.in.drop(reason)
+			continue
+		}
+		if w.r.cfg.StrictSource && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
+			w.in.drop(dropStrictSource)
+			continue
+		}
+		if signal && at+seg >= l {
+			if !markCE(pkt) {
+				w.in.drop(dropCoDel)
+				continue
+			}
+			w.in.ceMarked.Add(1)
+		}
+		if len(w.inWrite) == cap(w.inWrite) {
+			if err := w.writeTUN(w.inWrite, &w.in, true); err != nil {
+				w.inWrite = w.inWrite[:0]
+				return err
+			}
+			w.inWrite = w.inWrite[:0]
+		}
+		// The headroom of a packet inside a train is the previous
+		// packet's tail; the TUN never writes before offset.
+		w.inWrite = append(w.inWrite, buf[at:off+at+total])
+	}
+	return nil
 }
 
 func (w *worker) runEgress() error {
@@ -342,17 +520,34 @@ func (w *worker) runEgress() error {
 				w.r.log.Debug("TUN read dropped a packet", "worker", w.id, "error", err)
 				continue
 			}
-			return wrapf(err, "worker %d: read from TUN", w.id)
+			// Only a closed queue ends the worker; a pause keeps a
+			// persistent error from spinning the CPU.
+			w.transient(&w.egErr, opTunRead, err)
+			time.Sleep(time.Millisecond)
+			continue
 		}
 		if n == 0 {
 			continue
 		}
 		w.eg.batch(n)
+		now := int64(w.clock())
+		if n < len(w.tunBufs)/2 {
+			w.lastEmpty = now
+		}
+		if now > w.lastEmpty {
+			w.stages.observe(StageTUNBacklog, time.Duration(now-w.lastEmpty))
+		}
 		_, nicmp := w.egressBatch(w.r.table.Load(), n)
+		if w.egAQM.signal(now-w.lastEmpty, now) {
+			w.aqmSignal()
+		}
+		routed := w.clock()
+		w.stages.observe(StageRoute, routed-time.Duration(now))
 		if w.outN > 0 {
 			if err := w.send(); err != nil {
 				return err
 			}
+			w.stages.observe(StageSend, w.clock()-routed)
 		}
 		if nicmp > 0 {
 			if err := w.writeTUN(w.icmpOut[:nicmp], &w.eg, false); err != nil {
@@ -383,7 +578,7 @@ func (w *worker) send() error {
 			w.outIdx += r
 		case e == unix.EINTR:
 		case e == unix.EAGAIN:
-			if waitFD(&w.spoll) != nil {
+			if w.spoll.Wait() != nil {
 				return errStopped
 			}
 		case w.msgSegs[w.outIdx] > 1 && (e == unix.EIO || e == unix.EINVAL || e == unix.EMSGSIZE):
@@ -395,34 +590,26 @@ func (w *worker) send() error {
 		default:
 			// The errno belongs to the first unsent message.
 			w.eg.drops[dropSendError].Add(uint64(w.msgSegs[w.outIdx]))
+			w.transient(&w.egErr, opSendmmsg, e)
 			w.outIdx++
 		}
 	}
 	return nil
 }
 
+// transient counts a failed call that does not stop the worker and logs it
+// once per errno per minute.
+func (w *worker) transient(c *errnoCounts, op syscallOp, err error) {
+	e := errnoOf(err)
+	if c.count(op, e, w.clock()) {
+		w.r.log.Warn("Data-plane call failed; counting and carrying on (logged once a minute per error)",
+			"worker", w.id, "call", opNames[op], "errno", unix.ErrnoName(e), "error", err)
+	}
+}
+
 func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
 	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
 	return int(r), e
-}
-
-// waitFD sleeps until pfd[0] is ready; it fails once the eventfd in pfd[1]
-// was signalled (the router is closing).
-func waitFD(pfd *[2]unix.PollFd) error {
-	for {
-		pfd[0].Revents, pfd[1].Revents = 0, 0
-		_, err := unix.Poll(pfd[:], -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if pfd[1].Revents != 0 {
-			return errStopped
-		}
-		return nil
-	}
 }
 
 func (w *worker) runIngress() error {
@@ -432,11 +619,13 @@ func (w *worker) runIngress() error {
 			return err
 		}
 		w.in.batch(n)
+		start := w.clock()
 		if k := w.ingressBatch(w.r.table.Load(), n); k > 0 {
 			if err := w.writeTUN(w.inWrite[:k], &w.in, true); err != nil {
 				return err
 			}
 		}
+		w.stages.observe(StageTUNWrite, w.clock()-start)
 	}
 }
 
@@ -446,21 +635,26 @@ func (w *worker) recv() (int, error) {
 		h := &w.inMsgs[i].Hdr
 		h.Namelen = unix.SizeofSockaddrInet4
 		h.Flags = 0
-		h.SetControllen(groCtlLen)
+		h.SetControllen(inCtlLen)
 	}
 	for {
 		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(w.sock), uintptr(unsafe.Pointer(&w.inMsgs[0])),
 			uintptr(len(w.inMsgs)), 0, 0, 0)
 		switch e {
 		case 0:
+			w.rpoll.Active()
 			return int(r), nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if waitFD(&w.rpoll) != nil {
+			if w.rpoll.Wait() != nil {
 				return 0, errStopped
 			}
+		case unix.EBADF:
+			return 0, errStopped
 		default:
-			return 0, wrapf(e, "worker %d: recvmmsg", w.id)
+			// ECONNREFUSED (an ICMP error about a datagram we sent),
+			// ENOMEM, ...: counted, and the socket is read again.
+			w.transient(&w.inErr, opRecvmmsg, e)
 		}
 	}
 }
@@ -494,6 +688,10 @@ func (w *worker) writeTUN(bufs [][]byte, c *counters, data bool) error {
 		return errStopped
 	}
 	c.drops[dropTunWriteError].Add(uint64(len(bufs) - n))
-	w.r.log.Debug("TUN write failed", "worker", w.id, "error", err)
+	if data {
+		w.transient(&w.inErr, opTunWrite, err)
+	} else {
+		w.transient(&w.egErr, opTunWrite, err)
+	}
 	return nil
 }

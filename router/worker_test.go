@@ -5,6 +5,7 @@ package router
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"net/netip"
 	"testing"
 	"time"
@@ -81,16 +82,12 @@ func loadGRO(w *worker, i int, from netip.Addr, gso int, pkts [][]byte) {
 	m.Len = uint32(n)
 	m.Hdr.Flags = 0
 	w.inNames[i].Addr = from.As4()
-	ctl := w.inCtl[i*groCtlLen : (i+1)*groCtlLen]
+	ctl := w.inCtl[i*inCtlLen : (i+1)*inCtlLen]
 	c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
 	c.Level, c.Type = unix.SOL_UDP, unix.UDP_GRO
 	c.SetLen(unix.CmsgLen(4))
 	binary.NativeEndian.PutUint32(ctl[unix.CmsgLen(0):], uint32(gso))
 	m.Hdr.SetControllen(unix.CmsgLen(4))
-}
-
-func iovBytes(iov unix.Iovec) []byte {
-	return unsafe.Slice(iov.Base, iov.Len)
 }
 
 func TestEgressBatch(t *testing.T) {
@@ -121,7 +118,7 @@ func TestEgressBatch(t *testing.T) {
 		want := bytes.Clone(tc.orig)
 		want[8]--
 		binary.BigEndian.PutUint16(want[10:12], 0)
-		binary.BigEndian.PutUint16(want[10:12], checksum(want[:int(want[0]&0xf)*4]))
+		binary.BigEndian.PutUint16(want[10:12], inet.Checksum(want[:int(want[0]&0xf)*4]))
 		if !bytes.Equal(got, want) {
 			t.Errorf("datagram %d = %x, want %x", i, got, want)
 		}
@@ -284,4 +281,18 @@ func TestIngressStrictSource(t *testing.T) {
 	if k := w.ingressBatch(w.r.table.Load(), n); k != 1 {
 		t.Fatalf("without StrictSource: %d packets, want 1", k)
 	}
+}
+
+// stampMsg adds an SCM_TIMESTAMPNS control message (wall-clock ns) after
+// what message i's control buffer already holds, as recvmmsg would.
+func stampMsg(w *worker, i int, ns int64) {
+	h := &w.inMsgs[i].Hdr
+	at := (int(h.Controllen) + 7) &^ 7 // control messages start aligned
+	ctl := w.inCtl[i*inCtlLen+at : (i+1)*inCtlLen]
+	c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+	c.Level, c.Type = unix.SOL_SOCKET, unix.SO_TIMESTAMPNS
+	c.SetLen(unix.CmsgLen(16))
+	binary.NativeEndian.PutUint64(ctl[unix.CmsgLen(0):], uint64(ns/1e9))
+	binary.NativeEndian.PutUint64(ctl[unix.CmsgLen(0)+8:], uint64(ns%1e9))
+	h.SetControllen(at + unix.CmsgSpace(16))
 }

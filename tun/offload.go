@@ -3,7 +3,7 @@ package tun
 import (
 	"encoding/binary"
 	"errors"
-	"math/bits"
+	"github.com/flannel-go/flannel-go/internal/inet"
 )
 
 // The virtio-net header (include/uapi/linux/virtio_net.h) that an
@@ -82,57 +82,6 @@ var (
 	errSegmentSpace = errors.New("buffer too small for a segment")
 )
 
-// sum16 adds b as big-endian 16-bit words to sum without folding; a
-// trailing odd byte is the high byte of a last word. It adds 64-bit words
-// with end-around carry: 2^64-1 is a multiple of 2^16-1, so this is the
-// same one's-complement sum, four 16-bit words at a time.
-func sum16(b []byte, sum uint64) uint64 {
-	var c uint64
-	for len(b) >= 32 {
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b), c)
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[8:]), c)
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[16:]), c)
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[24:]), c)
-		b = b[32:]
-	}
-	for len(b) >= 8 {
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b), c)
-		b = b[8:]
-	}
-	sum, c = bits.Add64(sum, c, 0)
-	sum += c
-	// Fold to 32 bits so that the short tail cannot overflow.
-	sum = sum>>32 + sum&0xffffffff
-	for len(b) >= 2 {
-		sum += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint64(b[0]) << 8
-	}
-	return sum
-}
-
-// fold reduces a one's-complement sum to 16 bits.
-func fold(sum uint64) uint16 {
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return uint16(sum)
-}
-
-// pseudoSum is the unfolded IPv4 pseudo-header sum for an L4 segment of
-// length l of protocol proto between the addresses in the IPv4 header ip.
-func pseudoSum(ip []byte, proto uint8, l int) uint64 {
-	return sum16(ip[12:20], uint64(proto)+uint64(l))
-}
-
-// ipv4HeaderChecksum sets the header checksum of the IPv4 header h.
-func ipv4HeaderChecksum(h []byte) {
-	h[10], h[11] = 0, 0
-	binary.BigEndian.PutUint16(h[10:], ^fold(sum16(h, 0)))
-}
-
 // completeChecksum finishes a CHECKSUM_PARTIAL packet: the field at
 // start+offset holds the pseudo-header sum, and the checksum covers
 // everything from start on. start and offset are 16-bit header fields, so
@@ -143,7 +92,7 @@ func completeChecksum(p []byte, start, offset int) error {
 	if at+2 > len(p) || offset&1 != 0 {
 		return errBadCsum
 	}
-	c := ^fold(sum16(p[start:], 0))
+	c := ^inet.Fold(inet.Sum16(p[start:], 0))
 	if c == 0 && offset == 6 { // a UDP checksum of 0 means "none"
 		c = 0xffff
 	}
@@ -239,7 +188,7 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 		ip := seg[:iphl]
 		binary.BigEndian.PutUint16(ip[2:], uint16(len(seg)))
 		binary.BigEndian.PutUint16(ip[4:], id+uint16(i))
-		ipv4HeaderChecksum(ip)
+		inet.SetHeaderChecksum(ip)
 		l4 := seg[iphl:]
 		if isTCP {
 			binary.BigEndian.PutUint32(l4[4:], seq+uint32(i*mss))
@@ -252,11 +201,11 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 			}
 			l4[13] = f
 			l4[16], l4[17] = 0, 0
-			binary.BigEndian.PutUint16(l4[16:], ^fold(sum16(l4, pseudoSum(ip, protoTCP, len(l4)))))
+			binary.BigEndian.PutUint16(l4[16:], ^inet.Fold(inet.Sum16(l4, inet.PseudoSum(ip, protoTCP, len(l4)))))
 		} else {
 			binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
 			l4[6], l4[7] = 0, 0
-			c := ^fold(sum16(l4, pseudoSum(ip, protoUDP, len(l4))))
+			c := ^inet.Fold(inet.Sum16(l4, inet.PseudoSum(ip, protoUDP, len(l4))))
 			if c == 0 {
 				c = 0xffff
 			}
@@ -325,14 +274,6 @@ func (t *groTable) reset(n int) {
 	}
 }
 
-// sameFlow reports whether IPv4 packets a and b (both without IP options)
-// have the same protocol, addresses and ports.
-func sameFlow(a, b []byte) bool {
-	return a[9] == b[9] &&
-		binary.NativeEndian.Uint64(a[12:20]) == binary.NativeEndian.Uint64(b[12:20]) &&
-		binary.NativeEndian.Uint32(a[20:24]) == binary.NativeEndian.Uint32(b[20:24])
-}
-
 // l4ChecksumOK verifies the TCP or UDP checksum of the IPv4 packet p with
 // a 20-byte header.
 func l4ChecksumOK(p []byte) bool {
@@ -340,7 +281,7 @@ func l4ChecksumOK(p []byte) bool {
 		return true // sent without a checksum
 	}
 	l4 := p[ipv4Len:]
-	return fold(sum16(l4, pseudoSum(p, p[9], len(l4)))) == 0xffff
+	return inet.Fold(inet.Sum16(l4, inet.PseudoSum(p, p[9], len(l4)))) == 0xffff
 }
 
 // classify returns the protocol a packet may be coalesced under (0 if it
@@ -448,7 +389,7 @@ func (t *groTable) appendTo(bufs [][]byte, offset, i int, p []byte, hl int) bool
 	for k := len(t.open) - 1; k >= 0; k-- {
 		it := &t.items[t.open[k]]
 		head := bufs[it.head][offset:]
-		if !sameFlow(head, p) {
+		if !inet.SameFlow(head, p) {
 			continue
 		}
 		if !canAppend(it, head, p, hl) {
@@ -476,7 +417,7 @@ func (t *groTable) appendTo(bufs [][]byte, offset, i int, p []byte, hl int) bool
 // closeFlow closes the open group of p's flow, if any.
 func (t *groTable) closeFlow(bufs [][]byte, offset int, p []byte) {
 	for k := len(t.open) - 1; k >= 0; k-- {
-		if sameFlow(bufs[t.items[t.open[k]].head][offset:], p) {
+		if inet.SameFlow(bufs[t.items[t.open[k]].head][offset:], p) {
 			t.closeOpen(k)
 			return
 		}
@@ -502,7 +443,7 @@ func finish(it *groItem, bufs [][]byte, offset int, trust bool, hdr *vnetHdr) {
 	p := bufs[it.head][offset:]
 	l4len := int(it.hl) - ipv4Len + int(it.payload)
 	binary.BigEndian.PutUint16(p[2:], uint16(ipv4Len+l4len))
-	ipv4HeaderChecksum(p[:ipv4Len])
+	inet.SetHeaderChecksum(p[:ipv4Len])
 	hdr.flags = vnetFlagNeedsCsum
 	hdr.hdrLen = uint16(it.hl)
 	hdr.gsoSize = uint16(it.gsoSize)
@@ -523,5 +464,5 @@ func finish(it *groItem, bufs [][]byte, offset int, trust bool, hdr *vnetHdr) {
 	}
 	// CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
 	at := ipv4Len + int(hdr.csumOffset)
-	binary.BigEndian.PutUint16(p[at:], fold(pseudoSum(p, it.proto, l4len)))
+	binary.BigEndian.PutUint16(p[at:], inet.Fold(inet.PseudoSum(p, it.proto, l4len)))
 }

@@ -12,16 +12,30 @@ import (
 	"github.com/google/gopacket/layers"
 )
 
+// readWithin is q.Read with a real deadline: a lost packet fails the test
+// at the deadline instead of blocking until the global timeout. A timer
+// closes the queue, which wakes the Read; the queue is useless after that,
+// but the test has failed anyway.
+func readWithin(t *testing.T, q Queue, bufs [][]byte, sizes []int, deadline time.Time) int {
+	t.Helper()
+	timer := time.AfterFunc(time.Until(deadline), func() { q.Close() })
+	n, err := q.Read(bufs, sizes, Headroom)
+	if !timer.Stop() {
+		t.Fatal("timed out reading from the TUN")
+	}
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	return n
+}
+
 // readUntil reads from q until match accepts a packet or the deadline
 // passes; it returns the segments of the Read that held the match.
 func readUntil(t *testing.T, q Queue, bufs [][]byte, sizes []int, match func(p []byte) bool) [][]byte {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		n, err := q.Read(bufs, sizes, Headroom)
-		if err != nil {
-			t.Fatalf("Read: %v", err)
-		}
+		n := readWithin(t, q, bufs, sizes, deadline)
 		var got [][]byte
 		for i := range n {
 			p := bufs[i][Headroom : Headroom+sizes[i]]

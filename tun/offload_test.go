@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"net"
 	"testing"
 
@@ -227,7 +228,7 @@ func TestSplitCompletesChecksum(t *testing.T) {
 		if p.udp {
 			at, proto = 20+6, protoUDP
 		}
-		binary.BigEndian.PutUint16(in[at:], fold(pseudoSum(in, proto, l4)))
+		binary.BigEndian.PutUint16(in[at:], inet.Fold(inet.PseudoSum(in, proto, l4)))
 		h := vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: uint16(at - 20)}
 		bufs := bufsFor(1, h, in)
 		sizes := []int{0}
@@ -343,7 +344,7 @@ func super(t *testing.T, members []pkt) []byte {
 	if s.udp {
 		at, proto = 20+6, protoUDP
 	}
-	binary.BigEndian.PutUint16(b[at:], fold(pseudoSum(b, proto, len(b)-20)))
+	binary.BigEndian.PutUint16(b[at:], inet.Fold(inet.PseudoSum(b, proto, len(b)-20)))
 	return b
 }
 

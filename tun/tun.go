@@ -5,6 +5,11 @@
 // packets, and one Write coalesces a flow's packets into a super-packet.
 package tun
 
+import (
+	"log/slog"
+	"time"
+)
+
 // Headroom is the number of bytes callers should reserve in front of each
 // packet (the offset argument of Queue.Read and Queue.Write). Read puts the
 // 10-byte virtio-net header there, so that a packet is read in place.
@@ -57,7 +62,19 @@ type Option func(*options)
 type options struct {
 	offloads       bool
 	verifyChecksum bool
+	busyPoll       time.Duration
+	log            *slog.Logger
 }
+
+// WithLogger gives Open a logger for set-up steps whose failure changes
+// behaviour without failing Open (slog.Default() if not given).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithBusyPoll makes a read or write that finds the queue not ready check
+// it again without sleeping for d after the queue's last activity, before
+// it sleeps in poll(2): a packet arriving within d costs no wake-up. 0 (the
+// default) sleeps at once.
+func WithBusyPoll(d time.Duration) Option { return func(o *options) { o.busyPoll = d } }
 
 // WithOffloads turns the offloads (IFF_VNET_HDR, TSO, USO and coalesced
 // writes) on or off; they are on by default and used as far as the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/flannel-go/flannel-go/internal/fdpoll"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -95,9 +97,7 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 			d.Offloads = setOffloads(fd)
 			if d.Offloads.TSO {
 				// Splitting needs a buffer per segment.
-				if l, err := netlink.LinkByName(name); err == nil {
-					_ = netlink.LinkSetGSOMaxSegs(l, OffloadBatchSize)
-				}
+				capGSOSegs(name, o)
 			}
 		}
 		q, err := newQueue(fd, d.Offloads, o)
@@ -109,6 +109,24 @@ func Open(name string, queues int, opts ...Option) (*Device, error) {
 		d.Queues = append(d.Queues, q)
 	}
 	return d, nil
+}
+
+// capGSOSegs limits the device's super-packets to OffloadBatchSize
+// segments. Should that fail, a larger one is refused by Read and counted
+// as a drop: say so once, at start.
+func capGSOSegs(name string, o options) {
+	log := o.log
+	if log == nil {
+		log = slog.Default()
+	}
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetGSOMaxSegs(l, OffloadBatchSize)
+	}
+	if err != nil {
+		log.Warn("Could not cap the TUN's GSO segments; larger super-packets will be dropped",
+			"device", name, "gso_max_segs", OffloadBatchSize, "error", err)
+	}
 }
 
 // openQueue attaches one non-blocking queue to the TUN name, creating it,
@@ -243,12 +261,12 @@ type queue struct {
 	// after a call's first go to spare, because a super-packet's segment
 	// count is known only once it was read; one that does not fit into
 	// the buffers left stays there (pending) for the next call.
-	rpoll   [2]unix.PollFd
+	rpoll   *fdpoll.Waiter
 	spare   []byte
 	pending int // bytes in spare waiting for the next Read, -1 for none
 
 	wmu   sync.Mutex // serialises writers; guards the fields below
-	wpoll [2]unix.PollFd
+	wpoll *fdpoll.Waiter
 	gro   groTable
 	trust bool
 	hdr   [vnetHdrLen]byte
@@ -270,8 +288,9 @@ func newQueue(fd int, off Offloads, o options) (*queue, error) {
 	if off.VnetHdr {
 		q.spare = make([]byte, vnetHdrLen+maxIPv4Total)
 	}
-	q.rpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(evfd), Events: unix.POLLIN}}
-	q.wpoll = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(evfd), Events: unix.POLLIN}}
+	q.rpoll = fdpoll.New(fd, unix.POLLIN, evfd, o.busyPoll)
+	// A full TUN write queue drains at the kernel's pace: no spin.
+	q.wpoll = fdpoll.New(fd, unix.POLLOUT, evfd, 0)
 	return q, nil
 }
 
@@ -304,22 +323,16 @@ func (q *queue) Close() error {
 	return nil
 }
 
-// wait sleeps until pfd[0] is ready or the queue is closed.
-func (q *queue) wait(pfd *[2]unix.PollFd) error {
-	for {
-		pfd[0].Revents, pfd[1].Revents = 0, 0
-		_, err := unix.Poll(pfd[:], -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return os.NewSyscallError("poll", err)
-		}
-		if pfd[1].Revents != 0 || q.closed.Load() {
-			return os.ErrClosed
-		}
-		return nil
+// wait sleeps until w's fd is ready or the queue is closed.
+func (q *queue) wait(w *fdpoll.Waiter) error {
+	err := w.Wait()
+	if errors.Is(err, fdpoll.ErrStopped) || q.closed.Load() {
+		return os.ErrClosed
 	}
+	if err != nil {
+		return os.NewSyscallError("poll", err)
+	}
+	return nil
 }
 
 // read reads one packet into b, sleeping while there is none.
@@ -328,10 +341,11 @@ func (q *queue) read(b []byte) (int, error) {
 		n, err := unix.Read(q.fd, b)
 		switch err {
 		case nil:
+			q.rpoll.Active()
 			return n, nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := q.wait(&q.rpoll); err != nil {
+			if err := q.wait(q.rpoll); err != nil {
 				return 0, err
 			}
 		default:
@@ -534,7 +548,7 @@ func (q *queue) writev(n int) error {
 			return nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := q.wait(&q.wpoll); err != nil {
+			if err := q.wait(q.wpoll); err != nil {
 				return err
 			}
 		default:

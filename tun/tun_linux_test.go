@@ -187,10 +187,7 @@ func testReadWrite(t *testing.T, q Queue) {
 	got := 0
 	deadline := time.Now().Add(5 * time.Second)
 	for got < sent && time.Now().Before(deadline) {
-		n, err := q.Read(bufs, sizes, Headroom)
-		if err != nil {
-			t.Fatalf("Read: %v", err)
-		}
+		n := readWithin(t, q, bufs, sizes, deadline)
 		for i := range n {
 			p := gopacket.NewPacket(bufs[i][Headroom:Headroom+sizes[i]], layers.LayerTypeIPv4, gopacket.Default)
 			udp, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP)

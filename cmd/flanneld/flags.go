@@ -55,6 +55,9 @@ type options struct {
 	offloads           bool
 	fastPath           string
 	verifyChecksums    bool
+	busyPoll           time.Duration
+	aqmTarget          time.Duration
+	aqmInterval        time.Duration
 
 	verbosity int
 	version   bool
@@ -70,7 +73,13 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
-func defaultQueues() int { return max(runtime.NumCPU(), 1) }
+// startGOMAXPROCS is the runtime's own choice before the daemon changes it:
+// the CPUs the process may use, the affinity mask and a cgroup CPU limit
+// included (Go 1.25 and later).
+var startGOMAXPROCS = runtime.GOMAXPROCS(0)
+
+// defaultQueues is one queue per CPU the process may use.
+func defaultQueues() int { return max(startGOMAXPROCS, 1) }
 
 // newFlagSet builds the flag set bound to o.
 func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
@@ -106,13 +115,16 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "also serve /metrics on this host:port")
 	fs.BoolVar(&o.debugPcap, "debug-pcap", false, "serve /debug/pcap (a capture of the overlay's packets) on the healthz port; off by default because that port listens on 0.0.0.0")
 
-	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU by default")
+	fs.IntVar(&o.queues, "queues", defaultQueues(), "TUN queues and forwarding workers, one per CPU the process may use (affinity and cgroup CPU limit) by default")
 	fs.IntVar(&o.socketBuffer, "socket-buffer", 4<<20, "UDP socket send and receive buffer size in bytes")
 	fs.IntVar(&o.tunTxQueueLen, "tun-txqueuelen", 4096, "TUN device transmit queue length")
 	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
 	fs.BoolVar(&o.strictSource, "strict-source", false, "drop overlay packets whose inner source is outside the sending node's subnet (breaks NodePort-style forwarding that keeps the client's address)")
 	fs.BoolVar(&o.offloads, "offloads", true, "use TSO/GRO on the TUN device and UDP GSO/GRO on the sockets where the kernel has them")
 	fs.StringVar(&o.fastPath, "fast-path", "auto", "carry packets to peers that also run it in a kernel TC eBPF fast path: auto (where the kernel and privileges allow), on (fail at start otherwise) or off (userspace router alone)")
+	fs.DurationVar(&o.busyPoll, "busy-poll", 0, "after forwarding a packet, data-plane threads check for the next one this long without sleeping, e.g. 200us (0: sleep at once); costs CPU under light traffic, an idle daemon still sleeps")
+	fs.DurationVar(&o.aqmTarget, "aqm-target", 250*time.Microsecond, "queueing delay in front of the data plane (TUN queue, socket receive queue) above which, once it stood for --aqm-interval, a bulk flow's packet is ECN-marked or dropped (CoDel); 0 disables")
+	fs.DurationVar(&o.aqmInterval, "aqm-interval", 2500*time.Microsecond, "how long the queueing delay must stand above --aqm-target before CoDel acts, and its base spacing between signals")
 	fs.BoolVar(&o.verifyChecksums, "verify-checksums", false, "re-verify inner TCP/UDP checksums of received packets instead of trusting the outer UDP checksum")
 
 	fs.IntVar(&o.verbosity, "v", 0, "log verbosity: 0 logs Info and above, 1 or more also Debug")
@@ -191,6 +203,12 @@ func (o *options) validate() error {
 	}
 	if o.tunTxQueueLen < 1 || o.tunTxQueueLen > 1<<20 {
 		errs = append(errs, fmt.Errorf("--tun-txqueuelen must be between 1 and 1048576, got %d", o.tunTxQueueLen))
+	}
+	if o.busyPoll < 0 || o.busyPoll > 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--busy-poll must be between 0 and 10ms, got %s", o.busyPoll))
+	}
+	if o.aqmTarget < 0 || o.aqmInterval <= 0 || o.aqmInterval > time.Second || o.aqmTarget > o.aqmInterval {
+		errs = append(errs, fmt.Errorf("--aqm-target (%s) must be between 0 and --aqm-interval (%s), which must be above 0 and at most 1s", o.aqmTarget, o.aqmInterval))
 	}
 	if o.iptablesResync < 1 {
 		errs = append(errs, fmt.Errorf("--iptables-resync must be at least 1 second, got %d", o.iptablesResync))

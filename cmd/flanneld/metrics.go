@@ -140,6 +140,7 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 		{"tun_write_error", s.Drops.TunWriteError},
 		{"tun_read", s.Drops.TunRead},
 		{"strict_source", s.Drops.StrictSource},
+		{"codel", s.Drops.CoDel},
 	} {
 		p.sample("flannel_router_dropped_packets_total", `path="user",reason="`+d.reason+`"`, d.n)
 	}
@@ -152,6 +153,28 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
 	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")
 	p.sample("flannel_router_icmp_errors_rate_limited_total", "", s.ICMPRateLimited)
+	p.family("flannel_router_stage_seconds", "histogram", "Time per batch of each step of the data path: tun_backlog (how long the TUN queue has stood backlogged), route, send (sendmmsg), socket_queue (oldest datagram's wait in the socket), tun_write.")
+	for st, h := range s.Stages {
+		var cum uint64
+		name := router.StageNames[st]
+		for i, b := range h.Buckets {
+			cum += b
+			le := "+Inf"
+			if i < len(router.StageBounds) {
+				le = fmt.Sprintf("%g", float64(router.StageBounds[i])/1e6)
+			}
+			p.sample("flannel_router_stage_seconds_bucket", `stage="`+name+`",le="`+le+`"`, cum)
+		}
+		fmt.Fprintf(w, "flannel_router_stage_seconds_sum{stage=%q} %g\n", name, float64(h.SumNs)/1e9)
+		p.sample("flannel_router_stage_seconds_count", `stage="`+name+`"`, cum)
+	}
+	p.family("flannel_router_syscall_errors_total", "counter", "Failed data-plane calls (recvmmsg, sendmmsg, tun_read, tun_write) by errno; transient errors are counted and the worker carries on.")
+	for _, e := range s.SyscallErrors {
+		p.sample("flannel_router_syscall_errors_total", fmt.Sprintf("call=%q,errno=%q", e.Op, e.Errno), e.Count)
+	}
+	p.family("flannel_router_ecn_ce_marked_total", "counter", "ECN-capable inner packets marked Congestion Experienced by the AQM instead of a drop, by direction.")
+	p.sample("flannel_router_ecn_ce_marked_total", `direction="in"`, s.RxCEMarked)
+	p.sample("flannel_router_ecn_ce_marked_total", `direction="out"`, s.TxCEMarked)
 
 	p.family("flannel_router_batch_size", "histogram", "Packets per batch: per recvmmsg call (in), per TUN read after splitting super-packets (out).")
 	p.histogram("flannel_router_batch_size", "in", &s.RxBatchSizes, s.RxBatchPackets)

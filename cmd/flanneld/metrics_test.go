@@ -102,13 +102,15 @@ func TestWriteRouterStats(t *testing.T) {
 	writeRouterStats(&b, router.Stats{
 		TxPackets: 1, TxBytes: 2, RxPackets: 3, RxBytes: 4, TxBatches: 5, RxBatches: 6,
 		ICMPSent: 7, ICMPRateLimited: 8,
-		Drops:          router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16, TunRead: 17},
+		Drops:      router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16, TunRead: 17, CoDel: 18},
+		TxCEMarked: 19, RxCEMarked: 20,
+		SyscallErrors:  []router.SyscallError{{Op: "recvmmsg", Errno: "ENOBUFS", Count: 21}},
 		TxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{0, 0, 0, 0, 0, 1, 0, 2, 1},
 		TxBatchPackets: 400,
 		RxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{3},
 		RxBatchPackets: 3,
 		Offloads:       router.Offloads{TUNVnetHdr: true, UDPGRO: true},
-	}, fastpath.Stats{TxPackets: 21, TxBytes: 22, RxPackets: 23, RxBytes: 24, DropStrictSource: 25}, true)
+	}, fastpath.Stats{TxPackets: 31, TxBytes: 32, RxPackets: 33, RxBytes: 34, DropStrictSource: 35}, true)
 	out := b.String()
 	types := checkExposition(t, out)
 	for _, want := range []string{
@@ -129,11 +131,16 @@ func TestWriteRouterStats(t *testing.T) {
 		`flannel_router_dropped_packets_total{path="user",reason="send_error"} 15`,
 		`flannel_router_dropped_packets_total{path="user",reason="tun_write_error"} 16`,
 		`flannel_router_dropped_packets_total{path="user",reason="tun_read"} 17`,
-		`flannel_router_packets_total{direction="out",path="kernel"} 21`,
-		`flannel_router_bytes_total{direction="out",path="kernel"} 22`,
-		`flannel_router_packets_total{direction="in",path="kernel"} 23`,
-		`flannel_router_bytes_total{direction="in",path="kernel"} 24`,
-		`flannel_router_dropped_packets_total{path="kernel",reason="strict_source"} 25`,
+		`flannel_router_packets_total{direction="out",path="kernel"} 31`,
+		`flannel_router_bytes_total{direction="out",path="kernel"} 32`,
+		`flannel_router_packets_total{direction="in",path="kernel"} 33`,
+		`flannel_router_bytes_total{direction="in",path="kernel"} 34`,
+		`flannel_router_dropped_packets_total{path="kernel",reason="strict_source"} 35`,
+		`flannel_router_dropped_packets_total{path="user",reason="codel"} 18`,
+		`flannel_router_ecn_ce_marked_total{direction="out"} 19`,
+		`flannel_router_ecn_ce_marked_total{direction="in"} 20`,
+		`flannel_router_syscall_errors_total{call="recvmmsg",errno="ENOBUFS"} 21`,
+		`flannel_router_stage_seconds_bucket{stage="send",le="+Inf"} 0`,
 		`flannel_router_batch_size_bucket{direction="out",le="16"} 0`,
 		`flannel_router_batch_size_bucket{direction="out",le="32"} 1`,
 		`flannel_router_batch_size_bucket{direction="out",le="128"} 3`,
@@ -153,7 +160,7 @@ func TestWriteRouterStats(t *testing.T) {
 	for name, typ := range types {
 		want := "counter"
 		switch name {
-		case "flannel_router_batch_size":
+		case "flannel_router_batch_size", "flannel_router_stage_seconds":
 			want = "histogram"
 		case "flannel_offload_enabled":
 			want = "gauge"

@@ -292,6 +292,14 @@ func (n *Node) Stop(sig os.Signal, timeout time.Duration) {
 	}
 }
 
+// PID is the process id of the node's running flanneld, 0 when not running.
+func (n *Node) PID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // ExitCode is the exit status of a stopped flanneld (-1 while running).
 func (n *Node) ExitCode() int {
 	if n.Running() || n.cmd == nil {
