@@ -109,10 +109,12 @@ func TestDualStackPrevious(t *testing.T) {
 		cfg := putConfigDoc(t, cli, dualConfig)
 		put(t, cli, dualStackKey, `{"PublicIP":"192.0.2.9","PublicIPv6":null}`)
 		for _, prev := range []subnets{
-			{netip.MustParsePrefix("198.18.40.0/24"), netip.MustParsePrefix("2001:db8:100:1a::/64")}, // IPv6 taken
-			{netip.MustParsePrefix("198.18.31.0/24"), netip.MustParsePrefix("2001:db8:100:40::/64")}, // IPv4 taken
-			{V4: netip.MustParsePrefix("198.18.41.0/24")},                                            // no IPv6 in the file
-			{netip.MustParsePrefix("198.18.42.0/24"), netip.MustParsePrefix("2001:db8:200:1::/64")},  // outside IPv6Network
+			// The free halves lie beyond the first 100 free subnets, where
+			// the random pick never lands, so a new pick differs from them.
+			{netip.MustParsePrefix("198.18.200.0/24"), netip.MustParsePrefix("2001:db8:100:1a::/64")}, // IPv6 taken
+			{netip.MustParsePrefix("198.18.31.0/24"), netip.MustParsePrefix("2001:db8:100:f0::/64")},  // IPv4 taken
+			{V4: netip.MustParsePrefix("198.18.201.0/24")},                                            // no IPv6 in the file
+			{netip.MustParsePrefix("198.18.202.0/24"), netip.MustParsePrefix("2001:db8:200:1::/64")},  // outside IPv6Network
 		} {
 			m, lb := newManager(cli, nodeA, Options{PrevSubnet: prev.V4, PrevIPv6Subnet: prev.V6})
 			l, err := m.Acquire(testCtx(t), cfg)
