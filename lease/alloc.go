@@ -44,27 +44,38 @@ func compatible4(cfg *Config, p netip.Prefix) bool {
 // pickSubnet walks the range from SubnetMin, collects up to 100 subnets that
 // overlap no taken one, and picks one of them at random.
 func pickSubnet(cfg *Config, taken []netip.Prefix, rnd *rand.Rand) (netip.Prefix, error) {
+	isTaken := takenSet(taken, cfg.SubnetLen)
+	size := uint64(1) << (32 - cfg.SubnetLen)
+	var free []netip.Prefix
+	for a := uint64(v4(cfg.SubnetMin)); a <= uint64(v4(cfg.SubnetMax)) && len(free) < maxCandidates; a += size {
+		if p := netip.PrefixFrom(fromV4(uint32(a)), cfg.SubnetLen); !isTaken(p) {
+			free = append(free, p)
+		}
+	}
+	return pickFree(free, rnd)
+}
+
+// takenSet reports whether a subnet of length bits is taken: equal to a
+// taken subnet of that length (a map look-up) or overlapping one of
+// another length (a scan of the few such).
+func takenSet(taken []netip.Prefix, bits int) func(netip.Prefix) bool {
 	exact := make(map[netip.Prefix]struct{}, len(taken))
 	var other []netip.Prefix
 	for _, t := range taken {
-		if t.Bits() == cfg.SubnetLen {
+		if t.Bits() == bits {
 			exact[t.Masked()] = struct{}{}
 		} else {
 			other = append(other, t)
 		}
 	}
-	size := uint64(1) << (32 - cfg.SubnetLen)
-	var free []netip.Prefix
-	for a := uint64(v4(cfg.SubnetMin)); a <= uint64(v4(cfg.SubnetMax)) && len(free) < maxCandidates; a += size {
-		p := netip.PrefixFrom(fromV4(uint32(a)), cfg.SubnetLen)
-		if _, ok := exact[p]; ok {
-			continue
-		}
-		if overlapsAny(p, other) {
-			continue
-		}
-		free = append(free, p)
+	return func(p netip.Prefix) bool {
+		_, ok := exact[p]
+		return ok || overlapsAny(p, other)
 	}
+}
+
+// pickFree picks one of the free subnets at random.
+func pickFree(free []netip.Prefix, rnd *rand.Rand) (netip.Prefix, error) {
 	if len(free) == 0 {
 		return netip.Prefix{}, errOutOfSubnets
 	}
@@ -83,21 +94,13 @@ func overlapsAny(p netip.Prefix, list []netip.Prefix) bool {
 // pickSubnet6 is pickSubnet for the IPv6 subnet: up to 100 free subnets
 // from IPv6SubnetMin on, one of them at random.
 func pickSubnet6(cfg *Config, taken []netip.Prefix, rnd *rand.Rand) (netip.Prefix, error) {
-	exact := make(map[netip.Prefix]struct{}, len(taken))
-	var other []netip.Prefix
-	for _, t := range taken {
-		if t.Bits() == cfg.IPv6SubnetLen {
-			exact[t.Masked()] = struct{}{}
-		} else {
-			other = append(other, t)
-		}
-	}
+	isTaken := takenSet(taken, cfg.IPv6SubnetLen)
 	size := u128{}.setBit(128 - cfg.IPv6SubnetLen)
 	max := v6(cfg.IPv6SubnetMax)
 	var free []netip.Prefix
 	for a := v6(cfg.IPv6SubnetMin); !a.greater(max) && len(free) < maxCandidates; {
 		p := netip.PrefixFrom(a.addr(), cfg.IPv6SubnetLen)
-		if _, ok := exact[p]; !ok && !overlapsAny(p, other) {
+		if !isTaken(p) {
 			free = append(free, p)
 		}
 		next := a.add(size)
@@ -106,8 +109,5 @@ func pickSubnet6(cfg *Config, taken []netip.Prefix, rnd *rand.Rand) (netip.Prefi
 		}
 		a = next
 	}
-	if len(free) == 0 {
-		return netip.Prefix{}, errOutOfSubnets
-	}
-	return free[rnd.IntN(len(free))], nil
+	return pickFree(free, rnd)
 }
