@@ -121,7 +121,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.acceptUnknownPeers, "accept-unknown-peers", false, "accept overlay datagrams from senders that hold no lease")
 	fs.BoolVar(&o.strictSource, "strict-source", false, "drop overlay packets whose inner source is outside the sending node's subnet (breaks NodePort-style forwarding that keeps the client's address)")
 	fs.BoolVar(&o.offloads, "offloads", true, "use TSO/GRO on the TUN device and UDP GSO/GRO on the sockets where the kernel has them")
-	fs.StringVar(&o.fastPath, "fast-path", "off", "carry packets to peers that also run it in a kernel TC eBPF fast path: auto (where the kernel and privileges allow), on (fail at start otherwise) or off (userspace router alone; the default until the fast path beats it on every workload)")
+	fs.StringVar(&o.fastPath, "fast-path", "auto", "carry packets to peers that also run it in a kernel TC eBPF fast path: auto (where the kernel and privileges allow), on (fail at start otherwise) or off (userspace router alone)")
 	fs.DurationVar(&o.busyPoll, "busy-poll", 0, "after forwarding a packet, data-plane threads check for the next one this long without sleeping, e.g. 200us (0: sleep at once); costs CPU under light traffic, an idle daemon still sleeps")
 	fs.DurationVar(&o.aqmTarget, "aqm-target", 250*time.Microsecond, "queueing delay in front of the data plane (TUN queue, socket receive queue) above which, once it stood for --aqm-interval, a bulk flow's packet is ECN-marked or dropped (CoDel); 0 disables")
 	fs.DurationVar(&o.aqmInterval, "aqm-interval", 2500*time.Microsecond, "how long the queueing delay must stand above --aqm-target before CoDel acts, and its base spacing between signals")

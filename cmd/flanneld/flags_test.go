@@ -213,12 +213,12 @@ func TestPublicIPClaimFlag(t *testing.T) {
 
 func TestFastPathFlag(t *testing.T) {
 	o, err := parse(t, nil, nil)
-	if err != nil || o.fastPath != "off" {
-		t.Fatalf("default --fast-path = %q (%v), want off", o.fastPath, err)
-	}
-	o, err = parse(t, nil, map[string]string{"FLANNELD_FAST_PATH": "auto"})
 	if err != nil || o.fastPath != "auto" {
-		t.Fatalf("FLANNELD_FAST_PATH=auto gave %q (%v)", o.fastPath, err)
+		t.Fatalf("default --fast-path = %q (%v), want auto", o.fastPath, err)
+	}
+	o, err = parse(t, nil, map[string]string{"FLANNELD_FAST_PATH": "off"})
+	if err != nil || o.fastPath != "off" {
+		t.Fatalf("FLANNELD_FAST_PATH=off gave %q (%v)", o.fastPath, err)
 	}
 	_, err = parse(t, []string{"--fast-path=yes"}, nil)
 	if err == nil || !strings.Contains(err.Error(), "--fast-path must be auto, on or off") {
