@@ -25,11 +25,7 @@ func Describe(bin string, args []string) map[string]string {
 		"nproc":   fmt.Sprint(runtime.NumCPU()),
 		"command": strings.Join(args, " "),
 	}
-	if out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output(); err == nil {
-		m["commit"] = strings.TrimSpace(string(out))
-	} else {
-		m["commit"] = "unknown: " + err.Error()
-	}
+	m["commit"] = startCommit
 	if bin != "" {
 		m["binary"] = bin
 		if sum, err := fileSHA256(bin); err == nil {
@@ -45,6 +41,18 @@ func Describe(bin string, args []string) map[string]string {
 		m["cpu"] = model
 	}
 	return m
+}
+
+// startCommit is the commit when the process started: a run takes most of
+// an hour, and a commit made meanwhile must not be named as the one measured.
+var startCommit = describeCommit()
+
+func describeCommit() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output()
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func fileSHA256(path string) (string, error) {
