@@ -67,9 +67,10 @@ type Config struct {
 	// container addresses, but also drops traffic a node forwards with an
 	// outside source preserved (NodePort-style), so it is off by default.
 	StrictSource bool
-	// MTU is the TUN MTU. Receive buffers hold the largest datagram, so a
-	// peer with a larger MTU is never truncated; MTU is only checked and
-	// logged.
+	// MTU is the TUN MTU. It sizes the egress buffers after the first,
+	// which take one packet each (0: unknown, every buffer takes 64 KB).
+	// Receive buffers hold the largest datagram, so a peer with a larger
+	// MTU is never truncated.
 	MTU int
 	// Logger receives the router's logs (slog.Default() if nil).
 	Logger *slog.Logger

@@ -93,13 +93,27 @@ func slab(n, size int) [][]byte {
 	return bufs
 }
 
+// tunSlots returns the n TUN read buffers. Only the first needs room for a
+// 64 KB super-packet, which the TUN reads in place; the rest receive the
+// segments it is split into and the packets read after it, never longer
+// than the MTU (the TUN keeps a packet that does not fit for the next
+// Read, which starts at the first buffer). Without a known MTU every slot
+// takes the largest packet.
+func tunSlots(n, mtu int) [][]byte {
+	if mtu <= 0 || n == 1 {
+		return slab(n, off+maxDatagram)
+	}
+	bufs := append([][]byte{make([]byte, off+maxDatagram)}, slab(n-1, off+mtu)...)
+	return bufs[:n:n]
+}
+
 func newWorker(r *Router, id int, q tun.Queue) *worker {
 	eb := max(1, q.BatchSize())
 	w := &worker{
 		r:         r,
 		id:        id,
 		q:         q,
-		tunBufs:   slab(eb, off+maxDatagram),
+		tunBufs:   tunSlots(eb, r.cfg.MTU),
 		tunSizes:  make([]int, eb),
 		outPkts:   make([][]byte, eb),
 		outPeer:   make([]uint32, eb),

@@ -281,3 +281,30 @@ func TestIngressStrictSource(t *testing.T) {
 		t.Fatalf("without StrictSource: %d packets, want 1", k)
 	}
 }
+
+// Egress slots are sized for what they carry: the first takes a 64 KB
+// super-packet read in place, the others one packet of the MTU.
+// TestRouterWireFormat sends a super-packet through them.
+func TestTUNSlots(t *testing.T) {
+	bufs := tunSlots(tun.OffloadBatchSize, 1472)
+	total := 0
+	for i, b := range bufs {
+		want := off + 1472
+		if i == 0 {
+			want = off + maxDatagram
+		}
+		if len(b) != want || cap(b) != want {
+			t.Fatalf("slot %d: %d bytes (cap %d), want %d", i, len(b), cap(b), want)
+		}
+		total += len(b)
+	}
+	if len(bufs) != tun.OffloadBatchSize || total > 300<<10 {
+		t.Errorf("%d slots, %d bytes", len(bufs), total)
+	}
+	// Without a known MTU every slot takes the largest packet.
+	for i, b := range tunSlots(4, 0) {
+		if len(b) != off+maxDatagram {
+			t.Errorf("no MTU: slot %d has %d bytes", i, len(b))
+		}
+	}
+}
