@@ -4,7 +4,7 @@ BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 # Packages whose tests run under the race detector (fast, logic-heavy).
-RACE_PKGS := ./lease/... ./router/... ./tun/... ./internal/... ./fastpath/...
+RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
 .PHONY: all build test vet lint check-repo bench bench-quick fuzz demo clean

@@ -67,15 +67,16 @@ func TestMarkCE(t *testing.T) {
 // flow's, and never from a short train or a single packet.
 func TestEgressAQMVictim(t *testing.T) {
 	w := testWorker(t, false)
-	w.r.gso.Store(true)
 	ping := ipv4Packet(t, srcPod, podA, layers.IPProtocolICMPv4, 64, 0, []byte{8, 0, 0, 0, 0, 0, 0, 0})
 	pkts := [][]byte{ping, udpTo(t, podB, 500), udpTo(t, podB, 500)}
 	for range 6 {
 		pkts = append(pkts, udpTo(t, podA, 1000))
 	}
 	w.egressBatch(w.r.table.Load(), loadTUN(w, pkts))
-	before := w.msgSegs[:w.outN]
-	segs := append([]int32(nil), before...)
+	var segs []int
+	for _, m := range w.outMsgs[:w.outN] {
+		segs = append(segs, len(m.Buffers))
+	}
 	w.aqmSignal()
 	if w.eg.drops[dropCoDel].Load() != 1 {
 		t.Fatalf("%d codel drops, want 1", w.eg.drops[dropCoDel].Load())
@@ -85,13 +86,12 @@ func TestEgressAQMVictim(t *testing.T) {
 		if segs[m] == 6 {
 			want = 5
 		}
-		if w.msgSegs[m] != want || int(w.outMsgs[m].Hdr.Iovlen) != int(want) {
-			t.Errorf("message %d: %d segments (iovlen %d), want %d", m, w.msgSegs[m], w.outMsgs[m].Hdr.Iovlen, want)
+		if got := len(w.outMsgs[m].Buffers); got != want {
+			t.Errorf("message %d: %d packets, want %d", m, got, want)
 		}
 	}
 	// A batch of short trains only: no victim.
 	w2 := testWorker(t, false)
-	w2.r.gso.Store(true)
 	w2.egressBatch(w2.r.table.Load(), loadTUN(w2, [][]byte{udpTo(t, podB, 500), udpTo(t, podB, 500), ping}))
 	w2.aqmSignal()
 	if w2.eg.drops[dropCoDel].Load() != 0 {
@@ -105,24 +105,17 @@ func TestIngressAQMVictim(t *testing.T) {
 	w := testWorker(t, false)
 	w.inAQM = codel{target: 1, interval: 1}
 	w.inAQM.firstAbove, w.inAQM.dropping = 1, false // stood above target already
-	w.clock = func() time.Duration { return time.Second }
 	pkt := func(tag byte) []byte {
 		return ipv4Packet(t, podA, srcPod, layers.IPProtocolUDP, 63, 0, bytes.Repeat([]byte{tag}, 1380))
 	}
 	train := [][]byte{pkt(1), pkt(1), pkt(1), pkt(1)}
 	single := ipv4Packet(t, podA, srcPod, layers.IPProtocolUDP, 63, 0, bytes.Repeat([]byte{9}, 80))
-	w.inMsgs[0].Len = uint32(copy(w.inBufs[0][off:], single))
-	w.inMsgs[0].Hdr.Flags = 0
-	w.inNames[0].Addr = peerA.As4()
-	stampMsg(w, 0, 1) // queued at the epoch: a long wait
-	loadGRO(w, 1, peerA, 1400, train)
-	stampMsg(w, 1, 1)
-	k := w.ingressBatch(w.r.table.Load(), 2)
+	// Both queued at the epoch: a long wait.
+	mem(w).push(memDatagram{parts: [][]byte{single}, from: peerA, stamp: 1})
+	mem(w).push(memDatagram{parts: train, from: peerA, seg: 1400, stamp: 1})
+	k := w.ingressBatch(w.r.table.Load(), readUDP(t, w))
 	if k != 4 || w.in.drops[dropCoDel].Load() != 1 {
 		t.Fatalf("%d packets written, %d codel drops; want 4 and 1", k, w.in.drops[dropCoDel].Load())
-	}
-	if w.inStamp[0] != 1 || w.inStamp[1] != 1 || w.inSegs[1] != 1400 {
-		t.Errorf("control messages read as stamps %v, segment size %d", w.inStamp[:2], w.inSegs[1])
 	}
 	if !bytes.Equal(w.inWrite[0][off:], single) {
 		t.Error("the single datagram was not written first")

@@ -109,7 +109,7 @@ func BenchmarkIngressBatch(b *testing.B) {
 	for i := range pkts {
 		pkts[i], from[i] = pkt, peerA
 	}
-	n := loadUDP(w, from, pkts)
+	n := loadUDP(b, w, from, pkts)
 	tab := w.r.table.Load()
 	b.ReportAllocs()
 	b.SetBytes(int64(n * len(pkt)))

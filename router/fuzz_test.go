@@ -20,7 +20,7 @@ func FuzzIngress(f *testing.F) {
 		if len(data) > maxDatagram {
 			return
 		}
-		n := loadUDP(w, []netip.Addr{peerA}, [][]byte{data})
+		n := loadUDP(t, w, []netip.Addr{peerA}, [][]byte{data})
 		if k := w.ingressBatch(w.r.table.Load(), n); k == 1 {
 			p := w.inWrite[0][off:]
 			if len(p) > len(data) || len(p) < ipv4MinHeader || p[0]>>4 != 4 || int(p[0]&0xf)*4 > len(p) {
@@ -37,7 +37,6 @@ func FuzzEgress(f *testing.F) {
 	f.Add([]byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 198, 18, 32, 5, 198, 18, 5, 7})
 	f.Add([]byte{0x46, 0, 0, 28, 0, 0, 0, 0, 1, 1, 0, 0, 198, 18, 32, 5, 198, 18, 99, 5, 1, 1, 1, 1, 3, 0, 0, 0})
 	w := testWorker(f, false)
-	w.r.gso.Store(true)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > maxDatagram {
 			return
@@ -46,10 +45,10 @@ func FuzzEgress(f *testing.F) {
 		n := loadTUN(w, [][]byte{data})
 		nout, nicmp := w.egressBatch(w.r.table.Load(), n)
 		if nout == 1 {
-			if w.outN != 1 || w.outMsgs[0].Hdr.Iovlen != 1 || w.outMsgs[0].Hdr.Controllen != 0 {
+			if w.outN != 1 || len(w.outMsgs[0].Buffers) != 1 {
 				t.Fatalf("one packet became %d messages", w.outN)
 			}
-			p := iovBytes(w.outIovs[0])
+			p := w.outMsgs[0].Buffers[0]
 			if p[8] != data[8]-1 {
 				t.Fatalf("TTL %d -> %d", data[8], p[8])
 			}
@@ -78,8 +77,8 @@ func FuzzIngressGRO(f *testing.F) {
 		if len(data) > maxDatagram {
 			return
 		}
-		loadGRO(w, 0, peerA, int(gso), [][]byte{data})
-		k := w.ingressBatch(w.r.table.Load(), 1)
+		pushGRO(w, peerA, int(gso), [][]byte{data})
+		k := w.ingressBatch(w.r.table.Load(), readUDP(t, w))
 		seg := int(gso)
 		if seg == 0 {
 			seg = len(data)

@@ -4,12 +4,10 @@ package router
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net/netip"
 	"slices"
 	"sync"
 	"testing"
-	"unsafe"
 
 	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
@@ -25,34 +23,27 @@ var (
 	podB = [4]byte{198, 18, 68, 9}
 )
 
-// msgsOf describes outMsgs[:outN] as (peer, segments, gso size) triples.
+// msgDesc describes one message to send: its peer and its packets.
 type msgDesc struct {
 	peer netip.Addr
 	segs int
-	gso  int // 0: no UDP_SEGMENT control message
 }
 
 func msgsOf(w *worker) []msgDesc {
 	var out []msgDesc
-	for i := range w.outN {
-		h := &w.outMsgs[i].Hdr
-		d := msgDesc{peer: netip.AddrFrom4(w.outNames[i].Addr), segs: int(h.Iovlen)}
-		if h.Controllen > 0 {
-			ctl := unsafe.Slice(h.Control, h.Controllen)
-			c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
-			if c.Level != unix.SOL_UDP || c.Type != unix.UDP_SEGMENT || int(c.Len) != unix.CmsgLen(2) {
-				return nil
-			}
-			d.gso = int(binary.NativeEndian.Uint16(ctl[unix.CmsgLen(0):]))
+	for _, m := range w.outMsgs[:w.outN] {
+		if m.Addr.Port() != DefaultPort {
+			return nil
 		}
-		out = append(out, d)
+		out = append(out, msgDesc{peer: m.Addr.Addr(), segs: len(m.Buffers)})
 	}
 	return out
 }
 
-func TestEgressTrains(t *testing.T) {
+// Each run of packets to one peer becomes one message, which the
+// connection sends as GSO trains (their limits are package udp's tests).
+func TestEgressRuns(t *testing.T) {
 	w := testWorker(t, false)
-	w.r.gso.Store(true)
 	var pkts [][]byte
 	for range 46 {
 		pkts = append(pkts, udpTo(t, podA, 1472))
@@ -62,59 +53,19 @@ func TestEgressTrains(t *testing.T) {
 	if nout != len(pkts) {
 		t.Fatalf("%d packets to send, want %d", nout, len(pkts))
 	}
-	want := []msgDesc{
-		{peerA, 44, 1472}, // 45 x 1472 would pass 65,507 bytes
-		{peerA, 3, 1472},  // the short packet ends the train
-		{peerB, 2, 1472},
-		{peerA, 1, 0},
-	}
-	got := msgsOf(w)
-	if len(got) != len(want) {
+	want := []msgDesc{{peerA, 47}, {peerB, 2}, {peerA, 1}}
+	if got := msgsOf(w); !slices.Equal(got, want) {
 		t.Fatalf("messages %+v, want %+v", got, want)
 	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("message %d: %+v, want %+v", i, got[i], want[i])
-		}
-	}
-	// One iovec per packet, pointing into the TUN buffers: no copy.
+	// Each packet is a slice of its TUN buffer: no copy.
 	k := 0
 	for i := range w.outN {
-		h := &w.outMsgs[i].Hdr
-		iovs := unsafe.Slice(h.Iov, h.Iovlen)
-		for _, iov := range iovs {
-			if iov.Base != &w.tunBufs[k][off] || int(iov.Len) != len(pkts[k]) {
-				t.Fatalf("message %d: iovec of packet %d does not point at its TUN buffer", i, k)
+		for _, b := range w.outMsgs[i].Buffers {
+			if &b[0] != &w.tunBufs[k][off] || len(b) != len(pkts[k]) {
+				t.Fatalf("message %d: packet %d is not its TUN buffer", i, k)
 			}
 			k++
 		}
-	}
-
-	// The kernel's limit of 64 segments per train.
-	pkts = pkts[:0]
-	for range 70 {
-		pkts = append(pkts, udpTo(t, podA, 100))
-	}
-	w.egressBatch(w.r.table.Load(), loadTUN(w, pkts))
-	if got := msgsOf(w); len(got) != 2 || got[0].segs != 64 || got[1].segs != 6 {
-		t.Errorf("70 small packets: %+v, want 64 + 6", got)
-	}
-	// A larger packet after a smaller one starts a new train.
-	w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{udpTo(t, podA, 100), udpTo(t, podA, 200), udpTo(t, podA, 200)}))
-	if got := msgsOf(w); len(got) != 2 || got[0].segs != 1 || got[1] != (msgDesc{peerA, 2, 200}) {
-		t.Errorf("100, 200, 200: %+v", got)
-	}
-
-	// After EIO the rest of the batch goes one datagram per message.
-	w.egressBatch(w.r.table.Load(), loadTUN(w, pkts[:10]))
-	w.outN = w.buildMsgs(0, 0, false)
-	if got := msgsOf(w); len(got) != 10 || got[0] != (msgDesc{peerA, 1, 0}) {
-		t.Errorf("without GSO: %+v", got)
-	}
-	w.r.gso.Store(false)
-	w.egressBatch(w.r.table.Load(), loadTUN(w, pkts[:10]))
-	if len(msgsOf(w)) != 10 {
-		t.Errorf("GSO off: %d messages, want 10", w.outN)
 	}
 }
 
@@ -129,16 +80,12 @@ func TestIngressGRO(t *testing.T) {
 	bad[0] = 0x65
 	train2 := [][]byte{in(1400, 4), bad, in(1400, 6)}
 	single := in(300, 7)
-	loadGRO(w, 0, peerA, 1400, train)
-	loadUDP(w, nil, nil)
-	w.inMsgs[1].Len = uint32(copy(w.inBufs[1][off:], single))
-	w.inMsgs[1].Hdr.Flags = 0
-	w.inMsgs[1].Hdr.SetControllen(0)
-	w.inNames[1].Addr = peerA.As4()
-	loadGRO(w, 2, peerA, 1400, train2)
-	loadGRO(w, 3, netip.MustParseAddr("192.0.2.99"), 1400, train)
+	pushGRO(w, peerA, 1400, train)
+	mem(w).push(memDatagram{parts: [][]byte{single}, from: peerA})
+	pushGRO(w, peerA, 1400, train2)
+	pushGRO(w, netip.MustParseAddr("192.0.2.99"), 1400, train)
 
-	k := w.ingressBatch(w.r.table.Load(), 4)
+	k := w.ingressBatch(w.r.table.Load(), readUDP(t, w))
 	// The single datagram's flow has no train in the batch: it goes first.
 	want := [][]byte{single, train[0], train[1], train[2], train2[0], train2[2]}
 	if k != len(want) {
@@ -180,8 +127,8 @@ func TestTap(t *testing.T) {
 	noRoute := udpTo(t, [4]byte{198, 18, 99, 5}, 100)
 	w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{toA, noRoute}))
 	inA := ipv4Packet(t, podA, srcPod, layers.IPProtocolUDP, 63, 0, make([]byte, 100))
-	loadGRO(w, 0, peerA, len(inA), [][]byte{inA, inA})
-	w.ingressBatch(w.r.table.Load(), 1)
+	pushGRO(w, peerA, len(inA), [][]byte{inA, inA})
+	w.ingressBatch(w.r.table.Load(), readUDP(t, w))
 	wantDirs := []Direction{Out, Out, In, In}
 	wantPkts := [][]byte{toA, noRoute, inA, inA}
 	if len(rec.dirs) != len(wantDirs) {
@@ -205,11 +152,11 @@ func TestTap(t *testing.T) {
 func TestOffloadsReport(t *testing.T) {
 	w := testWorker(t, false)
 	w.r.offloads = Offloads{TUNVnetHdr: true, TUNTSO: true, UDPGSO: true, UDPGRO: true}
-	w.r.gso.Store(true)
+	mem(w).gso = true
 	if o := w.r.Stats().Offloads; !o.UDPGSO || !o.TUNTSO || o.TUNUSO {
 		t.Errorf("Stats().Offloads = %+v", o)
 	}
-	w.r.gso.Store(false) // as after EIO
+	mem(w).gso = false // as after EIO
 	if o := w.r.Offloads(); o.UDPGSO || !o.UDPGRO {
 		t.Errorf("after GSO was turned off: %+v", o)
 	}
@@ -217,7 +164,6 @@ func TestOffloadsReport(t *testing.T) {
 
 func TestOffloadZeroAllocs(t *testing.T) {
 	w := testWorker(t, false)
-	w.r.gso.Store(true)
 	var eg [][]byte
 	for range 46 {
 		eg = append(eg, udpTo(t, podA, 1472))
@@ -232,91 +178,36 @@ func TestOffloadZeroAllocs(t *testing.T) {
 		t.Errorf("egressBatch with trains: %v allocations per batch", a)
 	}
 	if a := testing.AllocsPerRun(200, func() {
-		for i := range udpBatch {
-			loadGRO(w, i, peerA, len(inA), train)
+		for range udpBatch {
+			pushGRO(w, peerA, len(inA), train)
 		}
-		w.ingressBatch(tab, udpBatch)
+		w.ingressBatch(tab, readUDP(t, w))
 	}); a != 0 {
 		t.Errorf("ingressBatch with GRO trains: %v allocations per batch", a)
 	}
 }
 
-// fakeSend stands in for sendmmsg: it fails a GSO train with err and
-// sends everything else, recording the segments of each message sent.
-type fakeSend struct {
-	err  unix.Errno
-	sent []int
-}
-
-func (f *fakeSend) sendmmsg(_ int, msgs []unix.Mmsghdr) (int, unix.Errno) {
-	for i := range msgs {
-		if msgs[i].Hdr.Iovlen > 1 && f.err != 0 {
-			if i == 0 {
-				return 0, f.err
-			}
-			return i, 0
-		}
-		n := 0
-		for _, iov := range unsafe.Slice(msgs[i].Hdr.Iov, msgs[i].Hdr.Iovlen) {
-			n += int(iov.Len)
-		}
-		msgs[i].Len = uint32(n)
-		f.sent = append(f.sent, int(msgs[i].Hdr.Iovlen))
+// A message the connection refuses with an errno that is not about GSO is
+// dropped and counted, and the worker goes on with the next one.
+func TestSendError(t *testing.T) {
+	w := testWorker(t, false)
+	mem(w).failTrains = unix.EPERM
+	pkts := [][]byte{udpTo(t, podB, 300)}
+	for range 10 {
+		pkts = append(pkts, udpTo(t, podA, 1000))
 	}
-	return len(msgs), 0
-}
-
-func TestSendFallback(t *testing.T) {
-	for _, c := range []struct {
-		err     unix.Errno
-		gsoKept bool
-		drops   uint64
-		sent    []int
-	}{
-		{0, true, 0, []int{1, 10}},         // a single to B, then a train of 10 to A
-		{unix.EIO, false, 0, ones(11)},     // the device cannot segment: GSO off for good
-		{unix.EMSGSIZE, true, 0, ones(11)}, // this train only
-		{unix.EPERM, true, 10, nil},        // not about GSO: the train is dropped
-	} {
-		w := testWorker(t, false)
-		w.r.offloads.UDPGSO = true
-		w.r.gso.Store(true)
-		f := &fakeSend{err: c.err}
-		w.sendmmsg = f.sendmmsg
-		pkts := [][]byte{udpTo(t, podB, 300)}
-		for range 10 {
-			pkts = append(pkts, udpTo(t, podA, 1000))
-		}
-		w.egressBatch(w.r.table.Load(), loadTUN(w, pkts))
-		if err := w.send(); err != nil {
-			t.Fatal(err)
-		}
-		if c.err == unix.EPERM {
-			// An error that is not about GSO drops the train's packets.
-			if d := w.eg.drops[dropSendError].Load(); d != c.drops || w.eg.packets.Load() != 1 {
-				t.Errorf("EPERM: %d dropped, %d sent; want 10 and 1", d, w.eg.packets.Load())
-			}
-			want := []SyscallError{{Op: "sendmmsg", Errno: "EPERM", Count: 1}}
-			if got := w.r.Stats().SyscallErrors; !slices.Equal(got, want) {
-				t.Errorf("EPERM: syscall errors %v, want %v", got, want)
-			}
-			continue
-		}
-		if w.r.Offloads().UDPGSO != c.gsoKept {
-			t.Errorf("errno %v: GSO on %v, want %v", c.err, w.r.Offloads().UDPGSO, c.gsoKept)
-		}
-		if !slices.Equal(f.sent, c.sent) || w.eg.packets.Load() != 11 || w.eg.bytes.Load() != 300+10*1000 {
-			t.Errorf("errno %v: sent %v (%d packets, %d bytes), want %v", c.err, f.sent, w.eg.packets.Load(), w.eg.bytes.Load(), c.sent)
-		}
+	pkts = append(pkts, udpTo(t, podB, 200))
+	w.egressBatch(w.r.table.Load(), loadTUN(w, pkts))
+	if err := w.send(); err != nil {
+		t.Fatal(err)
 	}
-}
-
-func ones(n int) []int {
-	s := make([]int, n)
-	for i := range s {
-		s[i] = 1
+	if d := w.eg.drops[dropSendError].Load(); d != 10 || w.eg.packets.Load() != 2 || w.eg.bytes.Load() != 500 {
+		t.Errorf("%d dropped, %d sent (%d bytes); want 10 and 2 (500 bytes)", d, w.eg.packets.Load(), w.eg.bytes.Load())
 	}
-	return s
+	want := []SyscallError{{Op: "sendmmsg", Errno: "EPERM", Count: 1}}
+	if got := w.r.Stats().SyscallErrors; !slices.Equal(got, want) {
+		t.Errorf("syscall errors %v, want %v", got, want)
+	}
 }
 
 // A single datagram of a flow that also has a train in the batch keeps its
@@ -329,14 +220,11 @@ func TestIngressSparseFirstKeepsFlowOrder(t *testing.T) {
 	train := [][]byte{pkt(1400, 1), pkt(1400, 1)}
 	tail := pkt(600, 1)  // same ports (payload bytes): same flow as the train
 	other := pkt(100, 9) // another flow
-	loadGRO(w, 0, peerA, 1400, train)
-	for i, p := range [][]byte{tail, other} {
-		w.inMsgs[i+1].Len = uint32(copy(w.inBufs[i+1][off:], p))
-		w.inMsgs[i+1].Hdr.Flags = 0
-		w.inMsgs[i+1].Hdr.SetControllen(0)
-		w.inNames[i+1].Addr = peerA.As4()
+	pushGRO(w, peerA, 1400, train)
+	for _, p := range [][]byte{tail, other} {
+		mem(w).push(memDatagram{parts: [][]byte{p}, from: peerA})
 	}
-	k := w.ingressBatch(w.r.table.Load(), 3)
+	k := w.ingressBatch(w.r.table.Load(), readUDP(t, w))
 	want := [][]byte{other, train[0], train[1], tail}
 	if k != len(want) {
 		t.Fatalf("%d packets, want %d", k, len(want))

@@ -1,13 +1,14 @@
 // Package router is flannel-go's data plane: it carries inner IPv4 packets
 // between the TUN device and the other nodes, one packet per UDP datagram,
 // byte-compatible with upstream flannel's udp backend. Each TUN queue gets
-// a worker with its own SO_REUSEPORT socket; workers share nothing but an
-// immutable route table they read without locks.
+// a worker with its own SO_REUSEPORT socket (a udp.Conn); workers share
+// nothing but an immutable route table they read without locks. The
+// package decides what goes where; packages tun and udp move the bytes.
 //
 // With offloads, a worker reads 64 KB super-packets from the TUN (split
-// into packets by package tun), sends each peer's run of packets as one
-// UDP GSO train, receives trains with UDP GRO and hands them to the TUN to
-// be coalesced again. The kernel still puts one inner packet in each
+// into packets by package tun), hands each peer's run of packets to its
+// connection, which sends it as UDP GSO trains, receives trains with UDP
+// GRO and hands them to the TUN to be coalesced again. The kernel still puts one inner packet in each
 // datagram on the wire, so peers running upstream flanneld interoperate.
 package router
 
@@ -66,9 +67,10 @@ type Config struct {
 	// container addresses, but also drops traffic a node forwards with an
 	// outside source preserved (NodePort-style), so it is off by default.
 	StrictSource bool
-	// MTU is the TUN MTU. Receive buffers hold the largest datagram, so a
-	// peer with a larger MTU is never truncated; MTU is only checked and
-	// logged.
+	// MTU is the TUN MTU. It sizes the egress buffers after the first,
+	// which take one packet each (0: unknown, every buffer takes 64 KB).
+	// Receive buffers hold the largest datagram, so a peer with a larger
+	// MTU is never truncated.
 	MTU int
 	// Logger receives the router's logs (slog.Default() if nil).
 	Logger *slog.Logger
@@ -109,8 +111,7 @@ type Router struct {
 	loops   sync.WaitGroup // the workers' goroutines, once Run started them
 	tap     atomic.Pointer[tapHolder]
 
-	offloads Offloads    // as probed at New
-	gso      atomic.Bool // UDP GSO still in use
+	offloads Offloads // as probed at New
 
 	closeOnce sync.Once
 	closeErr  error
@@ -186,7 +187,7 @@ func (r *Router) SetOwnSubnet(p netip.Prefix) {
 // Offloads returns the offloads in use now.
 func (r *Router) Offloads() Offloads {
 	o := r.offloads
-	o.UDPGSO = o.UDPGSO && r.gso.Load()
+	o.UDPGSO = o.UDPGSO && r.gsoInUse()
 	return o
 }
 

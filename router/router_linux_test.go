@@ -194,9 +194,9 @@ func sendGSO(t *testing.T, c *net.UDPConn, b []byte, size int, to *net.UDPAddr) 
 // socket has no UDP_GRO, so every datagram must be exactly one complete
 // inner packet with valid checksums, even when the TUN hands over a UDP
 // super-packet and the router sends it as one GSO train. (The EIO
-// fallback is tested with an injected sendmmsg: since Linux 6.2 a device
-// without checksum offload no longer makes UDP GSO fail, and this kernel
-// has no IPsec to make it fail otherwise.)
+// fallback is package udp's test, with an injected error: since Linux 6.2
+// a device without checksum offload no longer makes UDP GSO fail, and
+// this kernel has no IPsec to make it fail otherwise.)
 func TestRouterWireFormat(t *testing.T) {
 	inHost(t, func(*testbed.Host) {
 		tunAddr := netip.MustParseAddr("198.18.32.0")

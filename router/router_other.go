@@ -27,5 +27,7 @@ func New(Config, []tun.Queue) (*Router, error) { return nil, errNotLinux }
 // Run fails: there is no data plane outside Linux.
 func (r *Router) Run(context.Context) error { return errNotLinux }
 
+func (r *Router) gsoInUse() bool { return false }
+
 // Close has nothing to close outside Linux.
 func (r *Router) Close() error { return nil }

@@ -3,13 +3,13 @@ package router
 import (
 	"encoding/binary"
 	"errors"
-	"github.com/flannel-go/flannel-go/internal/inet"
+	"net/netip"
 	"os"
 	"time"
-	"unsafe"
 
-	"github.com/flannel-go/flannel-go/internal/fdpoll"
+	"github.com/flannel-go/flannel-go/internal/inet"
 	"github.com/flannel-go/flannel-go/tun"
+	"github.com/flannel-go/flannel-go/udp"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,70 +19,47 @@ const (
 	// maxDatagram is the largest UDP payload; receive buffers hold it so
 	// that no datagram (or GRO train) is truncated.
 	maxDatagram = 65535
-	// udpBatch is the number of messages one recvmmsg call may return.
+	// udpBatch is the number of messages one ReadBatch may return.
 	// Each may be a GRO train of up to 64 KB, and a batch is written into
 	// the TUN before the next one is read: 8 bounds that to about 512 KB,
 	// a few hundred microseconds, which a sparse packet received behind it
 	// may wait (32 held 2 MB, about a millisecond).
 	udpBatch = 8
-	// maxGSOSegs and maxGSOBytes bound one UDP_SEGMENT send: the kernel
-	// takes at most 64 segments (UDP_MAX_SEGMENTS on older kernels) and
-	// one UDP datagram's worth of payload, 65535-20-8 bytes.
-	maxGSOSegs  = 64
-	maxGSOBytes = 65507
 	// maxGROSegs is the most datagrams the kernel merges into one
 	// UDP_GRO message.
 	maxGROSegs = 64
-	// minBulkSegs is the shortest train the AQM takes a packet from: a
-	// bulk flow's. A sparse flow whose two packets happened to queue
-	// together is never the victim.
+	// minBulkSegs is the shortest run to one peer the AQM takes a packet
+	// from: a bulk flow's. A sparse flow whose two packets happened to
+	// queue together is never the victim.
 	minBulkSegs = 4
 )
 
-var (
-	gsoCtlLen = unix.CmsgSpace(2) // UDP_SEGMENT: a u16 segment size
-	groCtlLen = unix.CmsgSpace(4) // UDP_GRO: an int segment size
-	// inCtlLen holds UDP_GRO and SCM_TIMESTAMPNS (a struct timespec):
-	// when the datagram reached the socket, for the queue's delay.
-	inCtlLen = groCtlLen + unix.CmsgSpace(16)
-)
-
-// worker moves packets between one TUN queue and one UDP socket: an egress
-// goroutine (TUN read, split, sendmmsg of GSO trains, ICMP errors back into
-// the TUN) and an ingress goroutine (recvmmsg of GRO trains, split, TUN
-// write with coalescing). Both make raw syscalls on a non-blocking socket
-// and sleep in poll(2) on it and the worker's eventfd, so a busy worker
-// costs one syscall per batch and Close wakes it at once. All buffers,
-// message headers and control messages are made once: the steady state
-// allocates nothing.
+// worker moves packets between one TUN queue and one UDP connection: an
+// egress goroutine (TUN read, split, routing, each peer's run of packets
+// handed to the connection as one message, ICMP errors back into the TUN)
+// and an ingress goroutine (GRO trains from the connection, split, TUN
+// write with coalescing). All buffers and messages are made once: the
+// steady state allocates nothing.
 type worker struct {
-	r    *Router
-	id   int
-	q    tun.Queue
-	sock int
-	evfd int
-	// clock is the time since the worker started; tests stop it.
-	clock func() time.Duration
-	// sendmmsg is the syscall; tests make it fail.
-	sendmmsg func(fd int, msgs []unix.Mmsghdr) (int, unix.Errno)
+	r     *Router
+	id    int
+	q     tun.Queue
+	conn  udp.Conn
+	start time.Time // the worker's clock: the AQM, ICMP limit and error log run on it
 
 	// Egress, owned by the egress goroutine.
-	tunBufs  [][]byte
-	tunSizes []int
-	outIovs  []unix.Iovec // one per packet to send, pointing into tunBufs
-	outPeer  []uint32     // the packet's peer
-	outPkts  int
-	outMsgs  []unix.Mmsghdr // one per train
-	outNames []unix.RawSockaddrInet4
-	outCtl   []byte // gsoCtlLen bytes per message
-	msgFirst []int32
-	msgSegs  []int32
-	outN     int
-	outIdx   int
-	spoll    *fdpoll.Waiter
-	icmpBufs [][]byte
-	icmpOut  [][]byte
-	lim      limiter
+	tunBufs   [][]byte
+	tunSizes  []int
+	outPkts   [][]byte // the packets to send, slices of tunBufs
+	outPeer   []uint32 // each packet's peer
+	nout      int
+	outMsgs   []udp.Message // one per run of packets to one peer
+	outN      int
+	icmpBufs  [][]byte
+	icmpOut   [][]byte
+	lim       limiter
+	sparePkts [][]byte
+	sparePeer []uint32
 	// egAQM watches how long the TUN queue stands: the TUN hands out no
 	// timestamps, but a Read that fills half the batch or more shows a
 	// backlog, so the time since the last Read that drained the queue is
@@ -92,20 +69,12 @@ type worker struct {
 	// flowCount counts a batch's packets per flow hash bucket; sparse
 	// flows (one packet in the batch) are sent first.
 	flowCount [256]uint8
-	spareIovs []unix.Iovec
-	sparePeer []uint32
 
 	// Ingress, owned by the ingress goroutine.
 	inBufs  [][]byte
-	inMsgs  []unix.Mmsghdr
-	inIovs  []unix.Iovec
-	inNames []unix.RawSockaddrInet4
-	inCtl   []byte // inCtlLen bytes per message
+	inMsgs  []udp.Message
 	inWrite [][]byte
-	inSegs  []int32 // per message: segment size (the whole message if one datagram)
-	inStamp []int64 // per message: when it reached the socket, wall-clock ns (0: unknown)
 	inAQM   codel
-	rpoll   *fdpoll.Waiter
 
 	eg, in counters
 	// egErr and inErr count failed calls; each is owned by one goroutine.
@@ -124,79 +93,60 @@ func slab(n, size int) [][]byte {
 	return bufs
 }
 
+// tunSlots returns the n TUN read buffers. Only the first needs room for a
+// 64 KB super-packet, which the TUN reads in place; the rest receive the
+// segments it is split into and the packets read after it, never longer
+// than the MTU (the TUN keeps a packet that does not fit for the next
+// Read, which starts at the first buffer). Without a known MTU every slot
+// takes the largest packet.
+func tunSlots(n, mtu int) [][]byte {
+	if mtu <= 0 || n == 1 {
+		return slab(n, off+maxDatagram)
+	}
+	bufs := append([][]byte{make([]byte, off+maxDatagram)}, slab(n-1, off+mtu)...)
+	return bufs[:n:n]
+}
+
 func newWorker(r *Router, id int, q tun.Queue) *worker {
 	eb := max(1, q.BatchSize())
 	w := &worker{
 		r:         r,
 		id:        id,
 		q:         q,
-		sock:      -1,
-		evfd:      -1,
-		tunBufs:   slab(eb, off+maxDatagram),
+		tunBufs:   tunSlots(eb, r.cfg.MTU),
 		tunSizes:  make([]int, eb),
-		outIovs:   make([]unix.Iovec, eb),
+		outPkts:   make([][]byte, eb),
 		outPeer:   make([]uint32, eb),
-		spareIovs: make([]unix.Iovec, eb),
+		sparePkts: make([][]byte, eb),
 		sparePeer: make([]uint32, eb),
-		outMsgs:   make([]unix.Mmsghdr, eb),
-		outNames:  make([]unix.RawSockaddrInet4, eb),
-		outCtl:    make([]byte, eb*gsoCtlLen),
-		msgFirst:  make([]int32, eb),
-		msgSegs:   make([]int32, eb),
+		outMsgs:   make([]udp.Message, eb),
 		icmpBufs:  slab(eb, off+icmpMaxLen),
 		icmpOut:   make([][]byte, eb),
 		lim:       newLimiter(icmpRate, icmpBurst),
 		inBufs:    slab(udpBatch, off+maxDatagram),
-		inMsgs:    make([]unix.Mmsghdr, udpBatch),
-		inIovs:    make([]unix.Iovec, udpBatch),
-		inNames:   make([]unix.RawSockaddrInet4, udpBatch),
-		inCtl:     make([]byte, udpBatch*inCtlLen),
-		inSegs:    make([]int32, udpBatch),
-		inStamp:   make([]int64, udpBatch),
+		inMsgs:    make([]udp.Message, udpBatch),
 		egAQM:     codel{target: int64(r.cfg.AQMTarget), interval: int64(r.cfg.AQMInterval)},
 		inAQM:     codel{target: int64(r.cfg.AQMTarget), interval: int64(r.cfg.AQMInterval)},
 		inWrite:   make([][]byte, 0, udpBatch*maxGROSegs),
 	}
-	start := time.Now()
-	w.clock = func() time.Duration { return time.Since(start) }
-	w.sendmmsg = sendmmsg
-	var port [2]byte
-	binary.BigEndian.PutUint16(port[:], uint16(r.cfg.Port))
-	sinPort := binary.NativeEndian.Uint16(port[:]) // sin_port holds network byte order
-	for i := range w.outMsgs {
-		w.outNames[i].Family = unix.AF_INET
-		w.outNames[i].Port = sinPort
-		h := &w.outMsgs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&w.outNames[i]))
-		h.Namelen = unix.SizeofSockaddrInet4
-		c := (*unix.Cmsghdr)(unsafe.Pointer(&w.outCtl[i*gsoCtlLen]))
-		c.Level, c.Type = unix.SOL_UDP, unix.UDP_SEGMENT
-		c.SetLen(unix.CmsgLen(2))
-	}
+	w.start = time.Now()
+	// Datagrams land behind the headroom, so that the TUN write can put
+	// its virtio-net header in front without a copy.
+	in := make([][]byte, udpBatch)
 	for i := range w.inMsgs {
-		w.inIovs[i].Base = &w.inBufs[i][off]
-		w.inIovs[i].SetLen(maxDatagram)
-		h := &w.inMsgs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&w.inNames[i]))
-		h.Iov = &w.inIovs[i]
-		h.SetIovlen(1)
-		h.Control = &w.inCtl[i*inCtlLen]
+		in[i] = w.inBufs[i][off:]
+		w.inMsgs[i].Buffers = in[i : i+1 : i+1]
 	}
 	return w
 }
 
-// initPoll sets up the poll(2) sets once the socket and eventfd exist.
-// A full send buffer drains at the kernel's pace, so only the receive side
-// busy-polls.
-func (w *worker) initPoll() {
-	w.spoll = fdpoll.New(w.sock, unix.POLLOUT, w.evfd, 0)
-	w.rpoll = fdpoll.New(w.sock, unix.POLLIN, w.evfd, w.r.cfg.BusyPoll)
-}
+// clock is the monotonic time since the worker started.
+func (w *worker) clock() time.Duration { return time.Since(w.start) }
 
 // egressBatch routes the n packets read from the TUN: packets for peers
-// become iovecs into the TUN buffers (no copy), grouped into UDP GSO trains
-// in outMsgs, and ICMP errors go to icmpOut. It returns how many packets
-// will be sent and how many ICMP errors were prepared.
+// become slices of the TUN buffers (no copy), each peer's run of them one
+// message in outMsgs, and ICMP errors go to icmpOut. It returns how many
+// packets will be sent and how many ICMP errors were prepared.
 func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 	tap := w.r.tap.Load()
 	for i := range n {
@@ -222,14 +172,12 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 			continue
 		}
 		decrementTTL(pkt)
-		w.outIovs[nout].Base = &pkt[0]
-		w.outIovs[nout].SetLen(total)
-		w.outPeer[nout] = peer
+		w.outPkts[nout], w.outPeer[nout] = pkt, peer
 		nout++
 	}
-	w.outPkts = nout
+	w.nout = nout
 	w.sparseFirst()
-	w.outN, w.outIdx = w.buildMsgs(0, 0, w.r.gso.Load()), 0
+	w.buildMsgs()
 	return nout, nicmp
 }
 
@@ -237,19 +185,19 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 // batch in front of the others, keeping each group's order, so that a
 // ping or a DNS query is sent before a bulk flow's trains.
 func (w *worker) sparseFirst() {
-	n := w.outPkts
+	n := w.nout
 	if n < 2 {
 		return
 	}
 	clear(w.flowCount[:])
 	for i := range n {
-		h := flowHash(iovBytes(w.outIovs[i]))
+		h := flowHash(w.outPkts[i])
 		w.flowCount[h] = min(w.flowCount[h]+1, 2)
 	}
 	k := 0
 	for i := range n {
-		if w.flowCount[flowHash(iovBytes(w.outIovs[i]))] == 1 {
-			w.spareIovs[k], w.sparePeer[k] = w.outIovs[i], w.outPeer[i]
+		if w.flowCount[flowHash(w.outPkts[i])] == 1 {
+			w.sparePkts[k], w.sparePeer[k] = w.outPkts[i], w.outPeer[i]
 			k++
 		}
 	}
@@ -257,88 +205,57 @@ func (w *worker) sparseFirst() {
 		return
 	}
 	for i := range n {
-		if w.flowCount[flowHash(iovBytes(w.outIovs[i]))] != 1 {
-			w.spareIovs[k], w.sparePeer[k] = w.outIovs[i], w.outPeer[i]
+		if w.flowCount[flowHash(w.outPkts[i])] != 1 {
+			w.sparePkts[k], w.sparePeer[k] = w.outPkts[i], w.outPeer[i]
 			k++
 		}
 	}
-	copy(w.outIovs[:n], w.spareIovs[:n])
+	copy(w.outPkts[:n], w.sparePkts[:n])
 	copy(w.outPeer[:n], w.sparePeer[:n])
 }
 
+// buildMsgs makes each run of packets to one peer one message: the
+// connection sends it as UDP GSO trains, one datagram per packet on the
+// wire.
+func (w *worker) buildMsgs() {
+	w.outN = 0
+	port := uint16(w.r.cfg.Port)
+	for i := 0; i < w.nout; {
+		j := i + 1
+		for j < w.nout && w.outPeer[j] == w.outPeer[i] {
+			j++
+		}
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], w.outPeer[i])
+		m := &w.outMsgs[w.outN]
+		m.Buffers = w.outPkts[i:j:j]
+		m.Addr = netip.AddrPortFrom(netip.AddrFrom4(a), port)
+		w.outN++
+		i = j
+	}
+}
+
 // aqmSignal applies a CoDel signal to the batch in outMsgs: the last packet
-// of its longest train of at least minBulkSegs, a bulk flow's, is marked CE or, if its flow is not
-// ECN-capable, left out of the train.
+// of its longest run to one peer of at least minBulkSegs, a bulk flow's,
+// is marked CE or, if its flow is not ECN-capable, left out.
 func (w *worker) aqmSignal() {
 	best := -1
 	for m := range w.outN {
-		if w.msgSegs[m] >= minBulkSegs && (best < 0 || w.msgSegs[m] > w.msgSegs[best]) {
+		l := len(w.outMsgs[m].Buffers)
+		if l >= minBulkSegs && (best < 0 || l > len(w.outMsgs[best].Buffers)) {
 			best = m
 		}
 	}
 	if best < 0 {
 		return
 	}
-	last := int(w.msgFirst[best] + w.msgSegs[best] - 1)
-	if markCE(iovBytes(w.outIovs[last])) {
+	b := w.outMsgs[best].Buffers
+	if markCE(b[len(b)-1]) {
 		w.eg.ceMarked.Add(1)
 		return
 	}
 	w.eg.drop(dropCoDel)
-	w.msgSegs[best]--
-	h := &w.outMsgs[best].Hdr
-	h.SetIovlen(int(w.msgSegs[best]))
-	if w.msgSegs[best] == 1 {
-		h.Control = nil
-		h.SetControllen(0)
-	}
-}
-
-func iovBytes(iov unix.Iovec) []byte { return unsafe.Slice(iov.Base, iov.Len) }
-
-// buildMsgs fills outMsgs[msg:] with the packets from index pkt on and
-// returns the number of messages. With gso, a run of packets to one peer
-// whose sizes are equal (the last may be shorter) becomes one message
-// with one iovec per packet and a UDP_SEGMENT control message: the kernel
-// sends it as one datagram per packet, so the wire format is unchanged.
-func (w *worker) buildMsgs(msg, pkt int, gso bool) int {
-	for pkt < w.outPkts {
-		first := pkt
-		size := int(w.outIovs[pkt].Len)
-		peer := w.outPeer[pkt]
-		total := size
-		pkt++
-		if gso {
-			for pkt < w.outPkts && pkt-first < maxGSOSegs && w.outPeer[pkt] == peer {
-				l := int(w.outIovs[pkt].Len)
-				if l > size || total+l > maxGSOBytes {
-					break
-				}
-				total += l
-				pkt++
-				if l < size {
-					break
-				}
-			}
-		}
-		segs := pkt - first
-		binary.BigEndian.PutUint32(w.outNames[msg].Addr[:], peer)
-		h := &w.outMsgs[msg].Hdr
-		h.Iov = &w.outIovs[first]
-		h.SetIovlen(segs)
-		if segs > 1 {
-			ctl := w.outCtl[msg*gsoCtlLen : (msg+1)*gsoCtlLen]
-			binary.NativeEndian.PutUint16(ctl[unix.CmsgLen(0):], uint16(size))
-			h.Control = &ctl[0]
-			h.SetControllen(gsoCtlLen)
-		} else {
-			h.Control = nil
-			h.SetControllen(0)
-		}
-		w.msgFirst[msg], w.msgSegs[msg] = int32(first), int32(segs)
-		msg++
-	}
-	return msg
+	w.outMsgs[best].Buffers = b[:len(b)-1]
 }
 
 // icmpError prepares an ICMP error about pkt as icmpOut[nicmp], unless the
@@ -359,30 +276,8 @@ func (w *worker) icmpError(pkt []byte, hlen int, typ, code, ttl uint8, nicmp int
 	return nicmp + 1
 }
 
-// parseCtl reads message i's control messages into inSegs[i] (the UDP_GRO
-// segment size, or its length if it is one datagram) and inStamp[i].
-func (w *worker) parseCtl(i int) {
-	h := &w.inMsgs[i].Hdr
-	w.inSegs[i], w.inStamp[i] = int32(w.inMsgs[i].Len), 0
-	ctl := w.inCtl[i*inCtlLen : i*inCtlLen+min(int(h.Controllen), inCtlLen)]
-	for len(ctl) >= unix.CmsgLen(0) {
-		c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
-		l := int(c.Len)
-		if l < unix.CmsgLen(0) || l > len(ctl) {
-			return
-		}
-		data := ctl[unix.CmsgLen(0):l]
-		switch {
-		case c.Level == unix.SOL_UDP && c.Type == unix.UDP_GRO && len(data) >= 4:
-			if seg := int32(binary.NativeEndian.Uint32(data)); seg > 0 {
-				w.inSegs[i] = seg
-			}
-		case c.Level == unix.SOL_SOCKET && c.Type == unix.SO_TIMESTAMPNS && len(data) >= 16:
-			w.inStamp[i] = int64(binary.NativeEndian.Uint64(data))*1e9 + int64(binary.NativeEndian.Uint64(data[8:]))
-		}
-		ctl = ctl[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(ctl)):]
-	}
-}
+// isTrain reports whether received message m carries more than one datagram.
+func isTrain(m *udp.Message) bool { return m.Segment < m.N }
 
 // ingressBatch checks the n received messages, splits GRO trains into
 // their datagrams (each one inner packet) and lists the packets to write
@@ -403,31 +298,27 @@ func (w *worker) ingressBatch(t *table, n int) int {
 		now, clock := time.Now().UnixNano(), int64(w.clock())
 		owed := false
 		for i := range n {
-			w.parseCtl(i)
-			if i == 0 && w.inStamp[0] != 0 {
-				w.stages.observe(StageSocketQueue, time.Duration(now-w.inStamp[0]))
+			m := &w.inMsgs[i]
+			if i == 0 && m.Stamp != 0 {
+				w.stages.observe(StageSocketQueue, time.Duration(now-m.Stamp))
 			}
-			if w.inStamp[i] != 0 && w.inAQM.signal(now-w.inStamp[i], clock) {
+			if m.Stamp != 0 && w.inAQM.signal(now-m.Stamp, clock) {
 				owed = true
 			}
-			if owed && int32(w.inMsgs[i].Len) > (minBulkSegs-1)*w.inSegs[i] {
+			if owed && m.N > (minBulkSegs-1)*m.Segment {
 				victim, owed = i, false
 			}
 		}
-	} else {
-		for i := range n {
-			w.parseCtl(i)
-		}
 	}
 	for i := range n {
-		if w.inSegs[i] >= int32(w.inMsgs[i].Len) && !w.sameFlowAsTrain(i, n) {
+		if !isTrain(&w.inMsgs[i]) && !w.sameFlowAsTrain(i, n) {
 			if w.ingressMsg(t, i, false) != nil {
 				return 0
 			}
 		}
 	}
 	for i := range n {
-		if w.inSegs[i] < int32(w.inMsgs[i].Len) || w.sameFlowAsTrain(i, n) {
+		if isTrain(&w.inMsgs[i]) || w.sameFlowAsTrain(i, n) {
 			if w.ingressMsg(t, i, i == victim) != nil {
 				return 0
 			}
@@ -439,12 +330,13 @@ func (w *worker) ingressBatch(t *table, n int) int {
 // sameFlowAsTrain reports whether the single datagram in message i belongs
 // to a flow (addresses, protocol, ports) that a train in the batch carries.
 func (w *worker) sameFlowAsTrain(i, n int) bool {
-	if w.inSegs[i] < int32(w.inMsgs[i].Len) {
+	m := &w.inMsgs[i]
+	if isTrain(m) {
 		return false
 	}
-	a := w.inBufs[i][off : off+int(w.inMsgs[i].Len)]
+	a := m.Buffers[0][:m.N]
 	for j := range n {
-		if w.inSegs[j] < int32(w.inMsgs[j].Len) && inet.SameFlow(a, w.inBufs[j][off:off+int(w.inSegs[j])]) {
+		if o := &w.inMsgs[j]; isTrain(o) && inet.SameFlow(a, o.Buffers[0][:o.Segment]) {
 			return true
 		}
 	}
@@ -456,23 +348,23 @@ func (w *worker) sameFlowAsTrain(i, n int) bool {
 // marked CE or dropped (CoDel). Only a closed TUN is an error.
 func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 	m := &w.inMsgs[i]
-	if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+	if m.Truncated {
 		w.in.drop(dropOversize)
 		return nil
 	}
-	sender := be32(w.inNames[i].Addr)
+	sender := be32(m.Addr.Addr().As4())
 	if !w.r.cfg.AcceptUnknownPeers && !t.isPeer(sender) {
 		w.in.drop(dropUnknownPeer)
 		return nil
 	}
 	buf := w.inBufs[i]
-	l := int(m.Len)
-	if l == 0 {
+	l := m.N
+	if l == 0 || m.Segment <= 0 {
 		w.in.drop(dropMalformed)
 		return nil
 	}
 	tap := w.r.tap.Load()
-	seg := int(w.inSegs[i])
+	seg := m.Segment
 	for at := 0; at < l; at += seg {
 		pkt := buf[off+at : off+min(at+seg, l)]
 		if tap != nil {
@@ -557,42 +449,30 @@ func (w *worker) runEgress() error {
 	}
 }
 
-// send sends outMsgs[outIdx:outN] with sendmmsg. A message the kernel
-// refuses is counted and skipped. EIO on a GSO train means the egress
-// device cannot do UDP segmentation: GSO is turned off for good and the
-// rest goes one datagram per message; EINVAL or EMSGSIZE on a train (a
-// segment larger than the path allows) resends that batch's rest the same
-// way.
+// send hands outMsgs[:outN] to the connection. The rest of a message the
+// kernel refuses is counted as dropped and skipped; only a closed
+// connection ends the worker.
 func (w *worker) send() error {
-	for w.outIdx < w.outN {
-		r, e := w.sendmmsg(w.sock, w.outMsgs[w.outIdx:w.outN])
-		switch {
-		case e == 0 && r > 0:
-			var bytes, pkts uint64
-			for k := w.outIdx; k < w.outIdx+r; k++ {
-				bytes += uint64(w.outMsgs[k].Len)
-				pkts += uint64(w.msgSegs[k])
+	msgs := w.outMsgs[:w.outN]
+	for len(msgs) > 0 {
+		n, err := w.conn.WriteBatch(msgs)
+		for i := range min(n+1, len(msgs)) {
+			var bytes uint64
+			for _, b := range msgs[i].Buffers[:msgs[i].N] {
+				bytes += uint64(len(b))
 			}
-			w.eg.packets.Add(pkts)
+			w.eg.packets.Add(uint64(msgs[i].N))
 			w.eg.bytes.Add(bytes)
-			w.outIdx += r
-		case e == unix.EINTR:
-		case e == unix.EAGAIN:
-			if w.spoll.Wait() != nil {
-				return errStopped
-			}
-		case w.msgSegs[w.outIdx] > 1 && (e == unix.EIO || e == unix.EINVAL || e == unix.EMSGSIZE):
-			if e == unix.EIO && w.r.gso.CompareAndSwap(true, false) {
-				w.r.log.Warn("The egress device refused UDP GSO (EIO); sending one datagram per packet from now on",
-					"worker", w.id)
-			}
-			w.outN = w.buildMsgs(w.outIdx, int(w.msgFirst[w.outIdx]), false)
-		default:
-			// The errno belongs to the first unsent message.
-			w.eg.drops[dropSendError].Add(uint64(w.msgSegs[w.outIdx]))
-			w.transient(&w.egErr, opSendmmsg, e)
-			w.outIdx++
 		}
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, udp.ErrClosed) {
+			return errStopped
+		}
+		w.eg.drops[dropSendError].Add(uint64(len(msgs[n].Buffers) - msgs[n].N))
+		w.transient(&w.egErr, opSendmmsg, err)
+		msgs = msgs[n+1:]
 	}
 	return nil
 }
@@ -605,11 +485,6 @@ func (w *worker) transient(c *errnoCounts, op syscallOp, err error) {
 		w.r.log.Warn("Data-plane call failed; counting and carrying on (logged once a minute per error)",
 			"worker", w.id, "call", opNames[op], "errno", unix.ErrnoName(e), "error", err)
 	}
-}
-
-func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
-	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
-	return int(r), e
 }
 
 func (w *worker) runIngress() error {
@@ -629,33 +504,19 @@ func (w *worker) runIngress() error {
 	}
 }
 
-// recv fills inMsgs with one recvmmsg, sleeping while nothing is waiting.
+// recv fills inMsgs with one batch. ECONNREFUSED (an ICMP error about a
+// datagram we sent), ENOMEM and the like are counted, and the connection
+// is read again.
 func (w *worker) recv() (int, error) {
-	for i := range w.inMsgs {
-		h := &w.inMsgs[i].Hdr
-		h.Namelen = unix.SizeofSockaddrInet4
-		h.Flags = 0
-		h.SetControllen(inCtlLen)
-	}
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(w.sock), uintptr(unsafe.Pointer(&w.inMsgs[0])),
-			uintptr(len(w.inMsgs)), 0, 0, 0)
-		switch e {
-		case 0:
-			w.rpoll.Active()
-			return int(r), nil
-		case unix.EINTR:
-		case unix.EAGAIN:
-			if w.rpoll.Wait() != nil {
-				return 0, errStopped
-			}
-		case unix.EBADF:
-			return 0, errStopped
-		default:
-			// ECONNREFUSED (an ICMP error about a datagram we sent),
-			// ENOMEM, ...: counted, and the socket is read again.
-			w.transient(&w.inErr, opRecvmmsg, e)
+		n, err := w.conn.ReadBatch(w.inMsgs)
+		if err == nil {
+			return n, nil
 		}
+		if errors.Is(err, udp.ErrClosed) {
+			return 0, errStopped
+		}
+		w.transient(&w.inErr, opRecvmmsg, err)
 	}
 }
 

@@ -237,10 +237,13 @@ func TestReadBatches(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// Buffers as the router sizes them: one for a super-packet read
+		// in place, the others for one packet of the MTU (1472).
 		bufs := make([][]byte, q.BatchSize())
 		for i := range bufs {
-			bufs[i] = make([]byte, Headroom+65535)
+			bufs[i] = make([]byte, Headroom+1472)
 		}
+		bufs[0] = make([]byte, Headroom+65535)
 		sizes := make([]int, len(bufs))
 		got := readUntil(t, q, bufs, sizes, ours)
 		if len(got) != small {
@@ -289,6 +292,30 @@ func TestReadBatches(t *testing.T) {
 		}
 		if d.Offloads.USO && (len(reads) != 2 || len(reads[0]) != 2) {
 			t.Errorf("reads of %d datagrams each, want 2 and then the %d segments", lens(reads), segs)
+		}
+
+		// A datagram, then a train: the train, read after the first
+		// packet, is a super-packet larger than the MTU-sized buffer it
+		// would go to, and must come whole, split into the buffers left.
+		if _, err := ln.WriteTo(payload(64, 200), to); err != nil {
+			t.Fatal(err)
+		}
+		if err := sendGSO(ln, train, size, to); err != nil {
+			t.Fatal(err)
+		}
+		bufs, sizes = bufs[:cap(bufs)], sizes[:cap(sizes)]
+		all = all[:0]
+		for len(all) < 1+segs {
+			all = append(all, readUntil(t, q, bufs, sizes, ours)...)
+		}
+		for i, p := range all {
+			want := payload(64, 200)
+			if i >= 1 {
+				want = train[(i-1)*size : i*size]
+			}
+			if !validIPv4(p) || !bytes.Equal(p[28:], want) {
+				t.Fatalf("after a datagram: datagram %d invalid or wrong: %x", i, p[:min(len(p), 28)])
+			}
 		}
 	})
 }

@@ -23,8 +23,10 @@ type Queue interface {
 	// one packet is available, then takes what else is already queued
 	// while buffers are left. With offloads, the packets of one call may
 	// be the segments of super-packets, so bufs should hold BatchSize
-	// buffers of 65535+offset bytes; a super-packet that does not fit
-	// into the buffers left is returned by the next call. An error
+	// buffers: the first of 65535+offset bytes (a super-packet is read
+	// into it), the others big enough for one packet of the device's MTU
+	// plus offset. A packet or super-packet that does not fit into the
+	// buffers left is returned by the next call. An error
 	// wrapping ErrDropped means one malformed packet was dropped and the
 	// queue is still usable.
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)

@@ -392,12 +392,13 @@ func (q *queue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 	}
 	for k < min(len(bufs), len(sizes)) {
-		// No more than the caller's buffer would take, as in place.
-		room := min(len(q.spare), len(bufs[k])-offset+vnetHdrLen)
-		if room <= vnetHdrLen {
+		if len(bufs[k]) <= offset {
 			break
 		}
-		n, err := unix.Read(q.fd, q.spare[:room])
+		// Whole packets only: a super-packet is read in full even when
+		// the buffers left are MTU-sized, and one that does not fit them
+		// waits in spare for the next call, which starts at bufs[0].
+		n, err := unix.Read(q.fd, q.spare)
 		if err == unix.EINTR {
 			continue
 		}
