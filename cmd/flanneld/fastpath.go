@@ -88,18 +88,13 @@ func (d *daemon) writeFastPathMetrics(w io.Writer) (fastpath.Stats, bool) {
 	p.sample("flannel_fast_path_probes_total", `kind="answered"`, s.ProbesAnswered)
 	p.sample("flannel_fast_path_probes_total", `kind="received"`, s.ProbeAnswers)
 	p.family("flannel_router_passed_to_userspace_total", "counter", "Packets the kernel fast path left to the userspace router, by reason.")
-	for _, r := range []struct {
-		reason string
-		n      uint64
-	}{
+	p.byReason("flannel_router_passed_to_userspace_total", "", []reasonCount{
 		{"no_route", s.PassNoRoute},
 		{"ttl_exceeded", s.PassTTL},
 		{"not_simple", s.PassNotSimple},
 		{"peer_not_kernel", s.PassPeer},
 		{"no_neighbour", s.PassFIB},
 		{"to_socket", s.PassIn},
-	} {
-		p.sample("flannel_router_passed_to_userspace_total", `reason="`+r.reason+`"`, r.n)
-	}
+	})
 	return s, true
 }

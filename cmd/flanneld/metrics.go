@@ -32,6 +32,19 @@ func (p promWriter) family(name, typ, help string) {
 	fmt.Fprintf(p.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
 }
 
+// reasonCount is one sample of a family labelled by reason.
+type reasonCount struct {
+	reason string
+	n      uint64
+}
+
+// byReason writes one sample per reason, after the labels in prefix.
+func (p promWriter) byReason(name, prefix string, counts []reasonCount) {
+	for _, c := range counts {
+		p.sample(name, prefix+`reason="`+c.reason+`"`, c.n)
+	}
+}
+
 func (p promWriter) sample(name, labels string, v uint64) {
 	if labels != "" {
 		fmt.Fprintf(p.w, "%s{%s} %d\n", name, labels, v)
@@ -126,10 +139,7 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 	p.sample("flannel_router_batches_total", `direction="in"`, s.RxBatches)
 	p.sample("flannel_router_batches_total", `direction="out"`, s.TxBatches)
 	p.family("flannel_router_dropped_packets_total", "counter", "Packets dropped by the router, by reason.")
-	for _, d := range []struct {
-		reason string
-		n      uint64
-	}{
+	p.byReason("flannel_router_dropped_packets_total", `path="user",`, []reasonCount{
 		{"no_route", s.Drops.NoRoute},
 		{"unknown_peer", s.Drops.UnknownPeer},
 		{"ttl_exceeded", s.Drops.TTLExceeded},
@@ -141,13 +151,13 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 		{"tun_read", s.Drops.TunRead},
 		{"strict_source", s.Drops.StrictSource},
 		{"codel", s.Drops.CoDel},
-	} {
-		p.sample("flannel_router_dropped_packets_total", `path="user",reason="`+d.reason+`"`, d.n)
-	}
+	})
 	if kernel {
-		p.sample("flannel_router_dropped_packets_total", `path="kernel",reason="strict_source"`, k.DropStrictSource)
-		p.sample("flannel_router_dropped_packets_total", `path="kernel",reason="encap_error"`, k.DropEncap)
-		p.sample("flannel_router_dropped_packets_total", `path="kernel",reason="capture_lost"`, k.CaptureLost)
+		p.byReason("flannel_router_dropped_packets_total", `path="kernel",`, []reasonCount{
+			{"strict_source", k.DropStrictSource},
+			{"encap_error", k.DropEncap},
+			{"capture_lost", k.CaptureLost},
+		})
 	}
 	p.family("flannel_router_icmp_errors_sent_total", "counter", "ICMP errors (unreachable, time exceeded, fragmentation needed) the router wrote into the TUN.")
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
