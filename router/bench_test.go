@@ -49,7 +49,7 @@ func BenchmarkLookup(b *testing.B) {
 	network := netip.MustParsePrefix("198.0.0.0/8")
 	for _, c := range cases {
 		b.Run(fmt.Sprintf("%s/subnets=%d", c.kind, c.n), func(b *testing.B) {
-			tab, _ := newTable(network, c.bits, routesIn(network, c.bits, c.n))
+			tab, _ := newTable4(network, c.bits, routesIn(network, c.bits, c.n))
 			if (tab.dense != nil) != (c.kind == "dense") {
 				b.Fatalf("%d subnets of /%d: dense=%v, want the %s path", c.n, c.bits, tab.dense != nil, c.kind)
 			}
@@ -78,7 +78,7 @@ func BenchmarkRebuild65536(b *testing.B) {
 	routes := routesFor(65536)
 	b.ReportAllocs()
 	for b.Loop() {
-		newTable(network, 24, routes)
+		newTable4(network, 24, routes)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/flannel-go/flannel-go/internal/inet"
 	"github.com/flannel-go/flannel-go/tun"
 	"github.com/flannel-go/flannel-go/udp"
 	"golang.org/x/sys/unix"
@@ -58,6 +57,7 @@ type worker struct {
 	icmpBufs  [][]byte
 	icmpOut   [][]byte
 	lim       limiter
+	probeLim  limiter // IPv6 probe answers; owned by the ingress goroutine
 	sparePkts [][]byte
 	sparePeer []uint32
 	// egAQM watches how long the TUN queue stands: the TUN hands out no
@@ -107,6 +107,15 @@ func tunSlots(n, mtu int) [][]byte {
 	return bufs[:n:n]
 }
 
+// icmpBufLen is the size of an ICMP error buffer: an ICMPv6 error quotes
+// up to 1280 bytes.
+func icmpBufLen(cfg Config) int {
+	if cfg.IPv6Network.IsValid() {
+		return icmp6MaxLen
+	}
+	return icmpMaxLen
+}
+
 func newWorker(r *Router, id int, q tun.Queue) *worker {
 	eb := max(1, q.BatchSize())
 	w := &worker{
@@ -120,9 +129,10 @@ func newWorker(r *Router, id int, q tun.Queue) *worker {
 		sparePkts: make([][]byte, eb),
 		sparePeer: make([]uint32, eb),
 		outMsgs:   make([]udp.Message, eb),
-		icmpBufs:  slab(eb, off+icmpMaxLen),
+		icmpBufs:  slab(eb, off+icmpBufLen(r.cfg)),
 		icmpOut:   make([][]byte, eb),
 		lim:       newLimiter(icmpRate, icmpBurst),
+		probeLim:  newLimiter(icmpRate, icmpBurst),
 		inBufs:    slab(udpBatch, off+maxDatagram),
 		inMsgs:    make([]udp.Message, udpBatch),
 		egAQM:     codel{target: int64(r.cfg.AQMTarget), interval: int64(r.cfg.AQMInterval)},
@@ -154,31 +164,76 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 		if tap != nil {
 			tap.t.Capture(Out, pkt)
 		}
-		hlen, total, reason := parseIPv4(pkt)
-		if reason != dropNone {
-			w.eg.drop(reason)
-			continue
+		var peer uint32
+		if len(pkt) > 0 && pkt[0]>>4 == 6 && t.v6.on {
+			pkt, peer, nicmp = w.route6(t, pkt, nicmp)
+		} else {
+			pkt, peer, nicmp = w.route4(t, pkt, nicmp)
 		}
-		pkt = pkt[:total]
-		peer := t.lookup(binary.BigEndian.Uint32(pkt[16:20]))
-		if peer == 0 {
-			w.eg.drop(dropNoRoute)
-			nicmp = w.icmpError(pkt, hlen, icmpTypeDestUnreachable, icmpCodeNetUnreachable, ttlNetUnreachable, nicmp)
-			continue
+		if peer != 0 {
+			w.outPkts[nout], w.outPeer[nout] = pkt, peer
+			nout++
 		}
-		if pkt[8] <= 1 {
-			w.eg.drop(dropTTLExceeded)
-			nicmp = w.icmpError(pkt, hlen, icmpTypeTimeExceeded, icmpCodeTTLExceeded, ttlTimeExceeded, nicmp)
-			continue
-		}
-		decrementTTL(pkt)
-		w.outPkts[nout], w.outPeer[nout] = pkt, peer
-		nout++
 	}
 	w.nout = nout
 	w.sparseFirst()
-	w.buildMsgs()
+	w.buildMsgs(t)
 	return nout, nicmp
+}
+
+// route4 routes the TUN packet pkt if it is IPv4: it returns the packet
+// cut to its length, its TTL lowered, and its peer, or peer 0 and the ICMP
+// error count after counting the drop and preparing the error.
+func (w *worker) route4(t *table, pkt []byte, nicmp int) ([]byte, uint32, int) {
+	hlen, total, reason := parseIPv4(pkt)
+	if reason == dropNotIPv4 && t.v6.on {
+		reason = dropMalformed // neither family
+	}
+	if reason == dropNone && !w.r.cfg.Network.IsValid() {
+		reason = dropNotIPv6
+	}
+	if reason != dropNone {
+		w.eg.drop(reason)
+		return nil, 0, nicmp
+	}
+	pkt = pkt[:total]
+	peer := t.lookup(binary.BigEndian.Uint32(pkt[16:20]))
+	if peer == 0 {
+		w.eg.drop(dropNoRoute)
+		return nil, 0, w.icmpError(pkt, hlen, icmpTypeDestUnreachable, icmpCodeNetUnreachable, ttlNetUnreachable, nicmp)
+	}
+	if pkt[8] <= 1 {
+		w.eg.drop(dropTTLExceeded)
+		return nil, 0, w.icmpError(pkt, hlen, icmpTypeTimeExceeded, icmpCodeTTLExceeded, ttlTimeExceeded, nicmp)
+	}
+	decrementTTL(pkt)
+	return pkt, peer, nicmp
+}
+
+// route6 is route4 for an IPv6 packet; a peer that does not carry IPv6
+// gets none: the sender learns it from an ICMPv6 unreachable.
+func (w *worker) route6(t *table, pkt []byte, nicmp int) ([]byte, uint32, int) {
+	total, reason := parseIPv6(pkt)
+	if reason != dropNone {
+		w.eg.drop(reason)
+		return nil, 0, nicmp
+	}
+	pkt = pkt[:total]
+	peer := t.lookup6(pkt[24:40])
+	if peer == 0 {
+		w.eg.drop(dropNoRoute)
+		return nil, 0, w.icmp6Error(pkt, icmp6TypeDestUnreachable, icmp6CodeNoRoute, nicmp)
+	}
+	if pkt[7] <= 1 {
+		w.eg.drop(dropTTLExceeded)
+		return nil, 0, w.icmp6Error(pkt, icmp6TypeTimeExceeded, icmp6CodeHopLimit, nicmp)
+	}
+	if t.info[peer-1].state.Load() == ipv6Incapable {
+		w.eg.drop(dropPeerNoIPv6)
+		return nil, 0, w.icmp6Error(pkt, icmp6TypeDestUnreachable, icmp6CodeNoRoute, nicmp)
+	}
+	pkt[7]-- // no header checksum in IPv6
+	return pkt, peer, nicmp
 }
 
 // sparseFirst moves the packets of flows that have a single packet in the
@@ -217,19 +272,16 @@ func (w *worker) sparseFirst() {
 // buildMsgs makes each run of packets to one peer one message: the
 // connection sends it as UDP GSO trains, one datagram per packet on the
 // wire.
-func (w *worker) buildMsgs() {
+func (w *worker) buildMsgs(t *table) {
 	w.outN = 0
-	port := uint16(w.r.cfg.Port)
 	for i := 0; i < w.nout; {
 		j := i + 1
 		for j < w.nout && w.outPeer[j] == w.outPeer[i] {
 			j++
 		}
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], w.outPeer[i])
 		m := &w.outMsgs[w.outN]
 		m.Buffers = w.outPkts[i:j:j]
-		m.Addr = netip.AddrPortFrom(netip.AddrFrom4(a), port)
+		m.Addr = t.peer(w.outPeer[i])
 		w.outN++
 		i = j
 	}
@@ -274,6 +326,83 @@ func (w *worker) icmpError(pkt []byte, hlen int, typ, code, ttl uint8, nicmp int
 	n := buildICMPError(b[off:], pkt, hlen, src, typ, code, ttl)
 	w.icmpOut[nicmp] = b[:off+n]
 	return nicmp + 1
+}
+
+// icmp6Error is icmpError for the IPv6 packet pkt.
+func (w *worker) icmp6Error(pkt []byte, typ, code uint8, nicmp int) int {
+	if !mayReportError6(pkt) {
+		return nicmp
+	}
+	if !w.lim.allow(int64(w.clock())) {
+		w.eg.icmpLimited.Add(1)
+		return nicmp
+	}
+	b := w.icmpBufs[nicmp]
+	n := buildICMPv6Error(b[off:], pkt, *w.r.ownAddr6.Load(), typ, code)
+	w.icmpOut[nicmp] = b[:off+n]
+	return nicmp + 1
+}
+
+// checkIngress checks the received inner packet pkt from the peer sender
+// (0: unknown, accepted by AcceptUnknownPeers) and returns its length, or
+// counts the drop.
+func (w *worker) checkIngress(t *table, pkt []byte, sender uint32) (int, bool) {
+	if len(pkt) > 0 && pkt[0]>>4 == 6 && t.v6.on {
+		total, reason := parseIPv6(pkt)
+		if reason == dropNone && w.r.cfg.StrictSource && t.lookup6(pkt[8:24]) != sender {
+			reason = dropStrictSource
+		}
+		if reason != dropNone {
+			w.in.drop(reason)
+			return 0, false
+		}
+		return total, true
+	}
+	_, total, reason := parseIPv4(pkt)
+	if reason == dropNotIPv4 && t.v6.on {
+		reason = dropMalformed
+	}
+	if reason == dropNone && !w.r.cfg.Network.IsValid() {
+		reason = dropNotIPv6
+	}
+	if reason == dropNone && w.r.cfg.StrictSource && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
+		reason = dropStrictSource
+	}
+	if reason != dropNone {
+		w.in.drop(reason)
+		return 0, false
+	}
+	return total, true
+}
+
+// probe handles the probe d received in message m from peer sender and
+// reports whether it was one of the router's: an IPv6 ask is answered
+// (rate-limited) when the router carries IPv6, an answer from a known
+// peer records that the peer does. Other probes (the fast path's, when it
+// is not running) are left to the packet checks, which drop them.
+func (w *worker) probe(t *table, m *udp.Message, d []byte, sender uint32) bool {
+	p := w.r.probe
+	if p == nil {
+		return false
+	}
+	switch d[7] {
+	case probeIPv6Ask:
+		if !w.probeLim.allow(int64(w.clock())) {
+			return true
+		}
+		ans := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(d[8:]))
+		to := netip.AddrPortFrom(m.Addr.Addr(), uint16(w.r.cfg.Port))
+		if err := p.send(ans[:], to); err != nil {
+			w.r.log.Debug("Answering an IPv6 probe failed", "peer", to, "error", err)
+		}
+		return true
+	case probeIPv6Answer:
+		if sender != 0 {
+			t.info[sender-1].answer(binary.BigEndian.Uint64(d[8:]))
+		}
+		return true
+	}
+	return false
 }
 
 // isTrain reports whether received message m carries more than one datagram.
@@ -336,7 +465,7 @@ func (w *worker) sameFlowAsTrain(i, n int) bool {
 	}
 	a := m.Buffers[0][:m.N]
 	for j := range n {
-		if o := &w.inMsgs[j]; isTrain(o) && inet.SameFlow(a, o.Buffers[0][:o.Segment]) {
+		if o := &w.inMsgs[j]; isTrain(o) && sameFlow(a, o.Buffers[0][:o.Segment]) {
 			return true
 		}
 	}
@@ -352,8 +481,8 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 		w.in.drop(dropOversize)
 		return nil
 	}
-	sender := be32(m.Addr.Addr().As4())
-	if !w.r.cfg.AcceptUnknownPeers && !t.isPeer(sender) {
+	sender := t.sender(m.Addr.Addr())
+	if !w.r.cfg.AcceptUnknownPeers && sender == 0 {
 		w.in.drop(dropUnknownPeer)
 		return nil
 	}
@@ -363,6 +492,9 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 		w.in.drop(dropMalformed)
 		return nil
 	}
+	if l == probeLen && isProbe(buf[off:off+l]) && w.probe(t, m, buf[off:off+l], sender) {
+		return nil
+	}
 	tap := w.r.tap.Load()
 	seg := m.Segment
 	for at := 0; at < l; at += seg {
@@ -370,17 +502,12 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 		if tap != nil {
 			tap.t.Capture(In, pkt)
 		}
-		_, total, reason := parseIPv4(pkt)
-		if reason != dropNone {
-			w.in.drop(reason)
-			continue
-		}
-		if w.r.cfg.StrictSource && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
-			w.in.drop(dropStrictSource)
+		total, ok := w.checkIngress(t, pkt, sender)
+		if !ok {
 			continue
 		}
 		if signal && at+seg >= l {
-			if !markCE(pkt) {
+			if !markCE(pkt[:total]) {
 				w.in.drop(dropCoDel)
 				continue
 			}

@@ -151,6 +151,8 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 		{"tun_read", s.Drops.TunRead},
 		{"strict_source", s.Drops.StrictSource},
 		{"codel", s.Drops.CoDel},
+		{"not_ipv6", s.Drops.NotIPv6},
+		{"peer_no_ipv6", s.Drops.PeerNoIPv6},
 	})
 	if kernel {
 		p.byReason("flannel_router_dropped_packets_total", `path="kernel",`, []reasonCount{
