@@ -501,8 +501,8 @@ func (t *groTable) start(i int, p []byte, proto uint8, iphl, hl int) {
 // addresses, whatever transport it carries.
 func (t *groTable) closeFlowOf(bufs [][]byte, offset int, p []byte) {
 	switch {
-	case len(p) >= ipv4Len+4 && p[0] == 0x45 && (p[9] == protoTCP || p[9] == protoUDP):
-		t.closeFlow(bufs, offset, p)
+	case len(p) >= ipv4Len+4 && p[0]>>4 == 4 && (p[9] == protoTCP || p[9] == protoUDP):
+		t.closeFlow(bufs, offset, p) // IPv4 options included: SameFlow skips them
 	case len(p) >= ipv6Len+4 && p[0]>>4 == 6 && (p[6] == protoTCP || p[6] == protoUDP):
 		t.closeFlow(bufs, offset, p)
 	case len(p) >= ipv6Len && p[0]>>4 == 6:
