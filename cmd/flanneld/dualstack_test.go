@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -266,4 +267,46 @@ func TestDualStackMigration(t *testing.T) {
 	}
 	waitPing(t, 10*time.Second, n1.Container, n2.Container.Addr)
 	waitPing(t, 10*time.Second, n2.Container, n1.Container.Addr)
+}
+
+// TestDualStackUpstreamPeer: a dual-stack node facing an upstream node
+// (its dual-stack lease, and a socket on its PublicIP:8285 that, like
+// upstream's udp backend, never answers the IPv6 probe) refuses IPv6 for
+// it with ICMPv6 destination unreachable instead of silence, and counts
+// the drops in /metrics.
+func TestDualStackUpstreamPeer(t *testing.T) {
+	t.Parallel()
+	// Host 3 never runs our flanneld: its address never answered a probe.
+	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1, Config: dualStackConfig})
+	ctx := t.Context()
+	ours, up := c.Nodes[0], c.Nodes[2]
+
+	key := subnetsPrefix + "198.18.77.0-24&2001:db8:100:4d::-64"
+	if _, err := c.Etcd.Put(ctx, key, `{"PublicIP":"`+up.Host.Addr.String()+`","PublicIPv6":null}`); err != nil {
+		t.Fatal(err)
+	}
+	var sock net.PacketConn
+	if err := up.Host.Do(func() (err error) {
+		sock, err = net.ListenPacket("udp4", netip.AddrPortFrom(up.Host.Addr, 8285).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+
+	series := `flannel_router_dropped_packets_total{path="user",reason="peer_no_ipv6"}`
+	before := metricValue(t, ours, series)
+	dst := netip.MustParseAddr("2001:db8:100:4d::2")
+	waitFor(t, 15*time.Second, "ICMPv6 unreachable for the upstream peer's IPv6 subnet", func() error {
+		out, _ := ping(ctx, ours.Container, dst)
+		if !strings.Contains(out, "Destination unreachable") {
+			return fmt.Errorf("ping -6 %s: %q", dst, out)
+		}
+		return nil
+	})
+	if v := metricValue(t, ours, series); v <= before {
+		t.Errorf("%s = %v, was %v: the refused packets are not counted", series, v, before)
+	}
+	// IPv6 to our own peer still flows.
+	waitPing(t, 10*time.Second, ours.Container, c.Nodes[1].ContainerIPv6)
 }
