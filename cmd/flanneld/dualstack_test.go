@@ -310,3 +310,43 @@ func TestDualStackUpstreamPeer(t *testing.T) {
 	// IPv6 to our own peer still flows.
 	waitPing(t, 10*time.Second, ours.Container, c.Nodes[1].ContainerIPv6)
 }
+
+// TestDualStackLeaseMoved: another node takes a dual-stack node's key; the
+// node moves to new IPv4 and IPv6 subnets, and its IPv6 state follows:
+// flannel0's /128, the router's own IPv6 subnet (the new address answers
+// ping -6 from the other node's container) and the ip6tables masquerade
+// rules.
+func TestDualStackLeaseMoved(t *testing.T) {
+	t.Parallel()
+	c := startWith(t, cluster.Options{Hosts: 2, Config: dualStackConfig, Args: []string{"--ip-masq"}})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	old := n2.Env
+	key := subnetsPrefix + old.Subnet.Addr().String() + "-24&" + old.IPv6Subnet.Addr().String() + "-64"
+	if _, err := c.Etcd.Put(ctx, key, `{"PublicIP":"192.0.2.250","PublicIPv6":null}`); err != nil {
+		t.Fatal(err)
+	}
+	var moved lease.SubnetFile
+	waitFor(t, 15*time.Second, "node 2 on new subnets", func() error {
+		env, err := lease.ReadSubnetFile(n2.SubnetFile)
+		if err != nil || env.IPv6Subnet == old.IPv6Subnet || !env.IPv6Subnet.IsValid() {
+			return fmt.Errorf("subnet file %+v %v", env, err)
+		}
+		moved = env
+		return nil
+	})
+	t.Logf("node 2 moved %s %s -> %s %s", old.Subnet, old.IPv6Subnet, moved.Subnet, moved.IPv6Subnet)
+	n2.Env = moved
+	waitFor(t, 10*time.Second, "flannel0 holds only the new IPv6 address", func() error {
+		out, err := n2.Host.Run(ctx, "ip", "-6", "-o", "addr", "show", "dev", "flannel0")
+		if err != nil || !strings.Contains(out, moved.IPv6Subnet.Addr().String()+"/128") || strings.Contains(out, old.IPv6Subnet.Addr().String()+"/128") {
+			return fmt.Errorf("%q %v", out, err)
+		}
+		return nil
+	})
+	waitPing(t, 15*time.Second, n1.Container, moved.IPv6Subnet.Addr())
+	out, err := n2.Host.Run(ctx, "ip6tables-save", "-t", "nat")
+	if err != nil || !strings.Contains(out, "-d "+moved.IPv6Subnet.String()) || strings.Contains(out, old.IPv6Subnet.String()) {
+		t.Errorf("ip6tables nat after the move, want rules for %s only:\n%s %v", moved.IPv6Subnet, out, err)
+	}
+}
