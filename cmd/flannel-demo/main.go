@@ -92,36 +92,12 @@ func run(bin string, hosts int, size int64, verbose, ipv6 bool) (summary string,
 	fmt.Printf("      %d flanneld ready in %s\n", hosts, time.Since(start).Round(time.Millisecond))
 
 	step(2, "leases in etcd (etcdctl get --prefix %s)", cluster.DefaultPrefix)
-	resp, err := c.Etcd.Get(ctx, cluster.DefaultPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return "", fmt.Errorf("list leases: %w", err)
-	}
-	for _, kv := range resp.Kvs {
-		fmt.Printf("      %s\n      %s\n", kv.Key, kv.Value)
-	}
-	if err := c.AddContainers(ctx); err != nil {
+	if err := showLeases(ctx, c, ipv6); err != nil {
 		return "", err
-	}
-	for _, n := range c.Nodes {
-		fmt.Printf("      %s: %s=%s/%d FLANNEL_MTU=%d -> container %s\n", n.Host.Name, "FLANNEL_SUBNET",
-			n.Env.Subnet.Addr().Next(), n.Env.Subnet.Bits(), n.Env.MTU, n.Container.Addr)
-		if ipv6 {
-			fmt.Printf("      %s: FLANNEL_IPV6_SUBNET=%s/%d -> container %s\n", n.Host.Name,
-				n.Env.IPv6Subnet.Addr().Next(), n.Env.IPv6Subnet.Bits(), n.ContainerIPv6)
-		}
 	}
 
 	step(3, "ping every container from every other")
-	families := []func(*cluster.Node) netip.Addr{func(n *cluster.Node) netip.Addr { return n.Container.Addr }}
-	if ipv6 {
-		families = append(families, func(n *cluster.Node) netip.Addr { return n.ContainerIPv6 })
-	}
-	var okPairs, pairs int
-	var rtts []float64
-	for _, addr := range families {
-		ok, all, r := pingAll(ctx, c, addr)
-		okPairs, pairs, rtts = okPairs+ok, pairs+all, append(rtts, r...)
-	}
+	okPairs, pairs, rtts := pingFamilies(ctx, c, ipv6)
 	if okPairs != pairs {
 		return "", fmt.Errorf("%d of %d container pairs did not answer ping", pairs-okPairs, pairs)
 	}
@@ -153,6 +129,44 @@ func run(bin string, hosts int, size int64, verbose, ipv6 bool) (summary string,
 	}
 	return fmt.Sprintf("%d hosts, %d/%d container pairs ping (avg %.3f ms), %d MB intact at %.0f Mbit/s (%.2fx bare veth)",
 		hosts, okPairs, pairs, sum/float64(len(rtts)), size/1_000_000, ov.Mbps(), ov.Mbps()/raw.Mbps()), nil
+}
+
+// showLeases prints the leases in etcd, adds a container on every node and
+// prints its subnet file's subnets and addresses.
+func showLeases(ctx context.Context, c *cluster.Cluster, ipv6 bool) error {
+	resp, err := c.Etcd.Get(ctx, cluster.DefaultPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		fmt.Printf("      %s\n      %s\n", kv.Key, kv.Value)
+	}
+	if err := c.AddContainers(ctx); err != nil {
+		return err
+	}
+	for _, n := range c.Nodes {
+		fmt.Printf("      %s: %s=%s/%d FLANNEL_MTU=%d -> container %s\n", n.Host.Name, "FLANNEL_SUBNET",
+			n.Env.Subnet.Addr().Next(), n.Env.Subnet.Bits(), n.Env.MTU, n.Container.Addr)
+		if ipv6 {
+			fmt.Printf("      %s: FLANNEL_IPV6_SUBNET=%s/%d -> container %s\n", n.Host.Name,
+				n.Env.IPv6Subnet.Addr().Next(), n.Env.IPv6Subnet.Bits(), n.ContainerIPv6)
+		}
+	}
+	return nil
+}
+
+// pingFamilies runs pingAll over IPv4 and, with ipv6, over IPv6, and sums
+// what it returns.
+func pingFamilies(ctx context.Context, c *cluster.Cluster, ipv6 bool) (okPairs, pairs int, rtts []float64) {
+	families := []func(*cluster.Node) netip.Addr{func(n *cluster.Node) netip.Addr { return n.Container.Addr }}
+	if ipv6 {
+		families = append(families, func(n *cluster.Node) netip.Addr { return n.ContainerIPv6 })
+	}
+	for _, addr := range families {
+		ok, all, r := pingAll(ctx, c, addr)
+		okPairs, pairs, rtts = okPairs+ok, pairs+all, append(rtts, r...)
+	}
+	return okPairs, pairs, rtts
 }
 
 // pingAll pings every container from every other at the address addr

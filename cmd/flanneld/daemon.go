@@ -108,7 +108,7 @@ func (d *daemon) run(parent context.Context) error {
 	d.ownNet6.Store(&l.IPv6Subnet)
 	// An IPv6-only network has no IPv4 underlay: its datagrams travel
 	// between the nodes' IPv6 addresses, the peers' PublicIPv6.
-	d.routes.SetIPv6Underlay(!cfg.EnableIPv4)
+	d.routes.SetFamilies(routesync.Families{IPv4: cfg.EnableIPv4, IPv6: cfg.EnableIPv6, IPv6Underlay: !cfg.EnableIPv4})
 
 	dp, err := d.openDataPlane(cfg, l, ext)
 	if err != nil {

@@ -37,6 +37,12 @@ func (c *Cluster) setupIPv6(ctx context.Context) error {
 	for i, n := range c.Nodes {
 		h := n.Host
 		if err := h.Do(func() error {
+			// The container bridge and veths created later skip DAD for
+			// their link-local addresses: while one is tentative the host's
+			// first neighbour solicitation to a new container waits for it.
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0o644); err != nil {
+				return err
+			}
 			return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
 		}); err != nil {
 			return fmt.Errorf("cluster: enable IPv6 forwarding in %s: %w", h.Name, err)

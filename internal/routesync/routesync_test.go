@@ -125,7 +125,9 @@ func runSyncer(t *testing.T, s *Syncer) (chan<- []lease.Event, func() []string) 
 // A dual-stack lease on an IPv4 underlay routes both subnets to PublicIP,
 // whatever its PublicIPv6; a move of the IPv6 subnet and the removal follow.
 func TestDualStackRoutesOverIPv4(t *testing.T) {
-	events, next := runSyncer(t, New(slog.New(slog.DiscardHandler)))
+	s := New(slog.New(slog.DiscardHandler))
+	s.SetFamilies(Families{IPv4: true, IPv6: true})
+	events, next := runSyncer(t, s)
 	events <- []lease.Event{
 		dual(lease.EventAdded, "198.18.1.0/24", "2001:db8:100:1::/64", "192.0.2.1", ""),
 		dual(lease.EventAdded, "198.18.2.0/24", "2001:db8:100:2::/64", "192.0.2.2", "2001:db8:1::2"),
@@ -148,7 +150,7 @@ func TestDualStackRoutesOverIPv4(t *testing.T) {
 // PublicIPv6; a lease whose PublicIPv6 goes null loses its route.
 func TestIPv6OnlyRoutesOverIPv6(t *testing.T) {
 	s := New(slog.New(slog.DiscardHandler))
-	s.SetIPv6Underlay(true)
+	s.SetFamilies(Families{IPv6: true, IPv6Underlay: true})
 	events, next := runSyncer(t, s)
 	events <- []lease.Event{
 		dual(lease.EventAdded, "", "2001:db8:100:1::/64", "", "2001:db8:1::1"),
@@ -166,5 +168,15 @@ func TestIPv6OnlyRoutesOverIPv6(t *testing.T) {
 	}
 	if s.Routes() != 1 {
 		t.Fatalf("Routes() = %d, want 1", s.Routes())
+	}
+}
+
+// An IPv4-only network routes the IPv4 subnet of an upstream node's
+// dual-stack key and ignores its IPv6 subnet.
+func TestIPv4OnlyIgnoresIPv6Subnets(t *testing.T) {
+	events, next := runSyncer(t, New(slog.New(slog.DiscardHandler)))
+	events <- []lease.Event{dual(lease.EventAdded, "198.18.250.0/24", "2001:db8:100:fa::/64", "192.0.2.250", "2001:db8::fa")}
+	if got, want := next(), []string{"198.18.250.0/24>192.0.2.250"}; !slices.Equal(got, want) {
+		t.Fatalf("routes %v, want %v", got, want)
 	}
 }
