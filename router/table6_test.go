@@ -103,8 +103,8 @@ func TestTableDualStack(t *testing.T) {
 		{netip.MustParsePrefix("198.18.5.0/24"), p1},
 		{netip.MustParsePrefix("2001:db8:100:5::/64"), p1},
 		{netip.MustParsePrefix("2001:db8:100:6::/64"), p2},
-		{netip.MustParsePrefix("198.18.6.0/24"), netip.MustParseAddr("192.0.2.3")},       // IPv4 peer on an IPv6 underlay
-		{netip.MustParsePrefix("2001:db8:200::/64"), p2},                                 // outside
+		{netip.MustParsePrefix("198.18.6.0/24"), netip.MustParseAddr("192.0.2.3")},        // IPv4 peer on an IPv6 underlay
+		{netip.MustParsePrefix("2001:db8:200::/64"), p2},                                  // outside
 		{netip.MustParsePrefix("2001:db8:100:7::/64"), netip.MustParseAddr("fe80::1%e0")}, // zoned
 		{netip.MustParsePrefix("2001:db8:100:8::/64"), netip.IPv6Unspecified()},
 	}, nil)
