@@ -180,3 +180,39 @@ func BenchmarkLookup6(b *testing.B) {
 		})
 	}
 }
+
+func BenchmarkEgressBatch6(b *testing.B) {
+	w, _ := dualWorker(b, false, false)
+	pkt := ipv6Packet(b, src6, dstA6, layers.IPProtocolUDP, 64, 0, make([]byte, 1400))
+	pkts := make([][]byte, w.q.BatchSize())
+	for i := range pkts {
+		pkts[i] = pkt
+	}
+	n := loadTUN(w, pkts)
+	tab := w.r.table.Load()
+	b.ReportAllocs()
+	b.SetBytes(int64(n * len(pkt)))
+	for b.Loop() {
+		for i := range n {
+			w.tunBufs[i][off+7] = 64 // keep the hop limit from running out
+		}
+		w.egressBatch(tab, n)
+	}
+}
+
+func BenchmarkIngressBatch6(b *testing.B) {
+	w, _ := dualWorker(b, false, false)
+	pkt := ipv6Packet(b, dstA6, src6, layers.IPProtocolUDP, 63, 0, make([]byte, 1400))
+	pkts := make([][]byte, udpBatch)
+	from := make([]netip.Addr, udpBatch)
+	for i := range pkts {
+		pkts[i], from[i] = pkt, peerA
+	}
+	n := loadUDP(b, w, from, pkts)
+	tab := w.r.table.Load()
+	b.ReportAllocs()
+	b.SetBytes(int64(n * len(pkt)))
+	for b.Loop() {
+		w.ingressBatch(tab, n)
+	}
+}

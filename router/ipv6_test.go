@@ -474,3 +474,21 @@ func TestPeerStateSurvivesSetRoutes(t *testing.T) {
 		t.Error("a peer that lost its routes kept its state")
 	}
 }
+
+type recTap struct{ got []string }
+
+func (r *recTap) Capture(dir Direction, pkt []byte) { r.got = append(r.got, dir.String()+" "+string(pkt)) }
+
+func TestTapSeesIPv6(t *testing.T) {
+	w, _ := dualWorker(t, false, false)
+	tap := &recTap{}
+	w.r.SetTap(tap)
+	out := ipv6Packet(t, src6, dstA6, layers.IPProtocolUDP, 64, 0, []byte("out"))
+	in := ipv6Packet(t, dstA6, src6, layers.IPProtocolUDP, 63, 0, []byte("in"))
+	w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{out}))
+	ask := probeMsg(probeIPv6Ask, 1)
+	w.ingressBatch(w.r.table.Load(), loadUDP(t, w, []netip.Addr{peerA, peerA}, [][]byte{in, ask[:]}))
+	if len(tap.got) != 2 || tap.got[0] != "out "+string(out) || tap.got[1] != "in "+string(in) {
+		t.Errorf("tap got %q", tap.got)
+	}
+}
