@@ -492,3 +492,17 @@ func TestTapSeesIPv6(t *testing.T) {
 		t.Errorf("tap got %q", tap.got)
 	}
 }
+
+// With AcceptUnknownPeers, a stranger holds no subnet: StrictSource drops
+// all its packets, of both families, as before peers became indexes.
+func TestStrictSourceUnknownPeer(t *testing.T) {
+	w, _ := dualWorker(t, false, false)
+	w.r.cfg.AcceptUnknownPeers, w.r.cfg.StrictSource = true, true
+	v6 := ipv6Packet(t, netip.MustParseAddr("2001:db8:ffff::1"), src6, layers.IPProtocolUDP, 63, 0, []byte("outside"))
+	v4 := ipv4Packet(t, [4]byte{203, 0, 113, 9}, srcPod, layers.IPProtocolUDP, 63, 0, []byte("outside"))
+	stranger := netip.MustParseAddr("192.0.2.99")
+	n := loadUDP(t, w, []netip.Addr{stranger, stranger}, [][]byte{v6, v4})
+	if k := w.ingressBatch(w.r.table.Load(), n); k != 0 || w.in.drops[dropStrictSource].Load() != 2 {
+		t.Errorf("%d packets passed, strict_source %d, want 0 and 2", k, w.in.drops[dropStrictSource].Load())
+	}
+}
