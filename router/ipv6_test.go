@@ -477,7 +477,9 @@ func TestPeerStateSurvivesSetRoutes(t *testing.T) {
 
 type recTap struct{ got []string }
 
-func (r *recTap) Capture(dir Direction, pkt []byte) { r.got = append(r.got, dir.String()+" "+string(pkt)) }
+func (r *recTap) Capture(dir Direction, pkt []byte) {
+	r.got = append(r.got, dir.String()+" "+string(pkt))
+}
 
 func TestTapSeesIPv6(t *testing.T) {
 	w, _ := dualWorker(t, false, false)
