@@ -344,12 +344,12 @@ func (w *worker) icmp6Error(pkt []byte, typ, code uint8, nicmp int) int {
 }
 
 // checkIngress checks the received inner packet pkt from the peer sender
-// (0: unknown, accepted by AcceptUnknownPeers) and returns its length, or
-// counts the drop.
+// (0: unknown, accepted by AcceptUnknownPeers, but holding no subnet for
+// StrictSource) and returns its length, or counts the drop.
 func (w *worker) checkIngress(t *table, pkt []byte, sender uint32) (int, bool) {
 	if len(pkt) > 0 && pkt[0]>>4 == 6 && t.v6.on {
 		total, reason := parseIPv6(pkt)
-		if reason == dropNone && w.r.cfg.StrictSource && t.lookup6(pkt[8:24]) != sender {
+		if reason == dropNone && w.r.cfg.StrictSource && (sender == 0 || t.lookup6(pkt[8:24]) != sender) {
 			reason = dropStrictSource
 		}
 		if reason != dropNone {
@@ -365,7 +365,7 @@ func (w *worker) checkIngress(t *table, pkt []byte, sender uint32) (int, bool) {
 	if reason == dropNone && !w.r.cfg.Network.IsValid() {
 		reason = dropNotIPv6
 	}
-	if reason == dropNone && w.r.cfg.StrictSource && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
+	if reason == dropNone && w.r.cfg.StrictSource && (sender == 0 || t.lookup(be32([4]byte(pkt[12:16]))) != sender) {
 		reason = dropStrictSource
 	}
 	if reason != dropNone {
@@ -391,7 +391,7 @@ func (w *worker) probe(t *table, m *udp.Message, d []byte, sender uint32) bool {
 			return true
 		}
 		ans := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(d[8:]))
-		to := netip.AddrPortFrom(m.Addr.Addr(), uint16(w.r.cfg.Port))
+		to := netip.AddrPortFrom(m.Addr.Addr().Unmap(), uint16(w.r.cfg.Port))
 		if err := p.send(ans[:], to); err != nil {
 			w.r.log.Debug("Answering an IPv6 probe failed", "peer", to, "error", err)
 		}
