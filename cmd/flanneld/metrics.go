@@ -109,7 +109,7 @@ func (d *daemon) writeMetrics(w io.Writer) {
 	if rt == nil {
 		return
 	}
-	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table.")
+	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table; a dual-stack lease gives two.")
 	p.sample("flannel_routes", "", uint64(d.routes.Routes()))
 	k, kernel := d.writeFastPathMetrics(w)
 	writeRouterStats(w, rt.Stats(), k, kernel)
