@@ -63,7 +63,7 @@ fuzz:
 	done
 
 demo: build
-	$(GO) run ./cmd/flannel-demo -flanneld $(BIN)/flanneld
+	$(GO) run ./cmd/flannel-demo -flanneld $(BIN)/flanneld $(DEMOFLAGS)
 
 clean:
 	rm -rf $(BIN) bench/results/*.tmp

@@ -64,10 +64,14 @@ func (c *codel) controlLaw(t int64) int64 {
 	return t + int64(float64(c.interval)/math.Sqrt(float64(c.count)))
 }
 
-// markCE sets Congestion Experienced on the IPv4 packet p when it is
-// ECN-capable (ECT(0) or ECT(1)), patching the header checksum, and
-// reports whether it did; a packet that is not must be dropped instead.
+// markCE sets Congestion Experienced on the IPv4 or IPv6 packet p when it
+// is ECN-capable (ECT(0) or ECT(1)), patching the IPv4 header checksum,
+// and reports whether it did; a packet that is not must be dropped
+// instead.
 func markCE(p []byte) bool {
+	if p[0]>>4 == 6 {
+		return markCE6(p)
+	}
 	tos := p[1]
 	switch tos & 3 {
 	case 0:

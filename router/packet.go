@@ -105,14 +105,30 @@ func buildICMPError(out []byte, p []byte, hlen int, src [4]byte, typ, code, ttl 
 }
 
 // flowHash hashes the addresses, protocol and (TCP, UDP) ports of the IPv4
-// packet p into a byte; short packets hash to 0.
+// or IPv6 packet p into a byte; short packets hash to 0.
 func flowHash(p []byte) uint8 {
 	if len(p) < 20 {
 		return 0
+	}
+	if p[0]>>4 == 6 && len(p) >= ipv6Header {
+		return flowHash6(p)
 	}
 	h := binary.BigEndian.Uint32(p[12:16])*0x9e3779b1 ^ binary.BigEndian.Uint32(p[16:20])*0x85ebca77 ^ uint32(p[9])
 	if hl := int(p[0]&0xf) * 4; (p[9] == 6 || p[9] == 17) && len(p) >= hl+4 {
 		h ^= binary.BigEndian.Uint32(p[hl:hl+4]) * 0xc2b2ae3d
 	}
 	return uint8(h>>24 ^ h>>16 ^ h>>8 ^ h)
+}
+
+// sameFlow reports whether the packets a and b (at least their headers)
+// are of one IP version and have the same addresses, protocol and, for
+// TCP and UDP, ports.
+func sameFlow(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 || a[0]>>4 != b[0]>>4 {
+		return false
+	}
+	if a[0]>>4 == 6 {
+		return sameFlow6(a, b)
+	}
+	return inet.SameFlow(a, b)
 }

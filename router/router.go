@@ -1,6 +1,7 @@
-// Package router is flannel-go's data plane: it carries inner IPv4 packets
-// between the TUN device and the other nodes, one packet per UDP datagram,
-// byte-compatible with upstream flannel's udp backend. Each TUN queue gets
+// Package router is flannel-go's data plane: it carries inner IPv4 and IPv6
+// packets between the TUN device and the other nodes, one packet per UDP
+// datagram (the version nibble tells the families apart), byte-compatible
+// with upstream flannel's udp backend. Each TUN queue gets
 // a worker with its own SO_REUSEPORT socket (a udp.Conn); workers share
 // nothing but an immutable route table they read without locks. The
 // package decides what goes where; packages tun and udp move the bytes.
@@ -17,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -37,7 +39,9 @@ const (
 )
 
 // Route sends packets for Subnet to the node whose public address is Peer,
-// at the cluster-wide port.
+// at the cluster-wide port. Subnet is an IPv4 subnet of Network or an IPv6
+// subnet of IPv6Network; Peer is the node's underlay address in
+// LocalAddr's family (its PublicIP, or its PublicIPv6 on an IPv6 underlay).
 type Route struct {
 	Subnet netip.Prefix
 	Peer   netip.Addr
@@ -45,14 +49,28 @@ type Route struct {
 
 // Config configures a Router.
 type Config struct {
-	// Network is the whole overlay network, e.g. 198.18.0.0/16.
+	// Network is the whole IPv4 overlay network, e.g. 198.18.0.0/16;
+	// zero (with SubnetLen and OwnSubnet) when the overlay carries no
+	// IPv4. At least one of Network and IPv6Network is set.
 	Network netip.Prefix
 	// SubnetLen is the prefix length of every node's subnet, e.g. 24.
 	SubnetLen int
 	// OwnSubnet is this node's lease. Its network address is the TUN
 	// address and the source of the ICMP errors the router sends.
 	OwnSubnet netip.Prefix
-	// LocalAddr is the interface address the sockets bind; never 0.0.0.0.
+	// IPv6Network is the whole IPv6 overlay network, e.g.
+	// 2001:db8:100::/48; zero (with IPv6SubnetLen and OwnIPv6Subnet) when
+	// the overlay carries no IPv6.
+	IPv6Network netip.Prefix
+	// IPv6SubnetLen is the prefix length of every node's IPv6 subnet, at
+	// most 64 bits longer than IPv6Network's.
+	IPv6SubnetLen int
+	// OwnIPv6Subnet is this node's IPv6 lease; its network address is the
+	// source of the ICMPv6 errors the router sends.
+	OwnIPv6Subnet netip.Prefix
+	// LocalAddr is the interface address the sockets bind; never
+	// unspecified. Its family is the underlay's: an IPv6 LocalAddr (an
+	// IPv6-only node with --public-ipv6) sends to the peers' PublicIPv6.
 	LocalAddr netip.Addr
 	// Port is the UDP port of every node (DefaultPort if 0).
 	Port int
@@ -100,10 +118,14 @@ type Offloads struct {
 
 // Router forwards packets between TUN queues and UDP sockets.
 type Router struct {
-	cfg     Config
-	log     *slog.Logger
-	table   atomic.Pointer[table]
-	ownAddr atomic.Uint32 // OwnSubnet.Addr(), big-endian
+	cfg       Config
+	log       *slog.Logger
+	table     atomic.Pointer[table]
+	ownAddr   atomic.Uint32            // OwnSubnet.Addr(), big-endian
+	ownAddr6  atomic.Pointer[[16]byte] // OwnIPv6Subnet.Addr()
+	peerInfo  map[netip.Addr]*peerInfo // the current peers' probe state; setMu
+	probe     *prober                  // asks peers whether they carry IPv6; nil without IPv6
+	probeSock *net.UDPConn             // the prober's socket, once New opened it
 
 	setMu   sync.Mutex // serialises SetRoutes
 	workers []*worker
@@ -118,17 +140,21 @@ type Router struct {
 }
 
 func (c *Config) check() error {
-	if !c.Network.IsValid() || !c.Network.Addr().Is4() {
-		return fmt.Errorf("network %s is not an IPv4 prefix", c.Network)
+	if c.Network == (netip.Prefix{}) && c.IPv6Network == (netip.Prefix{}) {
+		return errors.New("neither an IPv4 Network nor an IPv6Network: the overlay must carry at least one family")
 	}
-	if c.SubnetLen < c.Network.Bits() || c.SubnetLen > 32 {
-		return fmt.Errorf("SubnetLen %d must be between the network's prefix length %d and 32", c.SubnetLen, c.Network.Bits())
+	if c.Network != (netip.Prefix{}) {
+		if err := c.check4(); err != nil {
+			return err
+		}
 	}
-	if !c.OwnSubnet.IsValid() || !c.OwnSubnet.Addr().Is4() {
-		return fmt.Errorf("own subnet %s is not an IPv4 prefix", c.OwnSubnet)
+	if c.IPv6Network != (netip.Prefix{}) {
+		if err := c.check6(); err != nil {
+			return err
+		}
 	}
-	if !c.LocalAddr.Is4() || c.LocalAddr.IsUnspecified() {
-		return fmt.Errorf("local address %s: want the IPv4 address of an interface (not 0.0.0.0)", c.LocalAddr)
+	if !c.LocalAddr.IsValid() || c.LocalAddr.Is4In6() || c.LocalAddr.IsUnspecified() || c.LocalAddr.Zone() != "" {
+		return fmt.Errorf("local address %s: want the IPv4 or IPv6 address of an interface (not unspecified, no zone)", c.LocalAddr)
 	}
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("port %d out of range", c.Port)
@@ -139,7 +165,44 @@ func (c *Config) check() error {
 	if c.MTU != 0 && c.MTU < 68 {
 		return fmt.Errorf("MTU %d is below the IPv4 minimum of 68", c.MTU)
 	}
+	if c.MTU != 0 && c.IPv6Network.IsValid() && c.MTU < 1280 {
+		return fmt.Errorf("MTU %d is below the IPv6 minimum of 1280; an overlay carrying IPv6 needs at least that", c.MTU)
+	}
 	return nil
+}
+
+func (c *Config) check4() error {
+	if !c.Network.IsValid() || !c.Network.Addr().Is4() {
+		return fmt.Errorf("network %s is not an IPv4 prefix", c.Network)
+	}
+	if c.SubnetLen < c.Network.Bits() || c.SubnetLen > 32 {
+		return fmt.Errorf("SubnetLen %d must be between the network's prefix length %d and 32", c.SubnetLen, c.Network.Bits())
+	}
+	if !c.OwnSubnet.IsValid() || !c.OwnSubnet.Addr().Is4() {
+		return fmt.Errorf("own subnet %s is not an IPv4 prefix", c.OwnSubnet)
+	}
+	return nil
+}
+
+func (c *Config) check6() error {
+	if !c.IPv6Network.IsValid() || !c.IPv6Network.Addr().Is6() || c.IPv6Network.Addr().Is4In6() {
+		return fmt.Errorf("IPv6 network %s is not an IPv6 prefix", c.IPv6Network)
+	}
+	n := c.IPv6Network.Bits()
+	if c.IPv6SubnetLen < n || c.IPv6SubnetLen > 128 || c.IPv6SubnetLen-n > maxIPv6IndexBits {
+		return fmt.Errorf("IPv6SubnetLen %d must be between the IPv6 network's prefix length %d and %d", c.IPv6SubnetLen, n, min(128, n+maxIPv6IndexBits))
+	}
+	if !c.OwnIPv6Subnet.IsValid() || !c.OwnIPv6Subnet.Addr().Is6() || c.OwnIPv6Subnet.Addr().Is4In6() {
+		return fmt.Errorf("own IPv6 subnet %s is not an IPv6 prefix", c.OwnIPv6Subnet)
+	}
+	return nil
+}
+
+func (c *Config) tableConfig() tableConfig {
+	return tableConfig{
+		net4: c.Network, len4: c.SubnetLen, net6: c.IPv6Network, len6: c.IPv6SubnetLen,
+		underlay6: c.LocalAddr.Is6(), port: uint16(c.Port),
+	}
 }
 
 func newRouter(cfg Config) (*Router, error) {
@@ -155,33 +218,87 @@ func newRouter(cfg Config) (*Router, error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("router config: %w", err)
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger}
-	t, _ := newTable(cfg.Network, cfg.SubnetLen, nil)
+	r := &Router{cfg: cfg, log: cfg.Logger, peerInfo: map[netip.Addr]*peerInfo{}}
+	t, _ := newTable(cfg.tableConfig(), nil, nil)
 	r.table.Store(t)
 	r.SetOwnSubnet(cfg.OwnSubnet)
+	r.SetOwnIPv6Subnet(cfg.OwnIPv6Subnet)
+	if cfg.IPv6Network.IsValid() {
+		r.probe = newProber(r)
+	}
 	return r, nil
 }
 
 // SetRoutes replaces the route table (and with it the set of peers allowed
 // to send) by routes. Workers switch to the new table at their next batch.
-// Routes outside the network or without a usable IPv4 peer are logged and
-// left out.
+// Routes outside both networks or whose peer is not an address of the
+// underlay's family are logged and left out. A peer's IPv6 capability
+// (PeerIPv6Capable) survives as long as it keeps a route.
 func (r *Router) SetRoutes(routes []Route) {
 	r.setMu.Lock()
 	defer r.setMu.Unlock()
-	t, rejected := newTable(r.cfg.Network, r.cfg.SubnetLen, routes)
+	old := r.peerInfo
+	r.peerInfo = make(map[netip.Addr]*peerInfo, len(old))
+	info := func(a netip.Addr) *peerInfo {
+		pi := old[a]
+		if pi == nil {
+			pi = &peerInfo{}
+		}
+		r.peerInfo[a] = pi
+		return pi
+	}
+	t, rejected := newTable(r.cfg.tableConfig(), routes, info)
 	for _, rt := range rejected {
-		r.log.Warn("Ignoring route outside the network or without an IPv4 peer",
-			"subnet", rt.Subnet, "peer", rt.Peer, "network", r.cfg.Network)
+		r.log.Warn("Ignoring route outside the networks or whose peer is not an address of the underlay's family",
+			"subnet", rt.Subnet, "peer", rt.Peer, "network", r.cfg.Network, "ipv6_network", r.cfg.IPv6Network,
+			"underlay", r.cfg.LocalAddr)
 	}
 	r.table.Store(t)
+	if r.probe != nil {
+		r.probe.poke()
+	}
 }
 
 // SetOwnSubnet changes the source address of the router's ICMP errors
 // after the node's lease moved to subnet p. The caller reconfigures the
 // TUN address.
 func (r *Router) SetOwnSubnet(p netip.Prefix) {
+	if !p.IsValid() {
+		return
+	}
 	r.ownAddr.Store(be32(p.Masked().Addr().Unmap().As4()))
+}
+
+// SetOwnIPv6Subnet changes the source address of the router's ICMPv6
+// errors (the network address of p) after the node's IPv6 lease moved to
+// p. The caller puts that address on the TUN.
+func (r *Router) SetOwnIPv6Subnet(p netip.Prefix) {
+	if !p.IsValid() {
+		return
+	}
+	a := p.Masked().Addr().As16()
+	r.ownAddr6.Store(&a)
+}
+
+// PeerIPv6Capable reports what the router knows of whether the node at
+// underlay address peer carries IPv6: known once the peer answered the
+// router's IPv6 probe (capable) or failed to answer it for about a second
+// (not capable: IPv6 packets for its subnets get an ICMPv6 unreachable and
+// count as peer_no_ipv6). While unknown, IPv6 is forwarded to it. A peer
+// without a current route is unknown.
+func (r *Router) PeerIPv6Capable(peer netip.Addr) (capable, known bool) {
+	t := r.table.Load()
+	i := t.sender(peer)
+	if i == 0 {
+		return false, false
+	}
+	switch t.info[i-1].state.Load() {
+	case ipv6Capable:
+		return true, true
+	case ipv6Incapable:
+		return false, true
+	}
+	return false, false
 }
 
 // Offloads returns the offloads in use now.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -52,7 +53,34 @@ func New(cfg Config, queues []tun.Queue) (*Router, error) {
 		r.offloads.UDPGSO = r.offloads.UDPGSO && o.GSO
 		r.offloads.UDPGRO = r.offloads.UDPGRO && o.GRO
 	}
+	if r.probe != nil {
+		if err := r.openProbeSocket(); err != nil {
+			r.closeConns()
+			return nil, err
+		}
+	}
 	return r, nil
+}
+
+// openProbeSocket opens the socket the IPv6 probes and their answers leave
+// from: an ephemeral port on LocalAddr, so that a peer's sender check
+// knows the source. Probes and answers go to the peers' cluster port,
+// which the workers' sockets receive.
+func (r *Router) openProbeSocket() error {
+	network := "udp4"
+	if r.cfg.LocalAddr.Is6() {
+		network = "udp6"
+	}
+	sock, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.cfg.LocalAddr, 0)))
+	if err != nil {
+		return fmt.Errorf("IPv6 probe socket on %s: %w", r.cfg.LocalAddr, err)
+	}
+	r.probeSock = sock
+	r.probe.send = func(b []byte, to netip.AddrPort) error {
+		_, err := sock.WriteToUDPAddrPort(b, to)
+		return err
+	}
+	return nil
 }
 
 // gsoInUse reports whether every worker's connection still uses UDP GSO:
@@ -77,10 +105,14 @@ func (r *Router) Run(ctx context.Context) error {
 	defer cancel()
 	o := r.Offloads()
 	r.log.Info("Data plane running", "workers", len(r.workers), "local", r.cfg.LocalAddr,
+		"ipv4", r.cfg.Network.IsValid(), "ipv6", r.cfg.IPv6Network.IsValid(),
 		"port", r.cfg.Port, "mtu", r.cfg.MTU, "accept_unknown_peers", r.cfg.AcceptUnknownPeers,
 		"tun_vnet_hdr", o.TUNVnetHdr, "tun_tso", o.TUNTSO, "tun_uso", o.TUNUSO,
 		"udp_gso", o.UDPGSO, "udp_gro", o.UDPGRO, "gomaxprocs", runtime.GOMAXPROCS(0))
 
+	if r.probe != nil {
+		r.loops.Go(func() { r.probe.run(ctx.Done()) })
+	}
 	errc := make(chan error, 2*len(r.workers))
 	for _, w := range r.workers {
 		for _, loop := range [...]func() error{w.runEgress, w.runIngress} {
@@ -124,6 +156,11 @@ func (r *Router) Close() error {
 			}
 		}
 		r.loops.Wait()
+		if r.probeSock != nil {
+			if err := r.probeSock.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("IPv6 probe socket: %w", err))
+			}
+		}
 		r.closeErr = errors.Join(errs...)
 	})
 	return r.closeErr
@@ -133,5 +170,8 @@ func (r *Router) Close() error {
 func (r *Router) closeConns() {
 	for _, w := range r.workers {
 		w.conn.Close()
+	}
+	if r.probeSock != nil {
+		r.probeSock.Close()
 	}
 }

@@ -21,6 +21,8 @@ const (
 	dropTunRead
 	dropStrictSource
 	dropCoDel
+	dropNotIPv6
+	dropPeerNoIPv6
 	numDropReasons
 )
 
@@ -28,15 +30,17 @@ const (
 type Drops struct {
 	NoRoute       uint64 // TUN packet for a destination no peer owns
 	UnknownPeer   uint64 // datagram whose source is not a current peer's PublicIP
-	TTLExceeded   uint64 // TUN packet whose TTL would reach 0 on the way out
-	Malformed     uint64 // too short, bad header length or bad total length
+	TTLExceeded   uint64 // TUN packet whose TTL (IPv4) or hop limit (IPv6) would reach 0 on the way out
+	Malformed     uint64 // too short, bad header length or bad total length; on a dual-stack router also an IP version neither 4 nor 6
 	Oversize      uint64 // datagram truncated by the receive buffer
-	NotIPv4       uint64 // inner packet of another IP version
+	NotIPv4       uint64 // inner packet of another IP version than 4 on a router without IPv6
+	NotIPv6       uint64 // inner packet of another IP version than 6 on a router without IPv4
 	SendError     uint64 // sendmmsg refused the datagram
 	TunWriteError uint64 // the TUN refused the packet
 	TunRead       uint64 // the TUN queue returned a malformed (super-)packet
 	StrictSource  uint64 // inner source outside the sender's subnets (Config.StrictSource)
 	CoDel         uint64 // a bulk flow's packet dropped because the queue in front of the router stood above the AQM target
+	PeerNoIPv6    uint64 // TUN IPv6 packet for a peer that does not answer the IPv6 probe (an upstream node's udp backend drops IPv6)
 }
 
 // Stats are the router's counters, summed over its workers. Packets and
@@ -49,7 +53,7 @@ type Stats struct {
 	TxBatches uint64 // TUN read batches
 	RxBatches uint64 // recvmmsg batches
 
-	ICMPSent        uint64 // ICMP errors written into the TUN
+	ICMPSent        uint64 // ICMP and ICMPv6 errors written into the TUN
 	ICMPRateLimited uint64 // ICMP errors not sent because of the rate limit
 
 	// TxCEMarked and RxCEMarked count ECN-capable packets marked
@@ -119,6 +123,8 @@ func (s *Stats) addDrops(c *counters) {
 	s.Drops.TunRead += c.drops[dropTunRead].Load()
 	s.Drops.StrictSource += c.drops[dropStrictSource].Load()
 	s.Drops.CoDel += c.drops[dropCoDel].Load()
+	s.Drops.NotIPv6 += c.drops[dropNotIPv6].Load()
+	s.Drops.PeerNoIPv6 += c.drops[dropPeerNoIPv6].Load()
 	s.ICMPSent += c.icmpSent.Load()
 	s.ICMPRateLimited += c.icmpLimited.Load()
 }

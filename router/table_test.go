@@ -30,6 +30,27 @@ func linearLookup(network netip.Prefix, routes []Route, dst uint32) uint32 {
 	return best
 }
 
+// newTable4 builds an IPv4-only table on an IPv4 underlay.
+func newTable4(network netip.Prefix, subnetLen int, routes []Route) (*table, []Route) {
+	return newTable(tableConfig{net4: network, len4: subnetLen, port: DefaultPort}, routes, nil)
+}
+
+// peerAt returns the address of peer index i, or the zero address for 0.
+func (t *table) peerAt(i uint32) netip.Addr {
+	if i == 0 {
+		return netip.Addr{}
+	}
+	return t.peer(i).Addr()
+}
+
+// peer4 is peerAt as a big-endian IPv4 address (0 for none).
+func (t *table) peer4(i uint32) uint32 {
+	if i == 0 {
+		return 0
+	}
+	return be32(t.peer(i).Addr().As4())
+}
+
 func TestTableRandomAgainstLinear(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, tc := range []struct {
@@ -59,7 +80,7 @@ func TestTableRandomAgainstLinear(t *testing.T) {
 			peer := addr(0xc0000200 | rng.Uint32N(254) + 1) // 192.0.2.1-254
 			routes = append(routes, Route{Subnet: sub, Peer: peer})
 		}
-		tab, rejected := newTable(network, tc.subnetLen, routes)
+		tab, rejected := newTable4(network, tc.subnetLen, routes)
 		if len(rejected) != 0 {
 			t.Fatalf("%s/%d: rejected %v", tc.network, tc.subnetLen, rejected)
 		}
@@ -74,7 +95,7 @@ func TestTableRandomAgainstLinear(t *testing.T) {
 			default: // anywhere
 				dst = rng.Uint32()
 			}
-			if got, want := tab.lookup(dst), linearLookup(network, routes, dst); got != want {
+			if got, want := tab.peer4(tab.lookup(dst)), linearLookup(network, routes, dst); got != want {
 				t.Fatalf("%s/%d: lookup(%s) = %s, linear scan says %s", tc.network, tc.subnetLen, addr(dst), addr(got), addr(want))
 			}
 		}
@@ -84,7 +105,7 @@ func TestTableRandomAgainstLinear(t *testing.T) {
 func TestTableLookup(t *testing.T) {
 	network := netip.MustParsePrefix("198.18.0.0/16")
 	p1, p2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	tab, rejected := newTable(network, 24, []Route{
+	tab, rejected := newTable4(network, 24, []Route{
 		{netip.MustParsePrefix("198.18.68.0/24"), p1},
 		{netip.MustParsePrefix("198.18.5.0/24"), p2},
 		{netip.MustParsePrefix("198.19.5.0/24"), p2},           // outside the network
@@ -103,12 +124,12 @@ func TestTableLookup(t *testing.T) {
 		{"198.18.69.1", netip.Addr{}}, {"198.19.5.7", netip.Addr{}}, {"198.18.6.1", netip.Addr{}},
 		{"192.0.2.1", netip.Addr{}},
 	} {
-		got := tab.lookup(be32(netip.MustParseAddr(tc.dst).As4()))
-		if (got == 0) != !tc.want.IsValid() || (got != 0 && addr(got) != tc.want) {
-			t.Errorf("lookup(%s) = %s, want %v", tc.dst, addr(got), tc.want)
+		got := tab.peerAt(tab.lookup(be32(netip.MustParseAddr(tc.dst).As4())))
+		if got != tc.want {
+			t.Errorf("lookup(%s) = %s, want %v", tc.dst, got, tc.want)
 		}
 	}
-	if !tab.isPeer(be32(p1.As4())) || !tab.isPeer(be32(p2.As4())) || tab.isPeer(be32([4]byte{192, 0, 2, 3})) {
+	if tab.sender(p1) == 0 || tab.sender(p2) == 0 || tab.sender(netip.AddrFrom4([4]byte{192, 0, 2, 3})) != 0 {
 		t.Error("peer set wrong")
 	}
 }
@@ -127,14 +148,14 @@ func TestSetRoutesSwaps(t *testing.T) {
 	}
 	old := r.table.Load()
 	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParseAddr("192.0.2.2")}})
-	if got := r.table.Load().lookup(dst); addr(got) != netip.MustParseAddr("192.0.2.2") {
-		t.Errorf("after SetRoutes lookup = %s", addr(got))
+	if got := r.table.Load().lookup(dst); r.table.Load().peerAt(got) != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("after SetRoutes lookup = %d", got)
 	}
 	if old.lookup(dst) != 0 {
 		t.Error("the old snapshot changed: tables must be immutable")
 	}
 	r.SetRoutes(nil)
-	if r.table.Load().lookup(dst) != 0 || r.table.Load().isPeer(be32([4]byte{192, 0, 2, 2})) {
+	if r.table.Load().lookup(dst) != 0 || r.table.Load().sender(netip.MustParseAddr("192.0.2.2")) != 0 {
 		t.Error("route or peer left after SetRoutes(nil)")
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/flannel-go/flannel-go/internal/inet"
 	"github.com/flannel-go/flannel-go/tun"
 	"github.com/flannel-go/flannel-go/udp"
 	"golang.org/x/sys/unix"
@@ -52,12 +51,14 @@ type worker struct {
 	tunSizes  []int
 	outPkts   [][]byte // the packets to send, slices of tunBufs
 	outPeer   []uint32 // each packet's peer
+	outHash   []uint8  // each packet's flowHash, while sparseFirst runs
 	nout      int
 	outMsgs   []udp.Message // one per run of packets to one peer
 	outN      int
 	icmpBufs  [][]byte
 	icmpOut   [][]byte
 	lim       limiter
+	probeLim  limiter // IPv6 probe answers; owned by the ingress goroutine
 	sparePkts [][]byte
 	sparePeer []uint32
 	// egAQM watches how long the TUN queue stands: the TUN hands out no
@@ -107,6 +108,15 @@ func tunSlots(n, mtu int) [][]byte {
 	return bufs[:n:n]
 }
 
+// icmpBufLen is the size of an ICMP error buffer: an ICMPv6 error quotes
+// up to 1280 bytes.
+func icmpBufLen(cfg Config) int {
+	if cfg.IPv6Network.IsValid() {
+		return icmp6MaxLen
+	}
+	return icmpMaxLen
+}
+
 func newWorker(r *Router, id int, q tun.Queue) *worker {
 	eb := max(1, q.BatchSize())
 	w := &worker{
@@ -117,12 +127,14 @@ func newWorker(r *Router, id int, q tun.Queue) *worker {
 		tunSizes:  make([]int, eb),
 		outPkts:   make([][]byte, eb),
 		outPeer:   make([]uint32, eb),
+		outHash:   make([]uint8, eb),
 		sparePkts: make([][]byte, eb),
 		sparePeer: make([]uint32, eb),
 		outMsgs:   make([]udp.Message, eb),
-		icmpBufs:  slab(eb, off+icmpMaxLen),
+		icmpBufs:  slab(eb, off+icmpBufLen(r.cfg)),
 		icmpOut:   make([][]byte, eb),
 		lim:       newLimiter(icmpRate, icmpBurst),
+		probeLim:  newLimiter(icmpRate, icmpBurst),
 		inBufs:    slab(udpBatch, off+maxDatagram),
 		inMsgs:    make([]udp.Message, udpBatch),
 		egAQM:     codel{target: int64(r.cfg.AQMTarget), interval: int64(r.cfg.AQMInterval)},
@@ -149,14 +161,23 @@ func (w *worker) clock() time.Duration { return time.Since(w.start) }
 // packets will be sent and how many ICMP errors were prepared.
 func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 	tap := w.r.tap.Load()
+	v4, v6 := t.v4on, t.v6.on
 	for i := range n {
 		pkt := w.tunBufs[i][off : off+w.tunSizes[i]]
 		if tap != nil {
 			tap.t.Capture(Out, pkt)
 		}
+		if v6 && len(pkt) > 0 && pkt[0]>>4 == 6 {
+			var peer uint32
+			if pkt, peer, nicmp = w.route6(t, pkt, nicmp); peer != 0 {
+				w.outPkts[nout], w.outPeer[nout] = pkt, peer
+				nout++
+			}
+			continue
+		}
 		hlen, total, reason := parseIPv4(pkt)
-		if reason != dropNone {
-			w.eg.drop(reason)
+		if reason != dropNone || !v4 {
+			w.eg.drop(familyReason(reason, v4, v6))
 			continue
 		}
 		pkt = pkt[:total]
@@ -177,8 +198,52 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 	}
 	w.nout = nout
 	w.sparseFirst()
-	w.buildMsgs()
+	w.buildMsgs(t)
 	return nout, nicmp
+}
+
+// familyReason is the drop reason of a packet that is not IPv6 (or on a
+// router without IPv6) whose IPv4 parse said reason, on a router that
+// carries IPv4 if v4 and IPv6 if v6: an IPv4 packet on an IPv6-only
+// router is not_ipv6; with IPv6 on, a version neither 4 nor 6 is
+// malformed.
+func familyReason(reason dropReason, v4, v6 bool) dropReason {
+	switch {
+	case reason == dropNone && !v4:
+		return dropNotIPv6
+	case reason == dropNotIPv4 && v6:
+		return dropMalformed
+	}
+	return reason
+}
+
+// route6 routes the TUN packet pkt, an IPv6 one: it returns the packet cut
+// to its length, its hop limit lowered, and its peer, or peer 0 and the
+// ICMP error count after counting the drop and preparing the error. A
+// peer that does not carry IPv6 gets none: the sender learns it from an
+// ICMPv6 unreachable.
+func (w *worker) route6(t *table, pkt []byte, nicmp int) ([]byte, uint32, int) {
+	total, reason := parseIPv6(pkt)
+	if reason != dropNone {
+		w.eg.drop(reason)
+		return nil, 0, nicmp
+	}
+	pkt = pkt[:total]
+	peer := t.lookup6(pkt[24:40])
+	if peer == 0 {
+		w.eg.drop(dropNoRoute)
+		return nil, 0, w.icmp6Error(pkt, icmp6TypeDestUnreachable, icmp6CodeNoRoute, nicmp)
+	}
+	if pkt[7] <= 1 {
+		w.eg.drop(dropTTLExceeded)
+		return nil, 0, w.icmp6Error(pkt, icmp6TypeTimeExceeded, icmp6CodeHopLimit, nicmp)
+	}
+	if t.info[peer-1].state.Load() == ipv6Incapable {
+		w.eg.drop(dropPeerNoIPv6)
+		return nil, 0, w.icmp6Error(pkt, icmp6TypeDestUnreachable, icmp6CodeNoRoute, nicmp)
+	}
+	pkt[7]-- // no header checksum in IPv6
+	return pkt, peer, nicmp
 }
 
 // sparseFirst moves the packets of flows that have a single packet in the
@@ -190,13 +255,15 @@ func (w *worker) sparseFirst() {
 		return
 	}
 	clear(w.flowCount[:])
-	for i := range n {
+	hash := w.outHash[:n]
+	for i := range hash {
 		h := flowHash(w.outPkts[i])
+		hash[i] = h
 		w.flowCount[h] = min(w.flowCount[h]+1, 2)
 	}
 	k := 0
 	for i := range n {
-		if w.flowCount[flowHash(w.outPkts[i])] == 1 {
+		if w.flowCount[hash[i]] == 1 {
 			w.sparePkts[k], w.sparePeer[k] = w.outPkts[i], w.outPeer[i]
 			k++
 		}
@@ -205,7 +272,7 @@ func (w *worker) sparseFirst() {
 		return
 	}
 	for i := range n {
-		if w.flowCount[flowHash(w.outPkts[i])] != 1 {
+		if w.flowCount[hash[i]] != 1 {
 			w.sparePkts[k], w.sparePeer[k] = w.outPkts[i], w.outPeer[i]
 			k++
 		}
@@ -217,19 +284,16 @@ func (w *worker) sparseFirst() {
 // buildMsgs makes each run of packets to one peer one message: the
 // connection sends it as UDP GSO trains, one datagram per packet on the
 // wire.
-func (w *worker) buildMsgs() {
+func (w *worker) buildMsgs(t *table) {
 	w.outN = 0
-	port := uint16(w.r.cfg.Port)
 	for i := 0; i < w.nout; {
 		j := i + 1
 		for j < w.nout && w.outPeer[j] == w.outPeer[i] {
 			j++
 		}
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], w.outPeer[i])
 		m := &w.outMsgs[w.outN]
 		m.Buffers = w.outPkts[i:j:j]
-		m.Addr = netip.AddrPortFrom(netip.AddrFrom4(a), port)
+		m.Addr = t.peer(w.outPeer[i])
 		w.outN++
 		i = j
 	}
@@ -274,6 +338,66 @@ func (w *worker) icmpError(pkt []byte, hlen int, typ, code, ttl uint8, nicmp int
 	n := buildICMPError(b[off:], pkt, hlen, src, typ, code, ttl)
 	w.icmpOut[nicmp] = b[:off+n]
 	return nicmp + 1
+}
+
+// icmp6Error is icmpError for the IPv6 packet pkt.
+func (w *worker) icmp6Error(pkt []byte, typ, code uint8, nicmp int) int {
+	if !mayReportError6(pkt) {
+		return nicmp
+	}
+	if !w.lim.allow(int64(w.clock())) {
+		w.eg.icmpLimited.Add(1)
+		return nicmp
+	}
+	b := w.icmpBufs[nicmp]
+	n := buildICMPv6Error(b[off:], pkt, *w.r.ownAddr6.Load(), typ, code)
+	w.icmpOut[nicmp] = b[:off+n]
+	return nicmp + 1
+}
+
+// check6 checks the received inner packet pkt, an IPv6 one, from the peer
+// sender (0: unknown, accepted by AcceptUnknownPeers, but holding no
+// subnet for StrictSource) and returns its length, or counts the drop.
+func (w *worker) check6(t *table, pkt []byte, sender uint32) (int, bool) {
+	total, reason := parseIPv6(pkt)
+	if reason == dropNone && w.r.cfg.StrictSource && (sender == 0 || t.lookup6(pkt[8:24]) != sender) {
+		reason = dropStrictSource
+	}
+	if reason != dropNone {
+		w.in.drop(reason)
+		return 0, false
+	}
+	return total, true
+}
+
+// probe handles the probe d received in message m from peer sender and
+// reports whether it was one of the router's: an IPv6 ask is answered
+// (rate-limited) when the router carries IPv6, an answer from a known
+// peer records that the peer does. Other probes (the fast path's, when it
+// is not running) are left to the packet checks, which drop them.
+func (w *worker) probe(t *table, m *udp.Message, d []byte, sender uint32) bool {
+	p := w.r.probe
+	if p == nil {
+		return false
+	}
+	switch d[7] {
+	case probeIPv6Ask:
+		if !w.probeLim.allow(int64(w.clock())) {
+			return true
+		}
+		ans := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(d[8:]))
+		to := netip.AddrPortFrom(m.Addr.Addr().Unmap(), uint16(w.r.cfg.Port))
+		if err := p.send(ans[:], to); err != nil {
+			w.r.log.Debug("Answering an IPv6 probe failed", "peer", to, "error", err)
+		}
+		return true
+	case probeIPv6Answer:
+		if sender != 0 {
+			t.info[sender-1].answer(binary.BigEndian.Uint64(d[8:]))
+		}
+		return true
+	}
+	return false
 }
 
 // isTrain reports whether received message m carries more than one datagram.
@@ -336,7 +460,7 @@ func (w *worker) sameFlowAsTrain(i, n int) bool {
 	}
 	a := m.Buffers[0][:m.N]
 	for j := range n {
-		if o := &w.inMsgs[j]; isTrain(o) && inet.SameFlow(a, o.Buffers[0][:o.Segment]) {
+		if o := &w.inMsgs[j]; isTrain(o) && sameFlow(a, o.Buffers[0][:o.Segment]) {
 			return true
 		}
 	}
@@ -352,8 +476,8 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 		w.in.drop(dropOversize)
 		return nil
 	}
-	sender := be32(m.Addr.Addr().As4())
-	if !w.r.cfg.AcceptUnknownPeers && !t.isPeer(sender) {
+	sender := t.sender(m.Addr.Addr())
+	if !w.r.cfg.AcceptUnknownPeers && sender == 0 {
 		w.in.drop(dropUnknownPeer)
 		return nil
 	}
@@ -363,24 +487,36 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 		w.in.drop(dropMalformed)
 		return nil
 	}
+	if l == probeLen && isProbe(buf[off:off+l]) && w.probe(t, m, buf[off:off+l], sender) {
+		return nil
+	}
 	tap := w.r.tap.Load()
 	seg := m.Segment
+	v4, v6, strict := t.v4on, t.v6.on, w.r.cfg.StrictSource
 	for at := 0; at < l; at += seg {
 		pkt := buf[off+at : off+min(at+seg, l)]
 		if tap != nil {
 			tap.t.Capture(In, pkt)
 		}
-		_, total, reason := parseIPv4(pkt)
-		if reason != dropNone {
-			w.in.drop(reason)
-			continue
-		}
-		if w.r.cfg.StrictSource && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
-			w.in.drop(dropStrictSource)
-			continue
+		var total int
+		if v6 && len(pkt) > 0 && pkt[0]>>4 == 6 {
+			var ok bool
+			if total, ok = w.check6(t, pkt, sender); !ok {
+				continue
+			}
+		} else {
+			var reason dropReason
+			if _, total, reason = parseIPv4(pkt); reason != dropNone || !v4 {
+				w.in.drop(familyReason(reason, v4, v6))
+				continue
+			}
+			if strict && (sender == 0 || t.lookup(be32([4]byte(pkt[12:16]))) != sender) {
+				w.in.drop(dropStrictSource)
+				continue
+			}
 		}
 		if signal && at+seg >= l {
-			if !markCE(pkt) {
+			if !markCE(pkt[:total]) {
 				w.in.drop(dropCoDel)
 				continue
 			}

@@ -54,20 +54,24 @@ func (h *vnetHdr) encode(b []byte) {
 
 // Protocol facts the offload code needs.
 const (
-	protoTCP     = 6
-	protoUDP     = 17
-	ipv4Len      = 20 // header without options
-	tcpMinLen    = 20
-	udpLen       = 8
-	tcpFlagFIN   = 0x01
-	tcpFlagSYN   = 0x02
-	tcpFlagRST   = 0x04
-	tcpFlagPSH   = 0x08
-	tcpFlagACK   = 0x10
-	tcpFlagURG   = 0x20
-	tcpFlagECE   = 0x40
-	tcpFlagCWR   = 0x80
-	maxIPv4Total = 65535
+	protoTCP   = 6
+	protoUDP   = 17
+	ipv4Len    = 20 // header without options
+	ipv6Len    = 40 // fixed header; extension headers follow it
+	tcpMinLen  = 20
+	udpLen     = 8
+	tcpFlagFIN = 0x01
+	tcpFlagSYN = 0x02
+	tcpFlagRST = 0x04
+	tcpFlagPSH = 0x08
+	tcpFlagACK = 0x10
+	tcpFlagURG = 0x20
+	tcpFlagECE = 0x40
+	tcpFlagCWR = 0x80
+	// maxPacket bounds a packet read from or written to the TUN, of
+	// either family: the IPv4 total length's limit, which an IPv6
+	// super-packet keeps too (no jumbograms).
+	maxPacket = 65535
 )
 
 // ErrDropped is wrapped by the errors of Queue.Read that dropped one
@@ -77,6 +81,7 @@ var ErrDropped = errors.New("packet dropped")
 var (
 	errShortVnet    = errors.New("read shorter than the virtio-net header")
 	errBadGSO       = errors.New("malformed GSO super-packet")
+	errExtHdrGSO    = errors.New("IPv6 GSO super-packet with extension headers (never split)")
 	errBadCsum      = errors.New("checksum offsets outside the packet")
 	errTooManySegs  = errors.New("GSO super-packet has more segments than buffers")
 	errSegmentSpace = errors.New("buffer too small for a segment")
@@ -85,7 +90,9 @@ var (
 // completeChecksum finishes a CHECKSUM_PARTIAL packet: the field at
 // start+offset holds the pseudo-header sum, and the checksum covers
 // everything from start on. start and offset are 16-bit header fields, so
-// they are never negative.
+// they are never negative. It needs no parsing, so it serves IPv4 and IPv6
+// packets alike, extension headers included (the kernel's start points
+// past them).
 func completeChecksum(p []byte, start, offset int) error {
 	at := start + offset
 	// An odd offset would put the field across two checksum words.
@@ -100,25 +107,79 @@ func completeChecksum(p []byte, start, offset int) error {
 	return nil
 }
 
+// pseudoSum is the unfolded pseudo-header sum for an L4 segment of length
+// l of protocol proto in the IPv4 or IPv6 packet p (RFC 8200 8.1: the
+// 32-bit length and next header add up as the same 16-bit words).
+func pseudoSum(p []byte, proto uint8, l int) uint64 {
+	if p[0]>>4 == 6 {
+		return inet.Sum16(p[8:ipv6Len], uint64(proto)+uint64(l))
+	}
+	return inet.PseudoSum(p, proto, l)
+}
+
+// gsoHeaders checks that the super-packet p fits its GSO type and returns
+// its IP and L4 header lengths and protocol. An IPv6 super-packet whose
+// L4 header does not follow the fixed header directly is refused: its
+// extension headers are never split (a routing header would even change
+// the checksum's pseudo-header).
+func gsoHeaders(gso uint8, p []byte) (iphl, l4hl int, proto uint8, err error) {
+	if p[0]>>4 == 6 {
+		if len(p) < ipv6Len {
+			return 0, 0, 0, errBadGSO
+		}
+		iphl, proto = ipv6Len, p[6]
+		if proto != protoTCP && proto != protoUDP {
+			return 0, 0, 0, errExtHdrGSO
+		}
+	} else {
+		iphl, proto = int(p[0]&0xf)*4, p[9]
+		if iphl < ipv4Len || iphl > len(p) {
+			return 0, 0, 0, errBadGSO
+		}
+	}
+	tcpGSO := uint8(gsoTCPv4)
+	if p[0]>>4 == 6 {
+		tcpGSO = gsoTCPv6
+	}
+	switch {
+	case gso == tcpGSO && proto == protoTCP:
+		if iphl+tcpMinLen > len(p) {
+			return 0, 0, 0, errBadGSO
+		}
+		l4hl = int(p[iphl+12]>>4) * 4
+		if l4hl < tcpMinLen {
+			return 0, 0, 0, errBadGSO
+		}
+	case gso == gsoUDPL4 && proto == protoUDP:
+		l4hl = udpLen
+	default:
+		return 0, 0, 0, errBadGSO
+	}
+	return iphl, l4hl, proto, nil
+}
+
 // splitGSO turns the packet p read from the TUN with the virtio-net
-// header h into ordinary IPv4 packets, segment i in bufs[i][offset:].
-// When p is bufs[0][offset:] the first segment stays in place; otherwise
-// (a packet read into the queue's spare buffer) it is copied too.
-// sizes[i] gets the length of segment i. It returns the number of
-// packets. It changes nothing, neither p nor bufs, when it fails, so a
-// packet refused with errTooManySegs may be split later into more
-// buffers.
+// header h into ordinary IPv4 or IPv6 packets, segment i in
+// bufs[i][offset:]. When p is bufs[0][offset:] the first segment stays in
+// place; otherwise (a packet read into the queue's spare buffer) it is
+// copied too. sizes[i] gets the length of segment i. It returns the
+// number of packets. It changes nothing, neither p nor bufs, when it
+// fails, so a packet refused with errTooManySegs may be split later into
+// more buffers.
 //
 // A GSO packet is cut at h.gsoSize bytes of L4 payload, as the kernel's
-// own segmentation would: every segment gets the full headers, an IP ID
-// one higher than the previous one, its own IP total length and header
-// checksum, and its TCP sequence number or UDP length; the L4 checksum is
-// computed for every segment because the wire format carries complete
-// packets. FIN and PSH stay on the last TCP segment only, CWR on the first
-// only. Non-IPv4 GSO packets are returned unsplit for the caller to drop.
+// own segmentation would: every segment gets the full headers, its own IP
+// total length (IPv4: with an IP ID one higher than the previous one and
+// its header checksum) or payload length (IPv6), and its TCP sequence
+// number or UDP length; the L4 checksum is computed for every segment,
+// over the family's pseudo-header, because the wire format carries
+// complete packets. FIN and PSH stay on the last TCP segment only, CWR on
+// the first only. GSO packets of neither family are returned unsplit for
+// the caller to drop; IPv6 ones with extension headers fail
+// (errExtHdrGSO).
 func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int, error) {
 	gso := h.gsoType &^ gsoECN
-	if gso == gsoNone || len(p) < ipv4Len || p[0]>>4 != 4 {
+	if gso == gsoNone || len(p) < ipv4Len || (p[0]>>4 != 4 && p[0]>>4 != 6) {
 		if len(bufs[0]) < offset+len(p) {
 			return 0, errSegmentSpace
 		}
@@ -130,24 +191,9 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 		sizes[0] = place(bufs[0][offset:], p)
 		return 1, nil
 	}
-	iphl := int(p[0]&0xf) * 4
-	if iphl < ipv4Len || iphl > len(p) {
-		return 0, errBadGSO
-	}
-	var l4hl int
-	switch {
-	case gso == gsoTCPv4 && p[9] == protoTCP:
-		if iphl+tcpMinLen > len(p) {
-			return 0, errBadGSO
-		}
-		l4hl = int(p[iphl+12]>>4) * 4
-		if l4hl < tcpMinLen {
-			return 0, errBadGSO
-		}
-	case gso == gsoUDPL4 && p[9] == protoUDP:
-		l4hl = udpLen
-	default:
-		return 0, errBadGSO
+	iphl, l4hl, proto, err := gsoHeaders(gso, p)
+	if err != nil {
+		return 0, err
 	}
 	hl := iphl + l4hl
 	mss := int(h.gsoSize)
@@ -164,11 +210,14 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 			return 0, errSegmentSpace
 		}
 	}
-	isTCP := p[9] == protoTCP
-	id := binary.BigEndian.Uint16(p[4:6])
+	v6 := p[0]>>4 == 6
+	var id uint16
+	if !v6 {
+		id = binary.BigEndian.Uint16(p[4:6])
+	}
 	var seq uint32
 	var flags uint8
-	if isTCP {
+	if proto == protoTCP {
 		seq = binary.BigEndian.Uint32(p[iphl+4:])
 		flags = p[iphl+13]
 	}
@@ -185,12 +234,16 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 			copy(seg, p[:hl])
 			copy(seg[hl:], p[start:end])
 		}
-		ip := seg[:iphl]
-		binary.BigEndian.PutUint16(ip[2:], uint16(len(seg)))
-		binary.BigEndian.PutUint16(ip[4:], id+uint16(i))
-		inet.SetHeaderChecksum(ip)
+		if v6 {
+			binary.BigEndian.PutUint16(seg[4:], uint16(len(seg)-ipv6Len))
+		} else {
+			ip := seg[:iphl]
+			binary.BigEndian.PutUint16(ip[2:], uint16(len(seg)))
+			binary.BigEndian.PutUint16(ip[4:], id+uint16(i))
+			inet.SetHeaderChecksum(ip)
+		}
 		l4 := seg[iphl:]
-		if isTCP {
+		if proto == protoTCP {
 			binary.BigEndian.PutUint32(l4[4:], seq+uint32(i*mss))
 			f := flags
 			if i != n-1 {
@@ -201,11 +254,11 @@ func splitGSO(h *vnetHdr, p []byte, bufs [][]byte, sizes []int, offset int) (int
 			}
 			l4[13] = f
 			l4[16], l4[17] = 0, 0
-			binary.BigEndian.PutUint16(l4[16:], ^inet.Fold(inet.Sum16(l4, inet.PseudoSum(ip, protoTCP, len(l4)))))
+			binary.BigEndian.PutUint16(l4[16:], ^inet.Fold(inet.Sum16(l4, pseudoSum(seg, protoTCP, len(l4)))))
 		} else {
 			binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
 			l4[6], l4[7] = 0, 0
-			c := ^inet.Fold(inet.Sum16(l4, inet.PseudoSum(ip, protoUDP, len(l4))))
+			c := ^inet.Fold(inet.Sum16(l4, pseudoSum(seg, protoUDP, len(l4))))
 			if c == 0 {
 				c = 0xffff
 			}
@@ -235,13 +288,14 @@ type groItem struct {
 	count      int32
 	payload    int32 // L4 payload bytes of all members
 	gsoSize    int32 // payload of the head; every member but the last has it
-	hl         int32 // IPv4 + L4 header length of the head
+	hl         int32 // IP + L4 header length of the head
+	iphl       uint8 // ipv4Len or ipv6Len: the head's family
 	proto      uint8 // protoTCP or protoUDP for a coalescable group, 0 for a single
 	open       bool
 	lastPSH    bool
 	valid      bool   // a single whose checksum may be marked DATA_VALID
 	nextSeq    uint32 // TCP sequence number the next member must have
-	nextID     uint16 // IP ID the next member must have
+	nextID     uint16 // IPv4 ID the next member must have
 }
 
 // groTable groups the packets of one Write into items. Its arrays are
@@ -274,63 +328,114 @@ func (t *groTable) reset(n int) {
 	}
 }
 
-// l4ChecksumOK verifies the TCP or UDP checksum of the IPv4 packet p with
-// a 20-byte header.
-func l4ChecksumOK(p []byte) bool {
-	if p[9] == protoUDP && p[26] == 0 && p[27] == 0 {
-		return true // sent without a checksum
+// l4ChecksumOK verifies the TCP or UDP checksum of the packet p, whose L4
+// header starts at iphl; classify has checked its headers.
+func l4ChecksumOK(p []byte, iphl int, proto uint8) bool {
+	l4 := p[iphl:]
+	if proto == protoUDP && iphl == ipv4Len && l4[6] == 0 && l4[7] == 0 {
+		return true // sent without a checksum (IPv4 only: RFC 8200 8.1)
 	}
-	l4 := p[ipv4Len:]
-	return inet.Fold(inet.Sum16(l4, inet.PseudoSum(p, p[9], len(l4)))) == 0xffff
+	return inet.Fold(inet.Sum16(l4, pseudoSum(p, proto, len(l4)))) == 0xffff
 }
 
-// classify returns the protocol a packet may be coalesced under (0 if it
-// may not) and its header length. A coalescable packet is IPv4 without
-// options, not a fragment, exactly as long as its total length, with a
-// non-empty TCP or UDP payload; TCP needs ACK and none of SYN, RST, URG or
-// FIN.
-func (t *groTable) classify(p []byte) (proto uint8, hl int) {
-	if len(p) < ipv4Len+udpLen || p[0] != 0x45 || int(binary.BigEndian.Uint16(p[2:])) != len(p) ||
-		binary.BigEndian.Uint16(p[6:])&0x3fff != 0 {
-		return 0, 0
-	}
-	switch p[9] {
-	case protoTCP:
-		if !t.tcp || len(p) < ipv4Len+tcpMinLen {
+// l3 returns the header length of an IPv4 packet without options or an
+// IPv6 packet without extension headers, whose length fields agree with
+// len(p), and its L4 protocol; 0 for any other packet, IPv4 fragments
+// included. Such packets may be coalesced; the others pass unchanged, an
+// IPv6 packet's extension headers included.
+func l3(p []byte) (iphl int, proto uint8) {
+	switch {
+	case len(p) >= ipv4Len && p[0] == 0x45:
+		if int(binary.BigEndian.Uint16(p[2:])) != len(p) || binary.BigEndian.Uint16(p[6:])&0x3fff != 0 {
 			return 0, 0
 		}
-		thl := int(p[ipv4Len+12]>>4) * 4
-		hl = ipv4Len + thl
-		f := p[ipv4Len+13]
-		if thl < tcpMinLen || hl >= len(p) || f&tcpFlagACK == 0 ||
-			f&(tcpFlagSYN|tcpFlagRST|tcpFlagURG|tcpFlagFIN) != 0 {
+		return ipv4Len, p[9]
+	case len(p) >= ipv6Len && p[0]>>4 == 6:
+		if int(binary.BigEndian.Uint16(p[4:])) != len(p)-ipv6Len {
 			return 0, 0
 		}
-		return protoTCP, hl
-	case protoUDP:
-		hl = ipv4Len + udpLen
-		if !t.udp || hl >= len(p) || int(binary.BigEndian.Uint16(p[24:])) != len(p)-ipv4Len {
-			return 0, 0
-		}
-		return protoUDP, hl
+		return ipv6Len, p[6]
 	}
 	return 0, 0
 }
 
+// classify returns the protocol a packet may be coalesced under (0 if it
+// may not), its IP header length and its IP + L4 header length. A
+// coalescable packet passes l3, with a non-empty TCP or UDP payload; TCP
+// needs ACK and none of SYN, RST, URG or FIN.
+func (t *groTable) classify(p []byte) (proto uint8, iphl, hl int) {
+	iphl, proto = l3(p)
+	switch {
+	case iphl == 0:
+	case proto == protoTCP:
+		if !t.tcp || len(p) < iphl+tcpMinLen {
+			break
+		}
+		thl := int(p[iphl+12]>>4) * 4
+		hl = iphl + thl
+		f := p[iphl+13]
+		if thl < tcpMinLen || hl >= len(p) || f&tcpFlagACK == 0 ||
+			f&(tcpFlagSYN|tcpFlagRST|tcpFlagURG|tcpFlagFIN) != 0 {
+			break
+		}
+		return protoTCP, iphl, hl
+	case proto == protoUDP:
+		hl = iphl + udpLen
+		if !t.udp || hl >= len(p) || int(binary.BigEndian.Uint16(p[iphl+4:])) != len(p)-iphl {
+			break
+		}
+		return protoUDP, iphl, hl
+	}
+	return 0, 0, 0
+}
+
+// sameFlow reports whether the packets a and b, of which at least the IP
+// headers are there, belong to one flow: same family, addresses and
+// protocol (next header), for TCP and UDP same ports, and for IPv6 the
+// same flow label, which the kernel's GRO takes as part of the flow too.
+func sameFlow(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 || a[0]>>4 != b[0]>>4 {
+		return false
+	}
+	if a[0]>>4 == 4 {
+		return inet.SameFlow(a, b)
+	}
+	if len(a) < ipv6Len || len(b) < ipv6Len || a[6] != b[6] ||
+		binary.BigEndian.Uint32(a)&0x000fffff != binary.BigEndian.Uint32(b)&0x000fffff ||
+		string(a[8:ipv6Len]) != string(b[8:ipv6Len]) {
+		return false
+	}
+	if a[6] != protoTCP && a[6] != protoUDP {
+		return true
+	}
+	if len(a) < ipv6Len+4 || len(b) < ipv6Len+4 {
+		return false
+	}
+	return binary.NativeEndian.Uint32(a[ipv6Len:]) == binary.NativeEndian.Uint32(b[ipv6Len:])
+}
+
 // canAppend tells whether p (header length hl) continues the group it of
-// the same flow exactly as the kernel's GRO would merge it.
+// the same flow exactly as the kernel's GRO would merge it: IPv4 with the
+// next IP ID and the same TOS, TTL and DF; IPv6 with the same traffic
+// class and hop limit.
 func canAppend(it *groItem, head, p []byte, hl int) bool {
 	pl := len(p) - hl
 	if !it.open || it.count >= maxCoalesce || int(it.hl) != hl || pl > int(it.gsoSize) ||
-		int(it.hl+it.payload)+pl > maxIPv4Total ||
-		binary.BigEndian.Uint16(p[4:]) != it.nextID ||
+		int(it.hl+it.payload)+pl > maxPacket {
+		return false
+	}
+	if it.iphl == ipv6Len {
+		if binary.BigEndian.Uint16(p)&0x0ff0 != binary.BigEndian.Uint16(head)&0x0ff0 || p[7] != head[7] {
+			return false
+		}
+	} else if binary.BigEndian.Uint16(p[4:]) != it.nextID ||
 		p[1] != head[1] || p[8] != head[8] || p[6]&0xe0 != head[6]&0xe0 {
 		return false
 	}
 	if it.proto == protoUDP {
 		return true
 	}
-	th, tp := head[ipv4Len:hl], p[ipv4Len:hl]
+	th, tp := head[it.iphl:hl], p[it.iphl:hl]
 	if binary.BigEndian.Uint32(tp[4:]) != it.nextSeq ||
 		binary.NativeEndian.Uint32(tp[8:]) != binary.NativeEndian.Uint32(th[8:]) || // ACK number
 		tp[13]&^tcpFlagPSH != th[13]&^tcpFlagCWR || // CWR only on the head
@@ -340,44 +445,72 @@ func canAppend(it *groItem, head, p []byte, hl int) bool {
 	return true
 }
 
-// group fills t.items for the packets bufs[i][offset:].
+// group fills t.items for the packets bufs[i][offset:]. Packets of the two
+// families never share a group: sameFlow tells them apart.
 func (t *groTable) group(bufs [][]byte, offset int) {
 	t.reset(len(bufs))
 	for i := range bufs {
 		p := bufs[i][offset:]
-		proto, hl := t.classify(p)
-		if proto != 0 && t.verify && !l4ChecksumOK(p) {
+		proto, iphl, hl := t.classify(p)
+		if proto != 0 && t.verify && !l4ChecksumOK(p, iphl, proto) {
 			t.closeFlow(bufs, offset, p)
 			t.items = append(t.items, groItem{head: int32(i), tail: int32(i), count: 1})
 			continue
 		}
 		if proto == 0 {
-			if len(p) >= ipv4Len+4 && p[0] == 0x45 && (p[9] == protoTCP || p[9] == protoUDP) {
-				t.closeFlow(bufs, offset, p)
-			}
+			t.closeFlowOf(bufs, offset, p)
 			t.items = append(t.items, groItem{head: int32(i), tail: int32(i), count: 1, valid: true})
 			continue
 		}
 		if t.appendTo(bufs, offset, i, p, hl) {
 			continue
 		}
-		pl := len(p) - hl
-		it := groItem{
-			head: int32(i), tail: int32(i), count: 1, payload: int32(pl), gsoSize: int32(pl), hl: int32(hl),
-			proto: proto, open: true, valid: true, nextID: binary.BigEndian.Uint16(p[4:]) + 1,
+		t.start(i, p, proto, iphl, hl)
+	}
+}
+
+// start makes packet i (protocol proto, header lengths iphl and hl) the
+// head of a new group, open for more unless it carries PSH.
+func (t *groTable) start(i int, p []byte, proto uint8, iphl, hl int) {
+	pl := len(p) - hl
+	it := groItem{
+		head: int32(i), tail: int32(i), count: 1, payload: int32(pl), gsoSize: int32(pl), hl: int32(hl),
+		iphl: uint8(iphl), proto: proto, open: true, valid: true,
+	}
+	if iphl == ipv4Len {
+		it.nextID = binary.BigEndian.Uint16(p[4:]) + 1
+	}
+	if proto == protoTCP {
+		it.nextSeq = binary.BigEndian.Uint32(p[iphl+4:]) + uint32(pl)
+		it.open = p[iphl+13]&tcpFlagPSH == 0
+		it.lastPSH = !it.open
+	}
+	t.items = append(t.items, it)
+	if it.open {
+		if len(t.open) == maxOpen {
+			t.items[t.open[0]].open = false
+			t.open = append(t.open[:0], t.open[1:]...)
 		}
-		if proto == protoTCP {
-			it.nextSeq = binary.BigEndian.Uint32(p[ipv4Len+4:]) + uint32(pl)
-			it.open = p[ipv4Len+13]&tcpFlagPSH == 0
-			it.lastPSH = !it.open
-		}
-		t.items = append(t.items, it)
-		if it.open {
-			if len(t.open) == maxOpen {
-				t.items[t.open[0]].open = false
-				t.open = append(t.open[:0], t.open[1:]...)
+		t.open = append(t.open, int32(len(t.items)-1))
+	}
+}
+
+// closeFlowOf closes the open group that a TCP or UDP packet p, which may
+// not join it, belongs to, so that the flow's order is kept. An IPv6
+// packet with extension headers closes every open group between its
+// addresses, whatever transport it carries.
+func (t *groTable) closeFlowOf(bufs [][]byte, offset int, p []byte) {
+	switch {
+	case len(p) >= ipv4Len+4 && p[0]>>4 == 4 && (p[9] == protoTCP || p[9] == protoUDP):
+		t.closeFlow(bufs, offset, p) // IPv4 options included: SameFlow skips them
+	case len(p) >= ipv6Len+4 && p[0]>>4 == 6 && (p[6] == protoTCP || p[6] == protoUDP):
+		t.closeFlow(bufs, offset, p)
+	case len(p) >= ipv6Len && p[0]>>4 == 6:
+		for k := len(t.open) - 1; k >= 0; k-- {
+			h := bufs[t.items[t.open[k]].head][offset:]
+			if h[0]>>4 == 6 && string(h[8:ipv6Len]) == string(p[8:ipv6Len]) {
+				t.closeOpen(k)
 			}
-			t.open = append(t.open, int32(len(t.items)-1))
 		}
 	}
 }
@@ -389,7 +522,7 @@ func (t *groTable) appendTo(bufs [][]byte, offset, i int, p []byte, hl int) bool
 	for k := len(t.open) - 1; k >= 0; k-- {
 		it := &t.items[t.open[k]]
 		head := bufs[it.head][offset:]
-		if !inet.SameFlow(head, p) {
+		if !sameFlow(head, p) {
 			continue
 		}
 		if !canAppend(it, head, p, hl) {
@@ -404,7 +537,7 @@ func (t *groTable) appendTo(bufs [][]byte, offset, i int, p []byte, hl int) bool
 		it.nextID++
 		if it.proto == protoTCP {
 			it.nextSeq += uint32(pl)
-			it.lastPSH = p[ipv4Len+13]&tcpFlagPSH != 0
+			it.lastPSH = p[int(it.iphl)+13]&tcpFlagPSH != 0
 		}
 		if pl < int(it.gsoSize) || it.lastPSH || it.count == maxCoalesce {
 			t.closeOpen(k)
@@ -417,7 +550,7 @@ func (t *groTable) appendTo(bufs [][]byte, offset, i int, p []byte, hl int) bool
 // closeFlow closes the open group of p's flow, if any.
 func (t *groTable) closeFlow(bufs [][]byte, offset int, p []byte) {
 	for k := len(t.open) - 1; k >= 0; k-- {
-		if inet.SameFlow(bufs[t.items[t.open[k]].head][offset:], p) {
+		if sameFlow(bufs[t.items[t.open[k]].head][offset:], p) {
 			t.closeOpen(k)
 			return
 		}
@@ -430,8 +563,9 @@ func (t *groTable) closeOpen(k int) {
 }
 
 // finish turns group it of packets bufs[i][offset:] into a super-packet:
-// it rewrites the head's headers in place and fills hdr. A single packet
-// only gets its header (DATA_VALID when trusted).
+// it rewrites the head's headers in place (IPv4 total length and header
+// checksum, or IPv6 payload length) and fills hdr. A single packet only
+// gets its header (DATA_VALID when trusted).
 func finish(it *groItem, bufs [][]byte, offset int, trust bool, hdr *vnetHdr) {
 	*hdr = vnetHdr{}
 	if it.count == 1 {
@@ -441,28 +575,35 @@ func finish(it *groItem, bufs [][]byte, offset int, trust bool, hdr *vnetHdr) {
 		return
 	}
 	p := bufs[it.head][offset:]
-	l4len := int(it.hl) - ipv4Len + int(it.payload)
-	binary.BigEndian.PutUint16(p[2:], uint16(ipv4Len+l4len))
-	inet.SetHeaderChecksum(p[:ipv4Len])
+	iphl := int(it.iphl)
+	l4len := int(it.hl) - iphl + int(it.payload)
+	tcpGSO := uint8(gsoTCPv4)
+	if iphl == ipv6Len {
+		binary.BigEndian.PutUint16(p[4:], uint16(l4len))
+		tcpGSO = gsoTCPv6
+	} else {
+		binary.BigEndian.PutUint16(p[2:], uint16(iphl+l4len))
+		inet.SetHeaderChecksum(p[:iphl])
+	}
 	hdr.flags = vnetFlagNeedsCsum
 	hdr.hdrLen = uint16(it.hl)
 	hdr.gsoSize = uint16(it.gsoSize)
-	hdr.csumStart = ipv4Len
+	hdr.csumStart = uint16(iphl)
 	if it.proto == protoTCP {
-		hdr.gsoType = gsoTCPv4
-		if p[ipv4Len+13]&tcpFlagCWR != 0 {
+		hdr.gsoType = tcpGSO
+		if p[iphl+13]&tcpFlagCWR != 0 {
 			hdr.gsoType |= gsoECN
 		}
 		if it.lastPSH {
-			p[ipv4Len+13] |= tcpFlagPSH
+			p[iphl+13] |= tcpFlagPSH
 		}
 		hdr.csumOffset = 16
 	} else {
 		hdr.gsoType = gsoUDPL4
-		binary.BigEndian.PutUint16(p[ipv4Len+4:], uint16(l4len))
+		binary.BigEndian.PutUint16(p[iphl+4:], uint16(l4len))
 		hdr.csumOffset = 6
 	}
 	// CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
-	at := ipv4Len + int(hdr.csumOffset)
-	binary.BigEndian.PutUint16(p[at:], inet.Fold(inet.PseudoSum(p, it.proto, l4len)))
+	at := iphl + int(hdr.csumOffset)
+	binary.BigEndian.PutUint16(p[at:], inet.Fold(pseudoSum(p, it.proto, l4len)))
 }

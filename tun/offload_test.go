@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/flannel-go/flannel-go/internal/inet"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/google/gopacket"
@@ -17,6 +18,9 @@ import (
 // expected header byte and checksum comes from an implementation other
 // than the one under test.
 type pkt struct {
+	v6           bool // IPv6, src and dst mapped into 2001:db8::/96
+	ext          bool // IPv6: a destination options header before L4
+	flow         uint32
 	udp          bool
 	src, dst     [4]byte
 	sport, dport uint16
@@ -30,6 +34,30 @@ type pkt struct {
 	ipOpts       bool
 	payload      []byte
 }
+
+// addr6 maps a test IPv4 address into 2001:db8::/96.
+func addr6(a [4]byte) net.IP {
+	ip := net.ParseIP("2001:db8::")
+	copy(ip[12:], a[:])
+	return ip
+}
+
+// iphl is the IP header length of a packet built from p (extension
+// headers included).
+func (p pkt) iphl() int {
+	switch {
+	case p.v6 && p.ext:
+		return ipv6Len + 8
+	case p.v6:
+		return ipv6Len
+	case p.ipOpts:
+		return ipv4Len + 4
+	}
+	return ipv4Len
+}
+
+// v6 returns p as an IPv6 packet of the same shape.
+func v6(p pkt) pkt { p.v6 = true; return p }
 
 var (
 	addrA = [4]byte{198, 18, 5, 7}
@@ -47,21 +75,39 @@ func udpFlow(id uint16, payload []byte) pkt {
 
 func (p pkt) build(t testing.TB) []byte {
 	t.Helper()
-	ip := &layers.IPv4{Version: 4, TOS: p.tos, Id: p.id, TTL: p.ttl, SrcIP: net.IP(p.src[:]), DstIP: net.IP(p.dst[:])}
-	if p.df {
-		ip.Flags = layers.IPv4DontFragment
+	proto := layers.IPProtocolTCP
+	if p.udp {
+		proto = layers.IPProtocolUDP
 	}
-	if p.ipOpts {
-		ip.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}
+	var ip gopacket.NetworkLayer
+	var l3 []gopacket.SerializableLayer
+	if p.v6 {
+		ip6 := &layers.IPv6{Version: 6, TrafficClass: p.tos, FlowLabel: p.flow, HopLimit: p.ttl, NextHeader: proto,
+			SrcIP: addr6(p.src), DstIP: addr6(p.dst)}
+		ip, l3 = ip6, []gopacket.SerializableLayer{ip6}
+		if p.ext {
+			// PadN filling the 8 bytes: no option the kernel acts on.
+			d := &layers.IPv6Destination{Options: []*layers.IPv6DestinationOption{{OptionType: 1, OptionLength: 4, OptionData: make([]byte, 4)}}}
+			d.NextHeader = proto
+			ip6.NextHeader = layers.IPProtocolIPv6Destination
+			l3 = append(l3, d)
+		}
+	} else {
+		ip4 := &layers.IPv4{Version: 4, TOS: p.tos, Id: p.id, TTL: p.ttl, SrcIP: net.IP(p.src[:]), DstIP: net.IP(p.dst[:]), Protocol: proto}
+		if p.df {
+			ip4.Flags = layers.IPv4DontFragment
+		}
+		if p.ipOpts {
+			ip4.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}
+		}
+		ip, l3 = ip4, []gopacket.SerializableLayer{ip4}
 	}
 	var l4 gopacket.SerializableLayer
 	if p.udp {
-		ip.Protocol = layers.IPProtocolUDP
 		u := &layers.UDP{SrcPort: layers.UDPPort(p.sport), DstPort: layers.UDPPort(p.dport)}
 		u.SetNetworkLayerForChecksum(ip)
 		l4 = u
 	} else {
-		ip.Protocol = layers.IPProtocolTCP
 		tc := &layers.TCP{SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport), Seq: p.seq, Ack: p.ack,
 			Window: p.win, Options: p.opts,
 			FIN: p.flags&tcpFlagFIN != 0, SYN: p.flags&tcpFlagSYN != 0, RST: p.flags&tcpFlagRST != 0,
@@ -72,13 +118,13 @@ func (p pkt) build(t testing.TB) []byte {
 	}
 	b := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		ip, l4, gopacket.Payload(p.payload)); err != nil {
+		append(l3, l4, gopacket.Payload(p.payload))...); err != nil {
 		t.Fatal(err)
 	}
 	return bytes.Clone(b.Bytes())
 }
 
-// hdrLen is the IPv4+L4 header length of a packet built from p.
+// hdrLen is the IP+L4 header length of a packet built from p.
 func (p pkt) hdrLen(t testing.TB) int {
 	q := p
 	q.payload = nil
@@ -165,6 +211,25 @@ func TestSplitGSO(t *testing.T) {
 		}
 		tcs = append(tcs, tc{"udp4 (USO)", s, gsoUDPL4, 1200, want})
 	}
+	// IPv6: no IP ID, the payload length per segment, the flow label,
+	// traffic class and hop limit copied, checksums over the IPv6
+	// pseudo-header.
+	for _, c := range tcs[:4] {
+		c.name = strings.Replace(c.name, "4", "6", 1)
+		c.super = v6(c.super)
+		c.super.flow, c.super.ttl = 0xabcde, 17
+		if !c.super.udp {
+			c.gso = gsoTCPv6 | c.gso&gsoECN
+		}
+		var want []pkt
+		for _, w := range c.want {
+			w = v6(w)
+			w.flow, w.ttl = 0xabcde, 17
+			want = append(want, w)
+		}
+		c.want = want
+		tcs = append(tcs, c)
+	}
 	for _, c := range tcs {
 		for _, inPlace := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/in_place=%v", c.name, inPlace), func(t *testing.T) {
@@ -179,11 +244,12 @@ func TestSplitGSO(t *testing.T) {
 func testSplitGSO(t *testing.T, super pkt, gso uint8, mss int, want []pkt, inPlace bool) {
 	in := super.build(t)
 	hl := super.hdrLen(t)
-	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gso, hdrLen: uint16(hl), gsoSize: uint16(mss), csumStart: 20}
+	iphl := super.iphl()
+	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gso, hdrLen: uint16(hl), gsoSize: uint16(mss), csumStart: uint16(iphl)}
 	// The kernel hands over a partial checksum; the split must not care.
-	at := 20 + 16
+	at := iphl + 16
 	if super.udp {
-		at = 20 + 6
+		at = iphl + 6
 	}
 	in[at], in[at+1] = 0xde, 0xad
 	bufs := bufsFor(64, h, in)
@@ -218,18 +284,24 @@ func testSplitGSO(t *testing.T, super pkt, gso uint8, mss int, want []pkt, inPla
 	}
 }
 
+// A CHECKSUM_PARTIAL packet is completed, of either family; IPv6
+// extension headers are passed whole, the checksum field found where the
+// kernel's csum_start says, past them.
 func TestSplitCompletesChecksum(t *testing.T) {
-	for _, p := range []pkt{tcpFlow(5, 6, payload(333, 5)), udpFlow(9, payload(77, 6))} {
+	tcp, udp := tcpFlow(5, 6, payload(333, 5)), udpFlow(9, payload(77, 6))
+	ext := func(p pkt) pkt { p = v6(p); p.ext = true; return p }
+	for _, p := range []pkt{tcp, udp, v6(tcp), v6(udp), ext(tcp), ext(udp)} {
 		want := p.build(t)
 		in := bytes.Clone(want)
 		// CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
-		at, l4 := 20+16, len(in)-20
+		iphl := p.iphl()
+		at, l4 := iphl+16, len(in)-iphl
 		proto := uint8(protoTCP)
 		if p.udp {
-			at, proto = 20+6, protoUDP
+			at, proto = iphl+6, protoUDP
 		}
-		binary.BigEndian.PutUint16(in[at:], inet.Fold(inet.PseudoSum(in, proto, l4)))
-		h := vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: uint16(at - 20)}
+		binary.BigEndian.PutUint16(in[at:], inet.Fold(testPseudoSum(in, proto, l4)))
+		h := vnetHdr{flags: vnetFlagNeedsCsum, csumStart: uint16(iphl), csumOffset: uint16(at - iphl)}
 		bufs := bufsFor(1, h, in)
 		sizes := []int{0}
 		n, err := splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
@@ -237,16 +309,34 @@ func TestSplitCompletesChecksum(t *testing.T) {
 			t.Fatalf("n %d err %v", n, err)
 		}
 		if d := diff(bufs[0][Headroom:Headroom+sizes[0]], want); d != "" {
-			t.Errorf("udp=%v: %s", p.udp, d)
+			t.Errorf("udp=%v v6=%v ext=%v: %s", p.udp, p.v6, p.ext, d)
 		}
 	}
+}
+
+// testPseudoSum is the pseudo-header sum of either family, built from the
+// RFC's field layout rather than pseudoSum.
+func testPseudoSum(p []byte, proto uint8, l int) uint64 {
+	if p[0]>>4 == 4 {
+		return inet.PseudoSum(p, proto, l)
+	}
+	ph := make([]byte, 40)
+	copy(ph, p[8:40])
+	binary.BigEndian.PutUint32(ph[32:], uint32(l))
+	ph[39] = proto
+	return inet.Sum16(ph, 0)
 }
 
 func TestSplitErrors(t *testing.T) {
 	good := tcpFlow(1, 1, payload(4000, 7)).build(t)
 	udp := udpFlow(1, payload(100, 8)).build(t)
-	v6 := bytes.Clone(good)
-	v6[0] = 0x60
+	v5 := bytes.Clone(good)
+	v5[0] = 0x55
+	good6 := v6(tcpFlow(1, 1, payload(4000, 7))).build(t)
+	udp6 := v6(udpFlow(1, payload(100, 8))).build(t)
+	ext := v6(tcpFlow(1, 1, payload(4000, 7)))
+	ext.ext = true
+	ext6 := ext.build(t)
 	for _, c := range []struct {
 		name  string
 		h     vnetHdr
@@ -262,8 +352,17 @@ func TestSplitErrors(t *testing.T) {
 		{"truncated header", vnetHdr{gsoType: gsoTCPv4, gsoSize: 10}, good[:30], 64, false},
 		{"csum outside", vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 4039, csumOffset: 0}, good, 1, false},
 		{"csum offset outside", vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: 65000}, good, 1, false},
-		{"ipv6 stays whole", vnetHdr{gsoType: gsoTCPv6, gsoSize: 10}, v6, 1, true},
+		{"ipv5 stays whole", vnetHdr{gsoType: gsoTCPv6, gsoSize: 10}, v5, 1, true},
 		{"plain", vnetHdr{}, good, 1, true},
+		{"tcp6 gso on ipv4", vnetHdr{gsoType: gsoTCPv6, gsoSize: 1000}, good, 64, false},
+		{"tcp4 gso on ipv6", vnetHdr{gsoType: gsoTCPv4, gsoSize: 1000}, good6, 64, false},
+		{"tcp6 gso on udp6", vnetHdr{gsoType: gsoTCPv6, gsoSize: 10}, udp6, 64, false},
+		{"udp gso on tcp6", vnetHdr{gsoType: gsoUDPL4, gsoSize: 1000}, good6, 64, false},
+		{"ipv6 truncated header", vnetHdr{gsoType: gsoTCPv6, gsoSize: 10}, good6[:39], 64, false},
+		{"ipv6 truncated tcp header", vnetHdr{gsoType: gsoTCPv6, gsoSize: 10}, good6[:50], 64, false},
+		{"ipv6 extension headers", vnetHdr{gsoType: gsoTCPv6, gsoSize: 1000}, ext6, 64, false},
+		{"ipv6 extension headers, no gso", vnetHdr{}, ext6, 1, true},
+		{"ipv6 plain", vnetHdr{}, good6, 1, true},
 	} {
 		bufs := bufsFor(c.nbufs, c.h, c.p)
 		sizes := make([]int, c.nbufs)
@@ -271,6 +370,15 @@ func TestSplitErrors(t *testing.T) {
 		if c.ok != (err == nil) || (c.ok && (n != 1 || sizes[0] != len(c.p))) {
 			t.Errorf("%s: n %d err %v", c.name, n, err)
 		}
+	}
+	// An IPv6 super-packet with extension headers is refused as such,
+	// and left as it was.
+	bufs6 := bufsFor(64, vnetHdr{}, ext6)
+	if _, err := splitGSO(&vnetHdr{gsoType: gsoTCPv6, gsoSize: 1000}, bufs6[0][Headroom:Headroom+len(ext6)], bufs6, make([]int, 64), Headroom); !errors.Is(err, errExtHdrGSO) {
+		t.Errorf("extension headers: %v, want errExtHdrGSO", err)
+	}
+	if !bytes.Equal(bufs6[0][Headroom:Headroom+len(ext6)], ext6) {
+		t.Error("a refused IPv6 super-packet was changed")
 	}
 	// A buffer too small for a segment is an error, not a panic.
 	bufs := bufsFor(8, vnetHdr{}, good)
@@ -340,11 +448,12 @@ func super(t *testing.T, members []pkt) []byte {
 	}
 	s.flags |= members[len(members)-1].flags & tcpFlagPSH
 	b := s.build(t)
-	at, proto := 20+16, uint8(protoTCP)
+	iphl := s.iphl()
+	at, proto := iphl+16, uint8(protoTCP)
 	if s.udp {
-		at, proto = 20+6, protoUDP
+		at, proto = iphl+6, protoUDP
 	}
-	binary.BigEndian.PutUint16(b[at:], inet.Fold(inet.PseudoSum(b, proto, len(b)-20)))
+	binary.BigEndian.PutUint16(b[at:], inet.Fold(testPseudoSum(b, proto, len(b)-iphl)))
 	return b
 }
 
@@ -395,58 +504,114 @@ func TestCoalesce(t *testing.T) {
 		{"UDP without USO", []pkt{u(0, 1200), u(1, 1200)}, [][]int{{0}, {1}}, true},
 		{"UDP larger second", []pkt{u(0, 100), u(1, 1200)}, [][]int{{0}, {1}}, false},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			g := &groTable{tcp: true, udp: !c.noUDP}
-			var in [][]byte
-			for _, p := range c.in {
-				in = append(in, p.build(t))
+		t.Run(c.name, func(t *testing.T) { checkCoalesce(t, &groTable{tcp: true, udp: !c.noUDP}, c.in, c.groups) })
+	}
+}
+
+// checkCoalesce coalesces the packets built from pkts with g and checks
+// the writes against groups, each a list of input indices: a single
+// unchanged with DATA_VALID, a group as the super-packet of its members,
+// which the kernel's segmentation (splitGSO) turns back into them.
+func checkCoalesce(t *testing.T, g *groTable, pkts []pkt, groups [][]int) {
+	t.Helper()
+	var in [][]byte
+	for _, p := range pkts {
+		in = append(in, p.build(t))
+	}
+	out := coalesce(g, in)
+	if len(out) != len(groups) {
+		t.Fatalf("%d writes, want %d", len(out), len(groups))
+	}
+	for i, grp := range groups {
+		w := out[i]
+		if len(grp) == 1 {
+			if d := diff(w.pkt, in[grp[0]]); d != "" || w.h != (vnetHdr{flags: vnetFlagDataValid}) {
+				t.Errorf("write %d: %+v %s; want packet %d unchanged with DATA_VALID", i, w.h, d, grp[0])
 			}
-			out := coalesce(g, in)
-			if len(out) != len(c.groups) {
-				t.Fatalf("%d writes, want %d", len(out), len(c.groups))
+			continue
+		}
+		var members []pkt
+		for _, k := range grp {
+			members = append(members, pkts[k])
+		}
+		want := super(t, members)
+		hl := pkts[grp[0]].hdrLen(t)
+		iphl := pkts[grp[0]].iphl()
+		wh := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: uint16(hl),
+			gsoSize: uint16(len(members[0].payload)), csumStart: uint16(iphl), csumOffset: 16}
+		if members[0].v6 {
+			wh.gsoType = gsoTCPv6
+		}
+		if members[0].udp {
+			wh.gsoType, wh.csumOffset = gsoUDPL4, 6
+		}
+		if members[0].flags&tcpFlagCWR != 0 {
+			wh.gsoType |= gsoECN
+		}
+		if w.h != wh {
+			t.Errorf("write %d header %+v, want %+v", i, w.h, wh)
+		}
+		if d := diff(w.pkt, want); d != "" {
+			t.Errorf("write %d: %s", i, d)
+		}
+		// What the kernel will do: segment it back.
+		bufs := bufsFor(64, w.h, w.pkt)
+		sizes := make([]int, 64)
+		n, err := splitGSO(&w.h, bufs[0][Headroom:Headroom+len(w.pkt)], bufs, sizes, Headroom)
+		if err != nil || n != len(grp) {
+			t.Fatalf("re-split: %d, %v", n, err)
+		}
+		for j, k := range grp {
+			if d := diff(bufs[j][Headroom:Headroom+sizes[j]], in[k]); d != "" {
+				t.Errorf("re-split segment %d: %s", j, d)
 			}
-			for i, grp := range c.groups {
-				w := out[i]
-				if len(grp) == 1 {
-					if d := diff(w.pkt, in[grp[0]]); d != "" || w.h != (vnetHdr{flags: vnetFlagDataValid}) {
-						t.Errorf("write %d: %+v %s; want packet %d unchanged with DATA_VALID", i, w.h, d, grp[0])
-					}
-					continue
-				}
-				var members []pkt
-				for _, k := range grp {
-					members = append(members, c.in[k])
-				}
-				want := super(t, members)
-				hl := c.in[grp[0]].hdrLen(t)
-				wh := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: uint16(hl),
-					gsoSize: uint16(len(members[0].payload)), csumStart: 20, csumOffset: 16}
-				if members[0].udp {
-					wh.gsoType, wh.csumOffset = gsoUDPL4, 6
-				}
-				if members[0].flags&tcpFlagCWR != 0 {
-					wh.gsoType |= gsoECN
-				}
-				if w.h != wh {
-					t.Errorf("write %d header %+v, want %+v", i, w.h, wh)
-				}
-				if d := diff(w.pkt, want); d != "" {
-					t.Errorf("write %d: %s", i, d)
-				}
-				// What the kernel will do: segment it back.
-				bufs := bufsFor(64, w.h, w.pkt)
-				sizes := make([]int, 64)
-				n, err := splitGSO(&w.h, bufs[0][Headroom:Headroom+len(w.pkt)], bufs, sizes, Headroom)
-				if err != nil || n != len(grp) {
-					t.Fatalf("re-split: %d, %v", n, err)
-				}
-				for j, k := range grp {
-					if d := diff(bufs[j][Headroom:Headroom+sizes[j]], in[k]); d != "" {
-						t.Errorf("re-split segment %d: %s", j, d)
-					}
-				}
-			}
-		})
+		}
+	}
+}
+
+// IPv6 coalesces as the kernel's GRO does: same addresses, ports and flow
+// label (another label is another flow), same traffic class and hop
+// limit; no IP ID to follow. Packets with extension headers pass whole and
+// keep their flow's order, and the families never merge.
+func TestCoalesceIPv6(t *testing.T) {
+	seg := func(i int) pkt { return v6(tcpFlow(1000+uint32(i*1000), 50+uint16(i), payload(1000, byte(i)))) }
+	with := func(p pkt, f func(*pkt)) pkt { f(&p); return p }
+	psh := with(seg(2), func(p *pkt) { p.flags |= tcpFlagPSH })
+	ext := func(p pkt) pkt { p.ext = true; return p }
+	u := func(i, n int) pkt { return v6(udpFlow(300+uint16(i), payload(n, byte(i)))) }
+	v4 := func(p pkt) pkt { p.v6 = false; return p }
+	ts := []layers.TCPOption{{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{0, 0, 0, 1, 0, 0, 0, 2}}, {OptionType: 1}, {OptionType: 1}}
+	for _, c := range []struct {
+		name   string
+		in     []pkt
+		groups [][]int
+	}{
+		{"three in order, PSH last", []pkt{seg(0), seg(1), psh}, [][]int{{0, 1, 2}}},
+		{"IP ID plays no part", []pkt{seg(0), with(seg(1), func(p *pkt) { p.id += 9 })}, [][]int{{0, 1}}},
+		{"same flow label", []pkt{with(seg(0), func(p *pkt) { p.flow = 7 }), with(seg(1), func(p *pkt) { p.flow = 7 })}, [][]int{{0, 1}}},
+		{"flow label differs: two flows", []pkt{seg(0), with(seg(1), func(p *pkt) { p.flow = 7 }), seg(1)}, [][]int{{0, 2}, {1}}},
+		{"traffic class differs", []pkt{seg(0), with(seg(1), func(p *pkt) { p.tos = 4 })}, [][]int{{0}, {1}}},
+		{"hop limit differs", []pkt{seg(0), with(seg(1), func(p *pkt) { p.ttl = 62 })}, [][]int{{0}, {1}}},
+		{"sequence gap", []pkt{seg(0), seg(2)}, [][]int{{0}, {1}}},
+		{"options", []pkt{with(seg(0), func(p *pkt) { p.opts = ts }), with(seg(1), func(p *pkt) { p.opts = ts })}, [][]int{{0, 1}}},
+		{"CWR on the head only", []pkt{with(seg(0), func(p *pkt) { p.flags |= tcpFlagCWR }), seg(1)}, [][]int{{0, 1}}},
+		{"FIN is not coalesced", []pkt{seg(0), with(seg(1), func(p *pkt) { p.flags |= tcpFlagFIN }), seg(2)}, [][]int{{0}, {1}, {2}}},
+		{"extension headers pass whole, in order", []pkt{seg(0), ext(seg(1)), seg(2), ext(seg(3)), ext(seg(4))}, [][]int{{0}, {1}, {2}, {3}, {4}}},
+		{"extension headers of another pair", []pkt{seg(0), with(ext(seg(1)), func(p *pkt) { p.dst[3]++ }), seg(1)}, [][]int{{0, 2}, {1}}},
+		{"families never merge", []pkt{seg(0), v4(seg(1)), seg(1), v4(seg(2))}, [][]int{{0, 2}, {1, 3}}},
+		{"v4 and v6 of one shape", []pkt{v4(seg(0)), seg(0), v4(seg(1)), seg(1)}, [][]int{{0, 2}, {1, 3}}},
+		{"UDP train", []pkt{u(0, 1200), u(1, 1200), u(2, 5)}, [][]int{{0, 1, 2}}},
+		{"UDP with extension headers", []pkt{u(0, 1200), ext(u(1, 1200)), u(2, 1200)}, [][]int{{0}, {1}, {2}}},
+	} {
+		t.Run(c.name, func(t *testing.T) { checkCoalesce(t, &groTable{tcp: true, udp: true}, c.in, c.groups) })
+	}
+	// A payload length that disagrees with the packet's (padding, or a
+	// jumbogram's 0) is never merged.
+	g := &groTable{tcp: true, udp: true}
+	a, b := seg(0).build(t), seg(1).build(t)
+	binary.BigEndian.PutUint16(b[4:], 0)
+	if out := coalesce(g, [][]byte{a, b}); len(out) != 2 || !bytes.Equal(out[1].pkt, b) {
+		t.Errorf("payload length 0 merged: %d writes", len(out))
 	}
 }
 
@@ -499,12 +664,37 @@ func TestCoalesceVerify(t *testing.T) {
 	if out := coalesce(g, [][]byte{a, tcpFlow(100, 1, payload(100, 2)).build(t)}); len(out) != 1 {
 		t.Errorf("good packets not merged under verify: %d writes", len(out))
 	}
+	// IPv6: the same over its pseudo-header, and a UDP checksum of 0,
+	// which IPv6 forbids, is not taken as "none".
+	a6 := v6(tcpFlow(0, 0, payload(100, 1))).build(t)
+	b6 := v6(tcpFlow(100, 1, payload(100, 2))).build(t)
+	if out := coalesce(g, [][]byte{a6, b6}); len(out) != 1 {
+		t.Errorf("good IPv6 packets not merged under verify: %d writes", len(out))
+	}
+	b6[len(b6)-1] ^= 0xff
+	if out := coalesce(g, [][]byte{a6, b6}); len(out) != 2 || out[1].h.flags != 0 {
+		t.Errorf("bad IPv6 checksum: %d writes", len(out))
+	}
+	u0 := v6(udpFlow(0, payload(100, 1))).build(t)
+	u1 := v6(udpFlow(1, payload(100, 2))).build(t)
+	u1[ipv6Len+6], u1[ipv6Len+7] = 0, 0
+	if out := coalesce(g, [][]byte{u0, u1}); len(out) != 2 || out[1].h.flags != 0 {
+		t.Errorf("IPv6 UDP without checksum: %d writes", len(out))
+	}
 }
 
 func TestOffloadAllocs(t *testing.T) {
-	s := tcpFlow(1, 1, payload(45*1420, 1))
+	for _, s := range []pkt{tcpFlow(1, 1, payload(45*1420, 1)), v6(tcpFlow(1, 1, payload(45*1420, 1)))} {
+		t.Run(fmt.Sprintf("v6=%v", s.v6), func(t *testing.T) { testOffloadAllocs(t, s) })
+	}
+}
+
+func testOffloadAllocs(t *testing.T, s pkt) {
 	in := s.build(t)
-	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1420, csumStart: 20, csumOffset: 16}
+	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: uint16(s.hdrLen(t)), gsoSize: 1420, csumStart: uint16(s.iphl()), csumOffset: 16}
+	if s.v6 {
+		h.gsoType = gsoTCPv6
+	}
 	bufs := bufsFor(64, h, in)
 	sizes := make([]int, 64)
 	if a := testing.AllocsPerRun(100, func() {
@@ -520,6 +710,11 @@ func TestOffloadAllocs(t *testing.T) {
 		segs[i] = append(make([]byte, Headroom), bufs[i][Headroom:Headroom+sizes[i]]...)
 	}
 	g := &groTable{tcp: true, udp: true}
+	// The runs below measure a merge only the first time (finish
+	// rewrites the head); group alone merges every time.
+	if a := testing.AllocsPerRun(100, func() { g.group(segs, Headroom) }); a != 0 || len(g.items) != 1 || g.items[0].count != 45 {
+		t.Errorf("group: %v allocations, %d writes; want 0, one of 45 segments", a, len(g.items))
+	}
 	var vh vnetHdr
 	if a := testing.AllocsPerRun(100, func() {
 		g.group(segs, Headroom)
@@ -532,41 +727,60 @@ func TestOffloadAllocs(t *testing.T) {
 }
 
 func BenchmarkSplitTCP64K(b *testing.B) {
-	s := tcpFlow(1, 1, payload(45*1420, 1))
-	in := s.build(b)
-	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1420, csumStart: 20, csumOffset: 16}
-	bufs := bufsFor(64, h, in)
-	sizes := make([]int, 64)
-	b.SetBytes(int64(len(in)))
-	b.ReportAllocs()
-	for b.Loop() {
-		copy(bufs[0][Headroom:Headroom+40], in[:40])
-		splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+	for _, s := range []pkt{tcpFlow(1, 1, payload(45*1420, 1)), v6(tcpFlow(1, 1, payload(44*1420, 1)))} {
+		b.Run(map[bool]string{false: "ipv4", true: "ipv6"}[s.v6], func(b *testing.B) {
+			in := s.build(b)
+			hl := s.hdrLen(b)
+			h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: uint16(hl), gsoSize: 1420, csumStart: uint16(s.iphl()), csumOffset: 16}
+			if s.v6 {
+				h.gsoType = gsoTCPv6
+			}
+			bufs := bufsFor(64, h, in)
+			sizes := make([]int, 64)
+			b.SetBytes(int64(len(in)))
+			b.ReportAllocs()
+			for b.Loop() {
+				copy(bufs[0][Headroom:Headroom+hl], in[:hl])
+				splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+			}
+		})
 	}
 }
 
 func BenchmarkCoalesceTCP(b *testing.B) {
-	for _, flows := range []int{1, 4} {
-		b.Run(fmt.Sprintf("flows=%d", flows), func(b *testing.B) {
-			segs := make([][]byte, 44)
-			total := 0
-			for i := range segs {
-				f := i % flows
-				p := tcpFlow(uint32(i/flows*1420), uint16(i/flows), payload(1420, byte(i)))
-				p.sport += uint16(f)
-				segs[i] = append(make([]byte, Headroom), p.build(b)...)
-				total += len(segs[i]) - Headroom
-			}
-			g := &groTable{tcp: true, udp: true}
-			var vh vnetHdr
-			b.SetBytes(int64(total))
-			b.ReportAllocs()
-			for b.Loop() {
-				g.group(segs, Headroom)
-				for i := range g.items {
-					finish(&g.items[i], segs, Headroom, true, &vh)
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		for _, flows := range []int{1, 4} {
+			b.Run(fmt.Sprintf("%s/flows=%d", fam, flows), func(b *testing.B) {
+				segs := make([][]byte, 44)
+				total := 0
+				for i := range segs {
+					f := i % flows
+					p := tcpFlow(uint32(i/flows*1420), uint16(i/flows), payload(1420, byte(i)))
+					p.sport += uint16(f)
+					p.v6 = fam == "ipv6"
+					segs[i] = append(make([]byte, Headroom), p.build(b)...)
+					total += len(segs[i]) - Headroom
 				}
-			}
-		})
+				// finish rewrites each head's headers: they are restored
+				// every round, or later rounds would merge nothing.
+				orig := make([][]byte, len(segs))
+				for i := range segs {
+					orig[i] = bytes.Clone(segs[i][:Headroom+80])
+				}
+				g := &groTable{tcp: true, udp: true}
+				var vh vnetHdr
+				b.SetBytes(int64(total))
+				b.ReportAllocs()
+				for b.Loop() {
+					for i := range segs {
+						copy(segs[i], orig[i])
+					}
+					g.group(segs, Headroom)
+					for i := range g.items {
+						finish(&g.items[i], segs, Headroom, true, &vh)
+					}
+				}
+			})
+		}
 	}
 }

@@ -1,5 +1,6 @@
 // Package tun opens and configures the multi-queue TUN device that carries
-// the overlay's inner IPv4 packets between the kernel and the router. Its
+// the overlay's inner IPv4 and IPv6 packets between the kernel and the
+// router. Its
 // Queue interface is batch-shaped, with caller-owned buffers and headroom:
 // with offloads, one Read turns a 64 KB TCP or UDP super-packet into MTU-sized
 // packets, and one Write coalesces a flow's packets into a super-packet.
@@ -51,10 +52,11 @@ type Offloads struct {
 	// kernel may hand over packets with a partial checksum, and written
 	// packets may be TCP super-packets.
 	VnetHdr bool
-	// TSO: reads may be TCP super-packets (TUN_F_TSO4/6).
+	// TSO: reads may be TCP super-packets (TUN_F_TSO4/6), which Read
+	// splits, IPv6 ones with extension headers excepted (dropped).
 	TSO bool
-	// USO: reads may be UDP super-packets and writes may coalesce UDP
-	// (TUN_F_USO4/6, Linux 6.2 and later).
+	// USO: reads may be UDP super-packets and writes may coalesce UDP,
+	// over either family (TUN_F_USO4/6, Linux 6.2 and later).
 	USO bool
 }
 

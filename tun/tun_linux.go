@@ -286,7 +286,7 @@ func newQueue(fd int, off Offloads, o options) (*queue, error) {
 		pending: -1,
 	}
 	if off.VnetHdr {
-		q.spare = make([]byte, vnetHdrLen+maxIPv4Total)
+		q.spare = make([]byte, vnetHdrLen+maxPacket)
 	}
 	q.rpoll = fdpoll.New(fd, unix.POLLIN, evfd, o.busyPoll)
 	// A full TUN write queue drains at the kernel's pace: no spin.

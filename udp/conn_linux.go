@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 // and an eventfd that Close signals, never on the Go netpoller.
 type conn struct {
 	fd, evfd int
+	v6       bool // an AF_INET6 socket: its names are sockaddr_in6
 	gro      bool
 	gso      atomic.Bool
 	log      *slog.Logger
@@ -28,7 +30,7 @@ type conn struct {
 
 	// WriteBatch's: one header per train, one iovec per datagram.
 	whdrs  []unix.Mmsghdr
-	wnames []unix.RawSockaddrInet4
+	wnames []unix.RawSockaddrInet6 // a sockaddr_in in front for IPv4
 	wiovs  []unix.Iovec
 	wctl   []byte  // gsoCtlLen bytes per header
 	wmsg   []int32 // the message each header belongs to
@@ -37,22 +39,34 @@ type conn struct {
 
 	// ReadBatch's.
 	rhdrs  []unix.Mmsghdr
-	rnames []unix.RawSockaddrInet4
+	rnames []unix.RawSockaddrInet6
 	riovs  []unix.Iovec
 	rctl   []byte // inCtlLen bytes per header
 	rpoll  *fdpoll.Waiter
 }
 
-// Listen opens a Conn on cfg.Addr (IPv4). It probes the offloads: GSO
-// needs UDP_SEGMENT (Linux 4.18), GRO UDP_GRO (Linux 5.0).
+// Listen opens a Conn on cfg.Addr, IPv4 or IPv6. It probes the offloads:
+// GSO needs UDP_SEGMENT (Linux 4.18), GRO UDP_GRO (Linux 5.0).
+//
+// An IPv6 Conn is IPv6 only (IPV6_V6ONLY), so that an IPv4 Conn and an
+// IPv6 Conn may share a port, also both on wildcard addresses: each
+// underlay has its own socket. Its messages carry plain IPv6 addresses,
+// never IPv4-mapped ones. A zone in cfg.Addr (a link-local address) names
+// the interface to bind on; peers' addresses are used without a zone.
+//
+// Neither family's socket sets a path-MTU option: both keep the kernel's
+// default (IP_PMTUDISC_WANT, IPV6_PMTUDISC_WANT), which sends with DF
+// (IPv6 routers never fragment) and fragments locally only a datagram
+// larger than the route's known path MTU.
 func Listen(cfg Config) (Conn, error) {
-	if !cfg.Addr.Addr().Is4() {
-		return nil, fmt.Errorf("listen udp %s: want an IPv4 address", cfg.Addr)
+	ip := cfg.Addr.Addr()
+	if !ip.IsValid() || ip.Is4In6() {
+		return nil, fmt.Errorf("listen udp %s: want an IPv4 or IPv6 address (not IPv4-mapped; use the IPv4 address for an IPv4 socket)", cfg.Addr)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := newConn(max(1, cmp0(cfg.ReadBatch)), max(1, cmp0(cfg.WriteBatch)))
+	c := newConn(max(1, cmp0(cfg.ReadBatch)), max(1, cmp0(cfg.WriteBatch)), ip.Is6())
 	c.log = cfg.Logger
 	var err error
 	if c.fd, err = socket(cfg); err != nil {
@@ -80,26 +94,25 @@ func cmp0(n int) int {
 	return n
 }
 
-func newConn(rb, wb int) *conn {
+func newConn(rb, wb int, v6 bool) *conn {
 	c := &conn{
-		fd: -1, evfd: -1,
+		fd: -1, evfd: -1, v6: v6,
 		sendmmsg: sendmmsg,
 		whdrs:    make([]unix.Mmsghdr, wb),
-		wnames:   make([]unix.RawSockaddrInet4, wb),
+		wnames:   make([]unix.RawSockaddrInet6, wb),
 		wiovs:    make([]unix.Iovec, wb),
 		wctl:     make([]byte, wb*gsoCtlLen),
 		wmsg:     make([]int32, wb),
 		wsegs:    make([]int32, wb),
 		rhdrs:    make([]unix.Mmsghdr, rb),
-		rnames:   make([]unix.RawSockaddrInet4, rb),
+		rnames:   make([]unix.RawSockaddrInet6, rb),
 		riovs:    make([]unix.Iovec, rb),
 		rctl:     make([]byte, rb*inCtlLen),
 	}
 	for i := range c.whdrs {
-		c.wnames[i].Family = unix.AF_INET
 		h := &c.whdrs[i].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&c.wnames[i]))
-		h.Namelen = unix.SizeofSockaddrInet4
+		h.Namelen = c.namelen()
 		initGSOCtl(c.wctl[i*gsoCtlLen:])
 	}
 	for i := range c.rhdrs {
@@ -112,21 +125,53 @@ func newConn(rb, wb int) *conn {
 	return c
 }
 
-// socket opens the non-blocking socket, joins the port's SO_REUSEPORT
-// group, sizes its buffers and binds it.
+// namelen is the size of the socket's sockaddr.
+func (c *conn) namelen() uint32 {
+	if c.v6 {
+		return unix.SizeofSockaddrInet6
+	}
+	return unix.SizeofSockaddrInet4
+}
+
+// socket opens the non-blocking socket of cfg.Addr's family, joins the
+// port's SO_REUSEPORT group, sizes its buffers and binds it.
 func socket(cfg Config) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	ip := cfg.Addr.Addr()
+	family, network := unix.AF_INET, "udp4"
+	var sa unix.Sockaddr
+	if ip.Is4() {
+		sa = &unix.SockaddrInet4{Port: int(cfg.Addr.Port()), Addr: ip.As4()}
+	} else {
+		family, network = unix.AF_INET6, "udp6"
+		sa6 := &unix.SockaddrInet6{Port: int(cfg.Addr.Port()), Addr: ip.As16()}
+		if z := ip.Zone(); z != "" {
+			ifi, err := net.InterfaceByName(z)
+			if err != nil {
+				return -1, fmt.Errorf("listen %s %s: zone: %w", network, cfg.Addr, err)
+			}
+			sa6.ZoneId = uint32(ifi.Index)
+		}
+		sa = sa6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
+		return -1, fmt.Errorf("listen %s %s: socket: %w", network, cfg.Addr, err)
+	}
+	if family == unix.AF_INET6 {
+		// Before bind: the IPv4 underlay has a socket of its own on the
+		// same port, and mapped addresses would mix the families.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("listen %s %s: set IPV6_V6ONLY: %w", network, cfg.Addr, err)
+		}
 	}
 	if err := setSockopts(fd, cfg); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return -1, fmt.Errorf("listen %s %s: %w", network, cfg.Addr, err)
 	}
-	sa := &unix.SockaddrInet4{Port: int(cfg.Addr.Port()), Addr: cfg.Addr.Addr().As4()}
 	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("listen udp4 %s: %w", cfg.Addr, err)
+		return -1, fmt.Errorf("listen %s %s: %w", network, cfg.Addr, err)
 	}
 	return fd, nil
 }
@@ -202,7 +247,7 @@ func (c *conn) ReadBatch(msgs []Message) (int, error) {
 		c.riovs[i].Base = unsafe.SliceData(b)
 		c.riovs[i].SetLen(len(b))
 		h := &c.rhdrs[i].Hdr
-		h.Namelen = unix.SizeofSockaddrInet4
+		h.Namelen = c.namelen()
 		h.Flags = 0
 		h.SetControllen(inCtlLen)
 	}
@@ -233,15 +278,26 @@ func (c *conn) received(m *Message, i int) {
 	h := &c.rhdrs[i]
 	m.N = int(h.Len)
 	m.Truncated = h.Hdr.Flags&unix.MSG_TRUNC != 0
-	sa := &c.rnames[i]
-	port := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
-	m.Addr = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), binary.BigEndian.Uint16(port[:]))
+	m.Addr = c.rnameAddr(i)
 	ctl := c.rctl[i*inCtlLen : i*inCtlLen+min(int(h.Hdr.Controllen), inCtlLen)]
 	seg, stamp := parseCtl(ctl)
 	m.Segment, m.Stamp = m.N, stamp
 	if seg > 0 {
 		m.Segment = seg
 	}
+}
+
+// rnameAddr is the source address in receive header i: an IPv6 socket
+// (V6ONLY) never hears from an IPv4-mapped one, and the zone of a
+// link-local source is left out, as it costs an allocation.
+func (c *conn) rnameAddr(i int) netip.AddrPort {
+	sa := &c.rnames[i]
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:]) // network byte order
+	if c.v6 {
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
+	}
+	sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+	return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
 }
 
 func (c *conn) WriteBatch(msgs []Message) (int, error) {

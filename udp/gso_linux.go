@@ -90,6 +90,33 @@ func (c *conn) trains(msgs []Message, m, at int, gso bool) (nh, nextM, nextAt in
 	return nh, m, at
 }
 
+// setName writes addr into sa as the socket's family wants it. An address
+// of the other family (or none) gets the other family's tag, which the
+// kernel refuses for this message alone, with EAFNOSUPPORT on an IPv4
+// socket and ENETUNREACH on an IPv6 one (IPV6_V6ONLY): never a mapped
+// address, and never the unspecified one, which would mean this host.
+func (c *conn) setName(sa *unix.RawSockaddrInet6, addr netip.AddrPort) {
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], addr.Port())
+	ip := addr.Addr()
+	if c.v6 {
+		sa.Family = unix.AF_INET6
+		if !ip.Is6() || ip.Is4In6() {
+			sa.Family = unix.AF_INET
+		}
+		sa.Addr = ip.As16()
+		return
+	}
+	ip = ip.Unmap()
+	sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+	sa4.Family = unix.AF_INET
+	sa4.Addr = [4]byte{}
+	if !ip.Is4() {
+		sa4.Family = unix.AF_INET6
+		return
+	}
+	sa4.Addr = ip.As4()
+}
+
 func setIov(v *unix.Iovec, b []byte) {
 	v.Base = unsafe.SliceData(b)
 	v.SetLen(len(b))
@@ -98,9 +125,7 @@ func setIov(v *unix.Iovec, b []byte) {
 // setHdr points send header h at segs iovecs from first, to addr, with a
 // UDP_SEGMENT of size when it carries more than one datagram.
 func (c *conn) setHdr(h int, addr netip.AddrPort, first, segs, size int) {
-	sa := &c.wnames[h]
-	sa.Addr = addr.Addr().As4()
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], addr.Port())
+	c.setName(&c.wnames[h], addr)
 	hdr := &c.whdrs[h].Hdr
 	hdr.Iov = &c.wiovs[first]
 	hdr.SetIovlen(segs)

@@ -18,7 +18,10 @@ type Message struct {
 	// whole datagram; the Conn sends runs of them as GSO trains. On
 	// receive, Buffers[0] receives one datagram or a GRO train of them.
 	Buffers [][]byte
-	// Addr is the destination on send and the source on receive.
+	// Addr is the destination on send and the source on receive, of the
+	// Conn's family: a plain IPv6 address (never IPv4-mapped, without a
+	// zone) on an IPv6 Conn. A send to the other family fails for this
+	// message alone (EAFNOSUPPORT on IPv4, ENETUNREACH on IPv6).
 	Addr netip.AddrPort
 	// N is, on receive, the bytes received into Buffers[0]; on send, how
 	// many of Buffers the kernel took.
@@ -67,8 +70,9 @@ type Offloads struct {
 
 // Config configures a Conn.
 type Config struct {
-	// Addr is the local address and port to bind, with SO_REUSEPORT so
-	// that several Conns share one port.
+	// Addr is the local address and port to bind, IPv4 or IPv6, with
+	// SO_REUSEPORT so that several Conns share one port. An IPv6 Conn
+	// is IPv6-only, so an IPv4 Conn may bind the same port beside it.
 	Addr netip.AddrPort
 	// Buffer is the socket's receive and send buffer size in bytes
 	// (the kernel's default if 0).

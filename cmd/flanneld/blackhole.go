@@ -15,11 +15,24 @@ import (
 
 // blackholeMetric is upstream's: the route upstream adds has no metric, so
 // a blackhole route an upstream flanneld left behind is this one and is
-// taken over as it is.
-const blackholeMetric = 0
+// taken over as it is. The kernel stores an IPv6 route added without a
+// metric at blackholeMetric6.
+const (
+	blackholeMetric  = 0
+	blackholeMetric6 = 1024
+)
 
-// blackholeRoute is the --ip-blackhole-route route for subnet.
+// blackholeRoute is the --ip-blackhole-route route for subnet, IPv4 or
+// IPv6.
 func blackholeRoute(subnet netip.Prefix) *netlink.Route {
+	if subnet.Addr().Is6() {
+		return &netlink.Route{
+			Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 128)},
+			Type:     unix.RTN_BLACKHOLE,
+			Family:   netlink.FAMILY_V6,
+			Priority: blackholeMetric6,
+		}
+	}
 	return &netlink.Route{
 		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
 		Type:     unix.RTN_BLACKHOLE,
@@ -39,7 +52,7 @@ func blackholeRoute(subnet netip.Prefix) *netlink.Route {
 // route is gone.
 func addBlackholeRoute(subnet netip.Prefix) error {
 	want := blackholeRoute(subnet)
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, want, netlink.RT_FILTER_DST)
+	routes, err := netlink.RouteListFiltered(want.Family, want, netlink.RT_FILTER_DST)
 	if err != nil {
 		return fmt.Errorf("list routes for %s: %w", subnet, err)
 	}
@@ -49,7 +62,7 @@ func addBlackholeRoute(subnet netip.Prefix) error {
 		if r.Type != unix.RTN_BLACKHOLE {
 			continue
 		}
-		if r.Priority == blackholeMetric && !served {
+		if r.Priority == want.Priority && !served {
 			have = true
 			continue
 		}
@@ -73,13 +86,17 @@ func delBlackholeRoute(subnet netip.Prefix) error {
 	return nil
 }
 
-// ensureBlackholeRoute re-adds the blackhole route for the current
-// subnet, in case someone deleted it.
+// ensureBlackholeRoute re-adds the blackhole routes for the current
+// subnets, in case someone deleted them.
 func (d *daemon) ensureBlackholeRoute() {
 	d.subnetMu.Lock()
-	err := addBlackholeRoute(d.ownSubnet())
-	d.subnetMu.Unlock()
-	if err != nil {
-		d.log.Error("Failed to setup blackhole route", "error", err)
+	defer d.subnetMu.Unlock()
+	for _, sn := range []netip.Prefix{d.ownSubnet(), d.ownIPv6Subnet()} {
+		if !sn.IsValid() {
+			continue
+		}
+		if err := addBlackholeRoute(sn); err != nil {
+			d.log.Error("Failed to setup blackhole route", "subnet", sn, "error", err)
+		}
 	}
 }

@@ -101,3 +101,49 @@ func TestBlackholeRoute(t *testing.T) {
 		t.Errorf("after the lease moved: %q, want no blackhole route", got)
 	}
 }
+
+// TestBlackholeRouteIPv6: the IPv6 subnet gets its blackhole route the way
+// upstream adds it (no metric given: the kernel's 1024), which a second
+// sync keeps, the resync restores, and a lease move removes.
+func TestBlackholeRouteIPv6(t *testing.T) {
+	testbed.RequireRoot(t)
+	testbed.RequireTool(t, "ip")
+	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
+	ctx := t.Context()
+	blackholes := func() string {
+		t.Helper()
+		out, err := h.Run(ctx, "ip", "-6", "route", "show", "type", "blackhole")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	in := func(fn func() error) {
+		t.Helper()
+		if err := h.Do(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subnet := netip.MustParsePrefix("2001:db8:100:1a::/64")
+	want := "blackhole " + subnet.String() + " dev lo metric 1024 pref medium"
+	in(func() error { return addBlackholeRoute(subnet) })
+	in(func() error { return addBlackholeRoute(subnet) })
+	if got := blackholes(); got != want {
+		t.Errorf("after two syncs: %q, want %q", got, want)
+	}
+
+	d := &daemon{o: &options{iptablesResync: 1, ipBlackholeRoute: true}, log: slog.New(slog.DiscardHandler)}
+	d.ownNet6.Store(&subnet)
+	in(func() error { return delBlackholeRoute(subnet) })
+	if blackholes() != "" {
+		t.Fatal("the route was not deleted: the resync check proves nothing")
+	}
+	in(func() error { d.ensureBlackholeRoute(); return nil })
+	if got := blackholes(); got != want {
+		t.Errorf("after the resync: %q, want %q", got, want)
+	}
+	in(func() error { return delBlackholeRoute(subnet) })
+	if got := blackholes(); got != "" {
+		t.Errorf("after the lease moved: %q, want no blackhole route", got)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,6 +37,10 @@ const tunName = "flannel%d"
 // encapOverhead is the outer IPv4 and UDP headers around each inner packet.
 const encapOverhead = 28
 
+// encapOverhead6 is the outer IPv6 and UDP headers around each inner packet
+// on an IPv6 underlay, which an IPv6-only network uses.
+const encapOverhead6 = 48
+
 // daemon is one flanneld run: lease, TUN, router, and the loops that keep
 // them in step.
 type daemon struct {
@@ -47,12 +52,21 @@ type daemon struct {
 	fast     atomic.Pointer[fastpath.Path]
 	routes   *routesync.Syncer
 	rules    atomic.Pointer[ipmasq.Rules]
+	rules6   atomic.Pointer[ipmasq.Rules]
 	ownNet   atomic.Pointer[netip.Prefix]
+	ownNet6  atomic.Pointer[netip.Prefix]
 	subnetMu sync.Mutex // serialises subnet-file writes and TUN re-addressing
 }
 
 func (d *daemon) ownSubnet() netip.Prefix {
 	if p := d.ownNet.Load(); p != nil {
+		return *p
+	}
+	return netip.Prefix{}
+}
+
+func (d *daemon) ownIPv6Subnet() netip.Prefix {
+	if p := d.ownNet6.Load(); p != nil {
 		return *p
 	}
 	return netip.Prefix{}
@@ -91,9 +105,10 @@ func (d *daemon) run(parent context.Context) error {
 		return err
 	}
 	d.ownNet.Store(&l.Subnet)
-	if !cfg.EnableIPv4 {
-		return d.runIPv6Only(ctx, mgr, cfg, l, ext)
-	}
+	d.ownNet6.Store(&l.IPv6Subnet)
+	// An IPv6-only network has no IPv4 underlay: its datagrams travel
+	// between the nodes' IPv6 addresses, the peers' PublicIPv6.
+	d.routes.SetFamilies(routesync.Families{IPv4: cfg.EnableIPv4, IPv6: cfg.EnableIPv6, IPv6Underlay: !cfg.EnableIPv4})
 
 	dp, err := d.openDataPlane(cfg, l, ext)
 	if err != nil {
@@ -241,9 +256,12 @@ func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager, cfg *leas
 		}
 		return lease.Lease{}, fmt.Errorf("failed to acquire lease: %w", err)
 	}
-	if cfg.EnableIPv6 && cfg.EnableIPv4 {
-		d.log.Info(fmt.Sprintf("Dual-stack lease: IPv6 subnet %s of %s is leased and written to the subnet file; "+
-			"the udp backend carries IPv4 only, as upstream's: IPv6 packets are not forwarded between nodes", l.IPv6Subnet, cfg.IPv6Network))
+	switch {
+	case cfg.EnableIPv6 && cfg.EnableIPv4:
+		d.log.Info(fmt.Sprintf("Dual-stack lease: IPv6 subnet %s of %s next to %s; both families travel over the IPv4 underlay "+
+			"(upstream's udp backend leases the IPv6 subnet but carries IPv4 only: its nodes get ICMPv6 unreachable)", l.IPv6Subnet, cfg.IPv6Network, l.Subnet))
+	case cfg.EnableIPv6:
+		d.log.Info(fmt.Sprintf("IPv6-only lease: IPv6 subnet %s of %s, carried over the IPv6 underlay between the nodes' PublicIPv6", l.IPv6Subnet, cfg.IPv6Network))
 	}
 	return l, nil
 }
@@ -270,10 +288,17 @@ func (dp *dataPlane) close() {
 }
 
 // openDataPlane opens and addresses the TUN and opens the router's
-// sockets; on error it closes what it opened.
+// sockets on the underlay of the network's family (IPv6 for an IPv6-only
+// network); on error it closes what it opened.
 func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) (_ *dataPlane, err error) {
 	o, log := d.o, d.log
-	mtu := ext.MTU - encapOverhead
+	local, mtu := ext.IfaceAddr, ext.MTU-encapOverhead
+	if !cfg.EnableIPv4 {
+		local, mtu = ext.IfaceV6Addr, ext.MTU-encapOverhead6
+		if !local.IsValid() {
+			return nil, fmt.Errorf("IPv6-only network: interface %s has no global IPv6 address for the underlay sockets", ext.Name)
+		}
+	}
 	raiseGOMAXPROCS(o.queues, log)
 	dev, err := tun.Open(tunName, o.queues, tun.WithOffloads(o.offloads), tun.WithChecksumVerification(o.verifyChecksums), tun.WithBusyPoll(o.busyPoll), tun.WithLogger(log))
 	if err != nil {
@@ -286,20 +311,11 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 		}
 	}()
 	reportTUN(dev.Name, log)
-	if err := dev.Configure(l.Subnet.Addr(), mtu, o.tunTxQueueLen, cfg.Network); err != nil {
-		return nil, fmt.Errorf("configure %s: %w", dev.Name, err)
+	if err := d.configureTUN(cfg, l, dev, mtu); err != nil {
+		return nil, err
 	}
-	// The router's ICMP errors come from the TUN's own address; without
-	// accept_local the kernel drops them as martians and traceroute, PMTU
-	// and "net unreachable" never reach the sender.
-	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev.Name+"/accept_local", []byte("1"), 0o644); err != nil {
-		log.Warn("Could not set accept_local on the TUN; ICMP errors from the router will be dropped by the kernel", "error", err)
-	}
-	dp.rt, err = router.New(router.Config{
-		Network:            cfg.Network,
-		SubnetLen:          cfg.SubnetLen,
-		OwnSubnet:          l.Subnet,
-		LocalAddr:          ext.IfaceAddr,
+	rc := router.Config{
+		LocalAddr:          local,
 		Port:               cfg.Port,
 		SocketBuffer:       o.socketBuffer,
 		AcceptUnknownPeers: o.acceptUnknownPeers,
@@ -310,32 +326,96 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 		AQMTarget:          o.aqmTarget,
 		AQMInterval:        o.aqmInterval,
 		Logger:             log,
-	}, dev.Queues)
-	if err != nil {
+	}
+	// Each family's fields stay zero unless the config enables it.
+	if cfg.EnableIPv4 {
+		rc.Network, rc.SubnetLen, rc.OwnSubnet = cfg.Network, cfg.SubnetLen, l.Subnet
+	}
+	if cfg.EnableIPv6 {
+		rc.IPv6Network, rc.IPv6SubnetLen, rc.OwnIPv6Subnet = cfg.IPv6Network, cfg.IPv6SubnetLen, l.IPv6Subnet
+	}
+	if dp.rt, err = router.New(rc, dev.Queues); err != nil {
 		return nil, err
 	}
 	d.router.Store(dp.rt)
-	if dp.fp, err = d.startFastPath(ext, dev.Name, cfg.Port); err != nil {
+	if dp.fp, err = d.startFastPath(cfg, ext, dev.Name, cfg.Port); err != nil {
 		return nil, err
 	}
 	return dp, nil
 }
 
-// setupHost installs the blackhole route and the iptables rules and writes
-// the subnet file; it reports whether the file was written.
+// configureTUN gives the TUN the addresses and routes of the families the
+// config enables.
+func (d *daemon) configureTUN(cfg *lease.Config, l lease.Lease, dev *tun.Device, mtu int) error {
+	if cfg.EnableIPv4 {
+		if err := dev.Configure(l.Subnet.Addr(), mtu, d.o.tunTxQueueLen, cfg.Network); err != nil {
+			return fmt.Errorf("configure %s: %w", dev.Name, err)
+		}
+		// The router's ICMP errors come from the TUN's own address; without
+		// accept_local the kernel drops them as martians and traceroute, PMTU
+		// and "net unreachable" never reach the sender. IPv6 has no such
+		// check.
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev.Name+"/accept_local", []byte("1"), 0o644); err != nil {
+			d.log.Warn("Could not set accept_local on the TUN; ICMP errors from the router will be dropped by the kernel", "error", err)
+		}
+	}
+	if !cfg.EnableIPv6 {
+		return nil
+	}
+	if err := dev.ConfigureIPv6(l.IPv6Subnet.Addr(), mtu, d.o.tunTxQueueLen, cfg.IPv6Network); err != nil {
+		return fmt.Errorf("configure %s for IPv6: %w", dev.Name, err)
+	}
+	d.checkIPv6Forwarding()
+	return nil
+}
+
+// checkIPv6Forwarding warns when the kernel does not forward IPv6: the
+// containers' packets then never reach flannel0, nor the router's reach
+// them. As for IPv4's ip_forward, the container runtime or the operator
+// turns it on (Docker does with IPv6 enabled); flanneld does not change
+// the host's forwarding policy.
+func (d *daemon) checkIPv6Forwarding() {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding")
+	if err != nil || strings.TrimSpace(string(b)) != "1" {
+		d.log.Warn("IPv6 forwarding is off (net.ipv6.conf.all.forwarding is not 1): containers' IPv6 packets are not forwarded "+
+			"to or from the overlay until it is turned on (sysctl -w net.ipv6.conf.all.forwarding=1)", "error", err)
+	}
+}
+
+// setupHost installs the blackhole routes and the iptables rules of the
+// families the config enables and writes the subnet file; it reports
+// whether the file was written.
 func (d *daemon) setupHost(cfg *lease.Config, prev lease.SubnetFile, l lease.Lease, mtu int) (bool, error) {
 	if d.o.ipBlackholeRoute {
-		if err := addBlackholeRoute(l.Subnet); err != nil {
+		for _, sn := range ownSubnets(cfg, l) {
+			if err := addBlackholeRoute(sn); err != nil {
+				return false, err
+			}
+		}
+	}
+	if cfg.EnableIPv4 {
+		if _, err := d.setupRules(cfg, prev.Network, prev.Subnet, l.Subnet); err != nil {
 			return false, err
 		}
 	}
-	if _, err := d.setupRules(cfg, prev, l.Subnet); err != nil {
-		return false, err
-	}
-	if cfg.EnableIPv6 && (d.o.ipMasq || d.o.ipBlackholeRoute) {
-		d.log.Warn("--ip-masq and --ip-blackhole-route cover the IPv4 network only: no IPv6 masquerade rules or blackhole route are installed (upstream installs them with ip6tables)")
+	if cfg.EnableIPv6 {
+		if _, err := d.setupRules(cfg, prev.IPv6Network, prev.IPv6Subnet, l.IPv6Subnet); err != nil {
+			return false, err
+		}
 	}
 	return d.writeSubnetFile(cfg, l, mtu), nil
+}
+
+// ownSubnets is the lease's subnets of the families the config enables.
+func ownSubnets(cfg *lease.Config, l lease.Lease) []netip.Prefix {
+	var out []netip.Prefix
+	if cfg.EnableIPv4 {
+		out = append(out, l.Subnet)
+	}
+	if cfg.EnableIPv6 {
+		out = append(out, l.IPv6Subnet)
+	}
+	return out
 }
 
 // runLoops runs the data plane, the lease watch, the route sync, the rule
@@ -358,7 +438,7 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 		}
 	})
 	wg.Go(func() { d.routes.Run(runCtx, events, d.routeTable(dp.rt)) })
-	if d.rules.Load() != nil || d.o.ipBlackholeRoute {
+	if d.rules.Load() != nil || d.rules6.Load() != nil || d.o.ipBlackholeRoute {
 		wg.Go(func() { d.resync(runCtx) })
 	}
 	wg.Go(func() {
@@ -374,7 +454,8 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 	if _, err := sd.SdNotify(false, sd.SdNotifyReady); err != nil {
 		d.log.Warn("sd_notify failed", "error", err)
 	}
-	d.log.Info("flanneld is running", "subnet", l.Subnet, "network", cfg.Network, "mtu", dp.mtu, "queues", d.o.queues)
+	d.log.Info("flanneld is running", "subnet", l.Subnet, "network", cfg.Network, "ipv6_subnet", l.IPv6Subnet,
+		"ipv6_network", cfg.IPv6Network, "mtu", dp.mtu, "queues", d.o.queues)
 
 	var runErr error
 	select {
@@ -417,51 +498,81 @@ func (d *daemon) writeSubnetFile(cfg *lease.Config, l lease.Lease, mtu int) bool
 	return true
 }
 
-// leaseChanged moves the node to a re-acquired lease: the TUN address, the
-// router's own subnet and the subnet file follow it.
+// leaseChanged moves the node to a re-acquired lease: the TUN addresses,
+// the router's own subnets and the subnet file follow it.
 func (d *daemon) leaseChanged(cfg *lease.Config, dp *dataPlane, nl lease.Lease) {
 	d.subnetMu.Lock()
 	defer d.subnetMu.Unlock()
-	dev, rt, mtu := dp.dev, dp.rt, dp.mtu
-	old := d.ownSubnet()
+	old, old6 := d.ownSubnet(), d.ownIPv6Subnet()
 	d.ownNet.Store(&nl.Subnet)
-	if old == nl.Subnet {
+	d.ownNet6.Store(&nl.IPv6Subnet)
+	if old == nl.Subnet && old6 == nl.IPv6Subnet {
 		d.log.Info("Lease re-acquired", "subnet", nl.Subnet, "ipv6_subnet", nl.IPv6Subnet)
 		if cfg.EnableIPv6 {
-			d.ready.Store(d.writeSubnetFile(cfg, nl, mtu))
+			d.ready.Store(d.writeSubnetFile(cfg, nl, dp.mtu))
 		}
 		return
 	}
 	d.log.Warn("Lease re-acquired with a different subnet; containers on the old subnet must be restarted",
-		"old", old, "new", nl.Subnet)
-	if err := dev.Configure(nl.Subnet.Addr(), mtu, d.o.tunTxQueueLen, cfg.Network); err != nil {
+		"old", old, "new", nl.Subnet, "old_ipv6", old6, "new_ipv6", nl.IPv6Subnet)
+	if cfg.EnableIPv4 && old != nl.Subnet {
+		d.moveSubnet(cfg, dp, old, nl.Subnet)
+	}
+	if cfg.EnableIPv6 && old6 != nl.IPv6Subnet {
+		d.moveIPv6Subnet(cfg, dp, old6, nl.IPv6Subnet)
+	}
+	d.ready.Store(d.writeSubnetFile(cfg, nl, dp.mtu))
+}
+
+// moveSubnet moves the TUN address, the router, the blackhole route and
+// the rules from the old IPv4 subnet to the new one.
+func (d *daemon) moveSubnet(cfg *lease.Config, dp *dataPlane, old, subnet netip.Prefix) {
+	if err := dp.dev.Configure(subnet.Addr(), dp.mtu, d.o.tunTxQueueLen, cfg.Network); err != nil {
 		d.log.Error("Reconfigure TUN for the new subnet", "error", err)
 	}
-	if err := dev.RemoveAddr(old.Addr()); err != nil {
+	if err := dp.dev.RemoveAddr(old.Addr()); err != nil {
 		d.log.Warn("Remove the old TUN address", "addr", old.Addr(), "error", err)
 	}
-	rt.SetOwnSubnet(nl.Subnet)
+	dp.rt.SetOwnSubnet(subnet)
+	d.moveHostState(cfg, cfg.Network, old, subnet, d.rules.Load() != nil)
+}
+
+// moveIPv6Subnet is moveSubnet for the IPv6 subnet.
+func (d *daemon) moveIPv6Subnet(cfg *lease.Config, dp *dataPlane, old, subnet netip.Prefix) {
+	if err := dp.dev.ConfigureIPv6(subnet.Addr(), dp.mtu, d.o.tunTxQueueLen, cfg.IPv6Network); err != nil {
+		d.log.Error("Reconfigure TUN for the new IPv6 subnet", "error", err)
+	}
+	if err := dp.dev.RemoveIPv6Addr(old.Addr()); err != nil {
+		d.log.Warn("Remove the old TUN IPv6 address", "addr", old.Addr(), "error", err)
+	}
+	dp.rt.SetOwnIPv6Subnet(subnet)
+	d.moveHostState(cfg, cfg.IPv6Network, old, subnet, d.rules6.Load() != nil)
+}
+
+// moveHostState moves the blackhole route and, when installed, the rules
+// of one family from the old subnet to the new one.
+func (d *daemon) moveHostState(cfg *lease.Config, network, old, subnet netip.Prefix, rules bool) {
 	if d.o.ipBlackholeRoute {
 		if err := delBlackholeRoute(old); err != nil {
 			d.log.Warn("Remove the old blackhole route", "error", err)
 		}
-		if err := addBlackholeRoute(nl.Subnet); err != nil {
+		if err := addBlackholeRoute(subnet); err != nil {
 			d.log.Error("Add the blackhole route for the new subnet", "error", err)
 		}
 	}
-	if d.rules.Load() != nil {
-		if _, err := d.setupRules(cfg, lease.SubnetFile{Network: cfg.Network, Subnet: old}, nl.Subnet); err != nil {
-			d.log.Error("Update iptables rules for the new subnet", "error", err)
+	if rules {
+		if _, err := d.setupRules(cfg, network, old, subnet); err != nil {
+			d.log.Error("Update iptables rules for the new subnet", "subnet", subnet, "error", err)
 		}
 	}
-	d.ready.Store(d.writeSubnetFile(cfg, nl, mtu))
 }
 
 // setupRules installs the --ip-masq and --iptables-forward-rules rules for
-// subnet, removing masquerade rules left for the previous network or subnet.
-// Forward rules alone are a convenience: without iptables they are skipped
-// with a warning, while --ip-masq without iptables is an error.
-func (d *daemon) setupRules(cfg *lease.Config, prev lease.SubnetFile, subnet netip.Prefix) (*ipmasq.Rules, error) {
+// subnet (IPv4 or IPv6, with the config's network of its family), removing
+// masquerade rules left for the previous network or subnet. Forward rules
+// alone are a convenience: without iptables they are skipped with a
+// warning, while --ip-masq without iptables is an error.
+func (d *daemon) setupRules(cfg *lease.Config, prevNetwork, prevSubnet, subnet netip.Prefix) (*ipmasq.Rules, error) {
 	var sets ipmasq.Set
 	if d.o.ipMasq {
 		sets |= ipmasq.Masq
@@ -472,21 +583,25 @@ func (d *daemon) setupRules(cfg *lease.Config, prev lease.SubnetFile, subnet net
 	if sets == 0 {
 		return nil, nil
 	}
-	rules, err := d.newRules(cfg, subnet, !d.o.ipMasqFullyRandomDisable, sets)
+	network, slot := cfg.Network, &d.rules
+	if subnet.Addr().Is6() {
+		network, slot = cfg.IPv6Network, &d.rules6
+	}
+	rules, err := d.newRules(cfg, network, subnet, !d.o.ipMasqFullyRandomDisable, sets)
 	if err == nil && d.o.ipMasq {
-		err = rules.DeleteStale(prev.Network, prev.Subnet)
+		err = rules.DeleteStale(prevNetwork, prevSubnet)
 	}
 	if err == nil {
 		err = rules.Ensure()
 	}
 	if err != nil {
 		if !d.o.ipMasq {
-			d.log.Warn("Could not add the FORWARD accept rules; give --iptables-forward-rules=false to silence this", "error", err)
+			d.log.Warn("Could not add the FORWARD accept rules; give --iptables-forward-rules=false to silence this", "network", network, "error", err)
 			return nil, nil
 		}
-		return nil, fmt.Errorf("failed to setup masq rules: %w", err)
+		return nil, fmt.Errorf("failed to setup masq rules for %s: %w", network, err)
 	}
-	d.rules.Store(rules)
+	slot.Store(rules)
 	return rules, nil
 }
 
@@ -502,7 +617,10 @@ func (d *daemon) resync(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if r := d.rules.Load(); r != nil {
+		for _, r := range []*ipmasq.Rules{d.rules.Load(), d.rules6.Load()} {
+			if r == nil {
+				continue
+			}
 			if err := r.Ensure(); err != nil {
 				d.log.Error("Resync iptables rules", "error", err)
 			}

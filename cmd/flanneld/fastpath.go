@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -14,10 +15,17 @@ import (
 // startFastPath applies --fast-path once the TUN and the router exist. It
 // logs one line saying whether the kernel fast path runs and why; only
 // --fast-path=on turns a failure into an error.
-func (d *daemon) startFastPath(ext *extIface, tunDev string, port int) (*fastpath.Path, error) {
+func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, port int) (*fastpath.Path, error) {
 	o, log := d.o, d.log
 	if o.fastPath == "off" {
 		log.Info("Kernel fast path off (--fast-path=off): the userspace router carries all packets")
+		return nil, nil
+	}
+	if !cfg.EnableIPv4 {
+		if o.fastPath == "on" {
+			return nil, errors.New("--fast-path=on: the kernel fast path carries IPv4 over an IPv4 underlay only; this network is IPv6-only")
+		}
+		log.Info("Kernel fast path off (--fast-path=auto): it carries IPv4 only and this network is IPv6-only; the userspace router carries all packets")
 		return nil, nil
 	}
 	fp, err := fastpath.Start(fastpath.Config{
@@ -59,8 +67,16 @@ type bothTables struct {
 	fp *fastpath.Path
 }
 
+// SetRoutes gives the fast path the IPv4 routes, which it carries (it
+// leaves inner IPv6 to the router), and the router all routes.
 func (b bothTables) SetRoutes(routes []router.Route) {
-	b.fp.SetRoutes(routes)
+	v4 := make([]router.Route, 0, len(routes))
+	for _, r := range routes {
+		if r.Subnet.Addr().Is4() {
+			v4 = append(v4, r)
+		}
+	}
+	b.fp.SetRoutes(v4)
 	b.rt.SetRoutes(routes)
 }
 

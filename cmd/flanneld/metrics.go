@@ -109,7 +109,7 @@ func (d *daemon) writeMetrics(w io.Writer) {
 	if rt == nil {
 		return
 	}
-	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table.")
+	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table; a dual-stack lease gives two.")
 	p.sample("flannel_routes", "", uint64(d.routes.Routes()))
 	k, kernel := d.writeFastPathMetrics(w)
 	writeRouterStats(w, rt.Stats(), k, kernel)
@@ -151,6 +151,8 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 		{"tun_read", s.Drops.TunRead},
 		{"strict_source", s.Drops.StrictSource},
 		{"codel", s.Drops.CoDel},
+		{"not_ipv6", s.Drops.NotIPv6},
+		{"peer_no_ipv6", s.Drops.PeerNoIPv6},
 	})
 	if kernel {
 		p.byReason("flannel_router_dropped_packets_total", `path="kernel",`, []reasonCount{

@@ -56,6 +56,11 @@ type Options struct {
 	// Idle is how many of the last flanneld hosts are set up but not
 	// started, for a test to start later with Node.Start.
 	Idle int
+	// IPv6Underlay gives every flanneld host an IPv6 address of
+	// IPv6Underlay beside its IPv4 one, and flanneld --public-ipv6 with it:
+	// the underlay of an IPv6-only config (IPv6OnlyConfig). etcd stays on
+	// IPv4.
+	IPv6Underlay bool
 }
 
 // Cluster is a running overlay.
@@ -82,6 +87,11 @@ type Node struct {
 	Environ    []string           // added to flanneld's environment, e.g. FLANNELD_ETCD_PASSWORD=...
 	Env        lease.SubnetFile   // what flanneld wrote, once ready
 	Container  *testbed.Container // on the leased subnet, once added
+	// ContainerIPv6 is Container's address on the IPv6 subnet, when the
+	// lease has one.
+	ContainerIPv6 netip.Addr
+	// Addr6 is the host's IPv6 underlay address (Options.IPv6Underlay).
+	Addr6 netip.Addr
 
 	cluster *Cluster
 	cmd     *exec.Cmd
@@ -134,6 +144,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 		c.Nodes = append(c.Nodes, n)
+	}
+	if err := c.setupIPv6(ctx); err != nil {
+		return nil, err
 	}
 	active := c.Nodes[:opts.Hosts-opts.Idle]
 	rest := active
@@ -238,6 +251,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	if n.Index == 1 && len(c.EtcdMembers) == 0 {
 		args = append(args, "--etcd-embedded="+filepath.Join(c.opts.Dir, "etcd"))
+	}
+	if n.Addr6.IsValid() {
+		args = append(args, "--public-ipv6="+n.Addr6.String())
 	}
 	args = append(args, c.opts.Args...)
 	args = append(args, n.Args...)
@@ -369,15 +385,20 @@ func (n *Node) WaitReady(ctx context.Context, timeout time.Duration) error {
 }
 
 // AddContainer puts a container on the node's leased subnet, as Docker would
-// with --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU.
+// with --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU, and on its IPv6 subnet
+// when the lease has one (see addIPv6).
 func (n *Node) AddContainer(ctx context.Context, name string) (*testbed.Container, error) {
-	bip := netip.PrefixFrom(n.Env.Subnet.Addr().Next(), n.Env.Subnet.Bits())
-	ct, err := n.Host.AddContainer(ctx, name, bip, n.Env.MTU)
+	ct, err := n.Host.AddContainer(ctx, name, n.bridgeCIDR(), n.Env.MTU)
 	if err != nil {
 		return nil, err
 	}
+	if n.Env.IPv6Subnet.IsValid() {
+		if err := n.addIPv6(ctx, ct); err != nil {
+			return nil, err
+		}
+	}
 	if n.Container == nil {
-		n.Container = ct
+		n.Container, n.ContainerIPv6 = ct, n.IPv6Addr(ct)
 	}
 	return ct, nil
 }

@@ -37,12 +37,13 @@ func (r TransferResult) Mbps() float64 {
 func (r TransferResult) Match() bool { return r.SentSum == r.RecvSum }
 
 // Transfer moves n pseudo-random bytes over one TCP connection from src to
-// dst (listening on dstAddr:port), hashing them with SHA-256 at both ends.
+// dst (listening on dstAddr:port, IPv4 or IPv6), hashing them with SHA-256
+// at both ends.
 func Transfer(ctx context.Context, src, dst Endpoint, dstAddr netip.Addr, port int, n int64) (TransferResult, error) {
 	var ln net.Listener
 	addr := net.JoinHostPort(dstAddr.String(), strconv.Itoa(port))
 	if err := dst.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
 		return TransferResult{}, fmt.Errorf("listen on %s: %w", addr, err)
@@ -77,7 +78,7 @@ func Transfer(ctx context.Context, src, dst Endpoint, dstAddr netip.Addr, port i
 	var conn net.Conn
 	if err := src.Do(func() (err error) {
 		d := net.Dialer{Timeout: 10 * time.Second}
-		conn, err = d.DialContext(ctx, "tcp4", addr)
+		conn, err = d.DialContext(ctx, "tcp", addr)
 		return err
 	}); err != nil {
 		return TransferResult{}, fmt.Errorf("connect to %s: %w", addr, err)
@@ -125,7 +126,7 @@ func UDPReach(ctx context.Context, src, dst Endpoint, dstAddr netip.Addr, port i
 	var pc net.PacketConn
 	addr := net.JoinHostPort(dstAddr.String(), strconv.Itoa(port))
 	if err := dst.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp4", addr)
+		pc, err = net.ListenPacket("udp", addr)
 		return err
 	}); err != nil {
 		return netip.AddrPort{}, err
@@ -133,7 +134,7 @@ func UDPReach(ctx context.Context, src, dst Endpoint, dstAddr netip.Addr, port i
 	defer pc.Close()
 	var sc net.Conn
 	if err := src.Do(func() (err error) {
-		sc, err = net.Dial("udp4", addr)
+		sc, err = net.Dial("udp", addr)
 		return err
 	}); err != nil {
 		return netip.AddrPort{}, err

@@ -1,7 +1,9 @@
 // Package ipmasq installs flanneld's --ip-masq and forward iptables rules in
 // upstream flannel v0.28.9's layout: a FLANNEL-POSTRTG chain in the nat
 // table that masquerades traffic leaving the overlay, and a FLANNEL-FWD chain
-// in the filter table that accepts overlay traffic in FORWARD.
+// in the filter table that accepts overlay traffic in FORWARD. The IPv6
+// network of a dual-stack or IPv6-only config gets the same chains from
+// ip6tables (or in nftables' ip6 table), with IPv6's multicast range.
 //
 // iptables acts on the network namespace of the thread that runs it, and
 // os/exec forks from the calling thread, so all methods act on the calling
@@ -30,7 +32,29 @@ const (
 	ForwardComment = "flanneld forward"
 	kubeProxyMark  = "0x4000/0x4000"
 	multicastNet   = "224.0.0.0/4"
+	multicastNet6  = "ff00::/8"
 )
+
+// multicast is the multicast range of network's family, which the
+// masquerade rule leaves alone.
+func multicast(network netip.Prefix) string {
+	if network.Addr().Is6() {
+		return multicastNet6
+	}
+	return multicastNet
+}
+
+// checkFamily accepts a network and subnet of one family and returns
+// go-iptables' protocol for it.
+func checkFamily(network, subnet netip.Prefix) (iptables.Protocol, error) {
+	switch {
+	case network.Addr().Is4() && subnet.Addr().Is4():
+		return iptables.ProtocolIPv4, nil
+	case network.Addr().Is6() && subnet.Addr().Is6() && !network.Addr().Is4In6() && !subnet.Addr().Is4In6():
+		return iptables.ProtocolIPv6, nil
+	}
+	return 0, fmt.Errorf("ip-masq: network %s and subnet %s must be of one family", network, subnet)
+}
 
 // Set selects the rule sets a Rules value manages.
 type Set uint8
@@ -59,20 +83,25 @@ type Rules struct {
 }
 
 // New prepares the rule sets for the overlay network and this host's
-// subnet. randomFully adds --random-fully to the MASQUERADE rules when the
-// installed iptables supports it. New only probes iptables; Ensure installs
-// the rules.
+// subnet, both IPv4 (iptables) or both IPv6 (ip6tables). randomFully adds
+// --random-fully to the MASQUERADE rules when the installed iptables
+// supports it. New only probes iptables; Ensure installs the rules.
 func New(network, subnet netip.Prefix, randomFully bool, sets Set) (*Rules, error) {
-	if !network.Addr().Is4() || !subnet.Addr().Is4() {
-		return nil, fmt.Errorf("ip-masq: network %s and subnet %s must both be IPv4", network, subnet)
-	}
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4))
+	proto, err := checkFamily(network, subnet)
 	if err != nil {
-		return nil, fmt.Errorf("ip-masq: find iptables: %w", err)
+		return nil, err
 	}
-	restore, err := exec.LookPath("iptables-restore")
+	bin := "iptables"
+	if proto == iptables.ProtocolIPv6 {
+		bin = "ip6tables"
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto))
 	if err != nil {
-		return nil, fmt.Errorf("ip-masq: find iptables-restore: %w", err)
+		return nil, fmt.Errorf("ip-masq: find %s: %w", bin, err)
+	}
+	restore, err := exec.LookPath(bin + "-restore")
+	if err != nil {
+		return nil, fmt.Errorf("ip-masq: find %s-restore: %w", bin, err)
 	}
 	r := &Rules{ipt: ipt, restore: restore, log: slog.Default()}
 	if sets&Masq != 0 {
@@ -87,7 +116,7 @@ func New(network, subnet netip.Prefix, randomFully bool, sets Set) (*Rules, erro
 // masqChain builds FLANNEL-POSTRTG. Order matters: traffic staying inside
 // the overlay returns before the MASQUERADE rules see it.
 func masqChain(network, subnet netip.Prefix, randomFully bool) chain {
-	n, s := network.String(), subnet.String()
+	n, s, mc := network.String(), subnet.String(), multicast(network)
 	masq := []string{"-j", "MASQUERADE"}
 	if randomFully {
 		masq = append(masq, "--random-fully")
@@ -102,7 +131,7 @@ func masqChain(network, subnet netip.Prefix, randomFully bool) chain {
 			append(c("-s", s, "-d", n), "-j", "RETURN"),
 			append(c("-s", n, "-d", s), "-j", "RETURN"),
 			append(c("!", "-s", n, "-d", s), "-j", "RETURN"),
-			append(c("-s", n, "!", "-d", multicastNet), masq...),
+			append(c("-s", n, "!", "-d", mc), masq...),
 			append(c("!", "-s", n, "-d", n), masq...),
 		},
 	}
@@ -190,7 +219,7 @@ func (r *Rules) rebuild(c chain) error {
 	cmd := exec.Command(r.restore, "--noflush", "--wait")
 	cmd.Stdin = &in
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("ip-masq: iptables-restore of %s %s: %w: %s", c.table, c.name, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("ip-masq: %s of %s %s: %w: %s", r.restore, c.table, c.name, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -236,7 +265,10 @@ func (r *Rules) DeleteStale(oldNetwork, oldSubnet netip.Prefix) error {
 		// The first Ensure flushes and refills the chains.
 		return nil
 	}
-	if !oldNetwork.IsValid() || !oldSubnet.IsValid() || !oldNetwork.Addr().Is4() || !oldSubnet.Addr().Is4() {
+	if !oldNetwork.IsValid() || !oldSubnet.IsValid() {
+		return nil
+	}
+	if proto, err := checkFamily(oldNetwork, oldSubnet); err != nil || proto != r.ipt.Proto() {
 		return nil
 	}
 	oldNetwork, oldSubnet = oldNetwork.Masked(), oldSubnet.Masked()
@@ -258,7 +290,7 @@ func (r *Rules) DeleteStale(oldNetwork, oldSubnet netip.Prefix) error {
 	n, s := oldNetwork.String(), oldSubnet.String()
 	for _, spec := range [][]string{
 		{"-s", n, "-d", n, "-j", "RETURN"},
-		{"-s", n, "!", "-d", multicastNet, "-j", "MASQUERADE"},
+		{"-s", n, "!", "-d", multicast(oldNetwork), "-j", "MASQUERADE"},
 		{"!", "-s", n, "-d", s, "-j", "RETURN"},
 		{"!", "-s", n, "-d", n, "-j", "MASQUERADE"},
 	} {

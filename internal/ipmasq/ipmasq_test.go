@@ -293,9 +293,113 @@ func TestDeleteStale(t *testing.T) {
 	}
 }
 
-func TestNewRejectsIPv6(t *testing.T) {
-	if _, err := New(netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("2001:db8:1::/64"), false, Masq); err == nil {
-		t.Error("New accepted IPv6 prefixes")
+func TestNewRejectsMixedFamilies(t *testing.T) {
+	if _, err := New(network6, subnet1, false, Masq); err == nil {
+		t.Error("New accepted an IPv6 network with an IPv4 subnet")
+	}
+	if _, err := NewNFTables(network, subnet6, false, Masq); err == nil {
+		t.Error("NewNFTables accepted an IPv4 network with an IPv6 subnet")
+	}
+}
+
+var (
+	network6 = netip.MustParsePrefix("2001:db8:100::/48")
+	subnet6  = netip.MustParsePrefix("2001:db8:100:1a::/64")
+)
+
+// wantMasq6 is FLANNEL-POSTRTG for network6 and subnet6 as ip6tables -S
+// prints it: upstream's IPv6 rules, IPv4's with ff00::/8 for multicast.
+func wantMasq6(rf string) []string {
+	return []string{
+		`-N FLANNEL-POSTRTG`,
+		`-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN`,
+		`-A FLANNEL-POSTRTG -s 2001:db8:100:1a::/64 -d 2001:db8:100::/48 -m comment --comment "flanneld masq" -j RETURN`,
+		`-A FLANNEL-POSTRTG -s 2001:db8:100::/48 -d 2001:db8:100:1a::/64 -m comment --comment "flanneld masq" -j RETURN`,
+		`-A FLANNEL-POSTRTG ! -s 2001:db8:100::/48 -d 2001:db8:100:1a::/64 -m comment --comment "flanneld masq" -j RETURN`,
+		`-A FLANNEL-POSTRTG -s 2001:db8:100::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE` + rf,
+		`-A FLANNEL-POSTRTG ! -s 2001:db8:100::/48 -d 2001:db8:100::/48 -m comment --comment "flanneld masq" -j MASQUERADE` + rf,
+	}
+}
+
+// TestIPv6Rules installs the IPv6 chains with ip6tables in a fresh
+// namespace, next to the IPv4 ones, compares them with upstream's, removes
+// stale rules of a previous IPv6 subnet and cleans both families up.
+func TestIPv6Rules(t *testing.T) {
+	testbed.RequireRoot(t)
+	testbed.RequireTool(t, "ip6tables")
+	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
+	ctx := t.Context()
+	save := func(bin string) string {
+		t.Helper()
+		out, err := h.Run(ctx, bin+"-save")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	var r6 *Rules
+	err := h.Do(func() (err error) {
+		if _, err := New(network, subnet1, true, Masq|Forward); err != nil {
+			return err
+		}
+		if r6, err = New(network6, subnet6, true, Masq|Forward); err != nil {
+			return err
+		}
+		return r6.Ensure()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf := ""
+	if r6.ipt.HasRandomFully() {
+		rf = " --random-fully"
+	}
+	var got, fwd []string
+	if err := h.Do(func() error {
+		ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6))
+		if err != nil {
+			return err
+		}
+		if got, err = ipt.List("nat", MasqChain); err != nil {
+			return err
+		}
+		fwd, err = ipt.List("filter", ForwardChain)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := wantMasq6(rf); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("ip6tables FLANNEL-POSTRTG:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if want := `-A FLANNEL-FWD -d 2001:db8:100::/48 -m comment --comment "flanneld forward" -j ACCEPT`; !contains(fwd, want) {
+		t.Errorf("ip6tables FLANNEL-FWD %q lacks %s", fwd, want)
+	}
+	if strings.Contains(save("iptables"), "FLANNEL") {
+		t.Error("the IPv6 rules went into iptables")
+	}
+
+	// A moved IPv6 subnet: the old subnet's rules go.
+	moved := netip.MustParsePrefix("2001:db8:100:2b::/64")
+	if err := h.Do(func() error {
+		r, err := New(network6, moved, true, Masq)
+		if err != nil {
+			return err
+		}
+		if err := r.DeleteStale(network6, subnet6); err != nil {
+			return err
+		}
+		return r.Ensure()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if s := save("ip6tables"); strings.Contains(s, subnet6.String()) || !strings.Contains(s, moved.String()) {
+		t.Errorf("after the move:\n%s", s)
+	}
+	if err := h.Do(CleanUpIPTables); err != nil {
+		t.Fatal(err)
+	}
+	if s := save("ip6tables"); strings.Contains(s, "FLANNEL") {
+		t.Errorf("after CleanUpIPTables:\n%s", s)
 	}
 }
 

@@ -27,7 +27,12 @@ const (
 // binary, like upstream, so the rules are upstream's own rule text and
 // every change is one atomic nft transaction.
 type nftRules struct {
-	v4, v6 knftables.Interface
+	nft   knftables.Interface // the table of the network's family
+	table string
+	ip    string // "ip" or "ip6", the rules' address match
+	// empty is upstream's empty flannel-ipv6 table, which the IPv4 rules
+	// create beside their own; nil for the IPv6 rules.
+	empty  knftables.Interface
 	chains []nftChain
 	// built is set once this value installed its rules: the first ensure
 	// rebuilds every chain, so a new subnet's rules replace the old ones.
@@ -41,39 +46,46 @@ type nftChain struct {
 }
 
 // NewNFTables prepares the rule sets of New in nftables, as upstream
-// installs them with EnableNFTables: table ip flannel-ipv4 with chain
-// postrtg (--ip-masq) and chain forward (--iptables-forward-rules), and an
-// empty table ip6 flannel-ipv6. randomFully masquerades with fully-random
-// where the kernel supports it. Ensure installs them.
+// installs them with EnableNFTables: for an IPv4 network, table ip
+// flannel-ipv4 with chain postrtg (--ip-masq) and chain forward
+// (--iptables-forward-rules), and an empty table ip6 flannel-ipv6; for an
+// IPv6 network the same chains in table ip6 flannel-ipv6. randomFully
+// masquerades with fully-random where the kernel supports it. Ensure
+// installs them.
 func NewNFTables(network, subnet netip.Prefix, randomFully bool, sets Set) (*Rules, error) {
-	if !network.Addr().Is4() || !subnet.Addr().Is4() {
-		return nil, fmt.Errorf("ip-masq: network %s and subnet %s must both be IPv4", network, subnet)
-	}
-	v4, err := knftables.New(knftables.IPv4Family, NFTTable4)
+	proto, err := checkFamily(network, subnet)
 	if err != nil {
-		return nil, fmt.Errorf("ip-masq: no nftables support (EnableNFTables needs the nft binary and nf_tables): %w", err)
+		return nil, err
 	}
 	v6, err := knftables.New(knftables.IPv6Family, NFTTable6)
 	if err != nil {
-		return nil, fmt.Errorf("ip-masq: no nftables support for IPv6: %w", err)
+		return nil, fmt.Errorf("ip-masq: no nftables support (EnableNFTables needs the nft binary and nf_tables): %w", err)
 	}
-	n := &nftRules{v4: v4, v6: v6}
+	n := &nftRules{nft: v6, table: NFTTable6, ip: "ip6"}
+	if proto == iptables.ProtocolIPv4 {
+		v4, err := knftables.New(knftables.IPv4Family, NFTTable4)
+		if err != nil {
+			return nil, fmt.Errorf("ip-masq: no nftables support (EnableNFTables needs the nft binary and nf_tables): %w", err)
+		}
+		n = &nftRules{nft: v4, table: NFTTable4, ip: "ip", empty: v6}
+	}
 	if sets&Masq != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), nftTimeout)
 		defer cancel()
-		n.chains = append(n.chains, nftMasqChain(network.Masked(), subnet.Masked(), randomFully && n.fullyRandomWorks(ctx)))
+		n.chains = append(n.chains, nftMasqChain(n.ip, network.Masked(), subnet.Masked(), randomFully && n.fullyRandomWorks(ctx)))
 	}
 	if sets&Forward != 0 {
-		n.chains = append(n.chains, nftForwardChain(network.Masked()))
+		n.chains = append(n.chains, nftForwardChain(n.ip, network.Masked()))
 	}
 	return &Rules{nft: n, log: slog.Default()}, nil
 }
 
 // nftMasqChain is upstream's postrtg chain, rule for rule like the
 // iptables FLANNEL-POSTRTG (the kube-proxy mark is matched exactly, as
-// upstream's nftables rule does).
-func nftMasqChain(network, subnet netip.Prefix, randomFully bool) nftChain {
+// upstream's nftables rule does); ip is "ip" or "ip6".
+func nftMasqChain(ip string, network, subnet netip.Prefix, randomFully bool) nftChain {
 	n, s := network.String(), subnet.String()
+	saddr, daddr := ip+" saddr", ip+" daddr"
 	masq := "masquerade"
 	if randomFully {
 		masq = "masquerade fully-random"
@@ -88,16 +100,16 @@ func nftMasqChain(network, subnet netip.Prefix, randomFully bool) nftChain {
 		},
 		rules: []string{
 			"meta mark 0x4000 return",
-			knftables.Concat("ip saddr", s, "ip daddr", n, "return"),
-			knftables.Concat("ip saddr", n, "ip daddr", s, "return"),
-			knftables.Concat("ip saddr !=", s, "ip daddr", n, "return"),
-			knftables.Concat("ip saddr", n, "ip daddr !=", multicastNet, masq),
-			knftables.Concat("ip saddr !=", n, "ip daddr", n, masq),
+			knftables.Concat(saddr, s, daddr, n, "return"),
+			knftables.Concat(saddr, n, daddr, s, "return"),
+			knftables.Concat(saddr, "!=", s, daddr, n, "return"),
+			knftables.Concat(saddr, n, daddr, "!=", multicast(network), masq),
+			knftables.Concat(saddr, "!=", n, daddr, n, masq),
 		},
 	}
 }
 
-func nftForwardChain(network netip.Prefix) nftChain {
+func nftForwardChain(ip string, network netip.Prefix) nftChain {
 	n := network.String()
 	return nftChain{
 		chain: &knftables.Chain{
@@ -108,8 +120,8 @@ func nftForwardChain(network netip.Prefix) nftChain {
 			Priority: knftables.PtrTo(knftables.FilterPriority),
 		},
 		rules: []string{
-			knftables.Concat("ip saddr", n, "accept"),
-			knftables.Concat("ip daddr", n, "accept"),
+			knftables.Concat(ip+" saddr", n, "accept"),
+			knftables.Concat(ip+" daddr", n, "accept"),
 		},
 	}
 }
@@ -117,12 +129,16 @@ func nftForwardChain(network netip.Prefix) nftChain {
 // fullyRandomWorks checks a masquerade fully-random rule with nft --check,
 // as upstream does, without changing anything.
 func (n *nftRules) fullyRandomWorks(ctx context.Context) bool {
-	tx := n.v4.NewTransaction()
+	loopback := "127.0.0.1"
+	if n.ip == "ip6" {
+		loopback = "::1"
+	}
+	tx := n.nft.NewTransaction()
 	tx.Add(&knftables.Table{})
 	tx.Add(&knftables.Chain{Name: "masqueradeTest", Type: knftables.PtrTo(knftables.NATType),
 		Hook: knftables.PtrTo(knftables.PostroutingHook), Priority: knftables.PtrTo(knftables.SNATPriority)})
-	tx.Add(&knftables.Rule{Chain: "masqueradeTest", Rule: "ip saddr != 127.0.0.1 masquerade fully-random"})
-	return n.v4.Check(ctx, tx) == nil
+	tx.Add(&knftables.Rule{Chain: "masqueradeTest", Rule: knftables.Concat(n.ip, "saddr !=", loopback, "masquerade fully-random")})
+	return n.nft.Check(ctx, tx) == nil
 }
 
 // ensure rebuilds, in one transaction, every chain that is missing or does
@@ -132,23 +148,23 @@ func (n *nftRules) fullyRandomWorks(ctx context.Context) bool {
 func (n *nftRules) ensure(log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(context.Background(), nftTimeout)
 	defer cancel()
-	tx := n.v4.NewTransaction()
+	tx := n.nft.NewTransaction()
 	stale := 0
 	for _, c := range n.chains {
 		if n.built {
-			got, err := n.v4.ListRules(ctx, c.chain.Name)
+			got, err := n.nft.ListRules(ctx, c.chain.Name)
 			if err == nil && len(got) == len(c.rules) {
 				continue
 			}
 			if err != nil && !knftables.IsNotFound(err) {
-				return fmt.Errorf("ip-masq: list nftables chain %s %s: %w", NFTTable4, c.chain.Name, err)
+				return fmt.Errorf("ip-masq: list nftables chain %s %s: %w", n.table, c.chain.Name, err)
 			}
 		}
 		if stale == 0 {
-			tx.Add(&knftables.Table{Comment: knftables.PtrTo("rules for " + NFTTable4)})
+			tx.Add(&knftables.Table{Comment: knftables.PtrTo("rules for " + n.table)})
 		}
 		stale++
-		log.Info("ip-masq: (re)building nftables chain", "table", NFTTable4, "chain", c.chain.Name)
+		log.Info("ip-masq: (re)building nftables chain", "table", n.table, "chain", c.chain.Name)
 		tx.Add(c.chain)
 		tx.Flush(&knftables.Chain{Name: c.chain.Name})
 		for _, r := range c.rules {
@@ -158,26 +174,38 @@ func (n *nftRules) ensure(log *slog.Logger) error {
 	if stale == 0 {
 		return nil
 	}
-	if err := n.v4.Run(ctx, tx); err != nil {
-		return fmt.Errorf("ip-masq: install nftables rules in %s: %w", NFTTable4, err)
+	if err := n.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("ip-masq: install nftables rules in %s: %w", n.table, err)
 	}
 	n.built = true
-	tx6 := n.v6.NewTransaction()
+	if n.empty == nil {
+		return nil
+	}
+	tx6 := n.empty.NewTransaction()
 	tx6.Add(&knftables.Table{Comment: knftables.PtrTo("rules for " + NFTTable6)})
-	if err := n.v6.Run(ctx, tx6); err != nil {
+	if err := n.empty.Run(ctx, tx6); err != nil {
 		return fmt.Errorf("ip-masq: create nftables table %s: %w", NFTTable6, err)
 	}
 	return nil
 }
 
-// CleanUpIPTables deletes the iptables chains of New and their jumps, for
-// a node that runs with EnableNFTables, as upstream does at start. Without
-// iptables there is nothing to delete.
+// CleanUpIPTables deletes the iptables and ip6tables chains of New and
+// their jumps, for a node that runs with EnableNFTables, as upstream does at
+// start. Without iptables there is nothing to delete.
 func CleanUpIPTables() error {
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4))
-	if err != nil {
-		return nil
+	var errs []error
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		ipt, err := iptables.New(iptables.IPFamily(proto))
+		if err != nil {
+			continue
+		}
+		errs = append(errs, cleanUpChains(ipt))
 	}
+	return errors.Join(errs...)
+}
+
+// cleanUpChains deletes New's chains and their jumps from one family.
+func cleanUpChains(ipt *iptables.IPTables) error {
 	var errs []error
 	for _, c := range []chain{masqChain(netip.Prefix{}, netip.Prefix{}, false), forwardChain(netip.Prefix{})} {
 		exists, err := ipt.ChainExists(c.table, c.name)

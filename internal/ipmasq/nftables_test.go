@@ -143,3 +143,47 @@ func TestNFTables(t *testing.T) {
 		t.Errorf("after CleanUpIPTables:\n%s", got)
 	}
 }
+
+// TestNFTablesIPv6 installs the IPv4 and the IPv6 rules with nftables: the
+// IPv6 chains go into table ip6 flannel-ipv6, upstream's rules with ip6
+// matches and ff00::/8, and survive the IPv4 rules' resync.
+func TestNFTablesIPv6(t *testing.T) {
+	testbed.RequireRoot(t)
+	testbed.RequireTool(t, "nft")
+	h := testbed.NewT(t, testbed.Options{Hosts: 1}).Hosts[0]
+	var r4 *Rules
+	err := h.Do(func() (err error) {
+		if r4, err = NewNFTables(network, subnet1, false, Masq|Forward); err != nil {
+			return err
+		}
+		r6, err := NewNFTables(network6, subnet6, false, Masq|Forward)
+		if err != nil {
+			return err
+		}
+		if err := r4.Ensure(); err != nil {
+			return err
+		}
+		if err := r6.Ensure(); err != nil {
+			return err
+		}
+		return r4.Ensure()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.Run(t.Context(), "nft", "list", "table", "ip6", NFTTable6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"ip6 saddr 2001:db8:100:1a::/64 ip6 daddr 2001:db8:100::/48 return",
+		"ip6 saddr != 2001:db8:100:1a::/64 ip6 daddr 2001:db8:100::/48 return",
+		"ip6 saddr 2001:db8:100::/48 ip6 daddr != ff00::/8 masquerade",
+		"ip6 saddr != 2001:db8:100::/48 ip6 daddr 2001:db8:100::/48 masquerade",
+		"ip6 daddr 2001:db8:100::/48 accept",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table ip6 %s lacks %q:\n%s", NFTTable6, want, out)
+		}
+	}
+}

@@ -1,6 +1,9 @@
 // Package routesync keeps a router's route table equal to the set of the
 // other nodes' leases: it folds the lease watch's events into routes and
-// swaps the table once per burst of events.
+// swaps the table once per burst of events. A lease gives a route for each
+// of its subnets in the families the network carries, IPv4 and IPv6, both
+// to the peer's address in the underlay's family: PublicIP on an IPv4
+// underlay, PublicIPv6 on the IPv6 underlay of an IPv6-only network.
 package routesync
 
 import (
@@ -29,18 +32,38 @@ type EventSink interface {
 // Syncer folds lease events into routes.
 type Syncer struct {
 	log    *slog.Logger
+	fam    Families
 	peers  map[netip.Prefix]netip.Addr
 	routes atomic.Int64
 	batch  []lease.Event
 }
 
-// New returns a Syncer that logs subnet changes to log.
+// Families says which subnets get routes, and to which of the peers'
+// addresses.
+type Families struct {
+	// IPv4 and IPv6 route the leases' subnets of that family; an IPv4-only
+	// network ignores the IPv6 part of an upstream node's dual-stack key.
+	IPv4, IPv6 bool
+	// IPv6Underlay routes to the peers' PublicIPv6 instead of their
+	// PublicIP, for a node whose sockets speak IPv6 (an IPv6-only
+	// network): the routes' Peer must be in the family of the router's
+	// LocalAddr.
+	IPv6Underlay bool
+}
+
+// New returns a Syncer that logs subnet changes to log. It routes IPv4
+// subnets to the peers' PublicIP until SetFamilies says otherwise.
 func New(log *slog.Logger) *Syncer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Syncer{log: log, peers: map[netip.Prefix]netip.Addr{}}
+	return &Syncer{log: log, fam: Families{IPv4: true}, peers: map[netip.Prefix]netip.Addr{}}
 }
+
+// SetFamilies sets what the routes cover. Call it before Run: the daemon
+// learns the families from the network config, after its metrics already
+// read the Syncer.
+func (s *Syncer) SetFamilies(f Families) { s.fam = f }
 
 // Routes is the number of routes in the last table handed to the Table.
 func (s *Syncer) Routes() int { return int(s.routes.Load()) }
@@ -75,24 +98,42 @@ func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t Table) 
 
 func (s *Syncer) apply(events []lease.Event) {
 	for _, ev := range events {
-		subnet, ip := ev.Lease.Subnet, ev.Lease.PublicIP
-		if !subnet.IsValid() {
-			// An IPv6-only lease: nothing to route over IPv4.
-			continue
+		peer := ev.Lease.PublicIP
+		if s.fam.IPv6Underlay {
+			peer = ev.Lease.PublicIPv6
 		}
-		switch ev.Type {
-		case lease.EventAdded:
-			// Renewals arrive as Added again; only a new or moved subnet is news.
-			if old, ok := s.peers[subnet]; !ok || old != ip {
-				s.log.Info(fmt.Sprintf("Subnet added: %s", subnet), "public_ip", ip)
+		for _, subnet := range [2]netip.Prefix{ev.Lease.Subnet, ev.Lease.IPv6Subnet} {
+			if !subnet.IsValid() || subnet.Addr().Is4() && !s.fam.IPv4 || subnet.Addr().Is6() && !s.fam.IPv6 {
+				// A family the lease does not hold or the network does not carry.
+				continue
 			}
-			s.peers[subnet] = ip
-		case lease.EventRemoved:
-			if _, ok := s.peers[subnet]; ok {
-				s.log.Info(fmt.Sprintf("Subnet removed: %s", subnet))
-			}
-			delete(s.peers, subnet)
+			s.applyOne(ev.Type, subnet, peer)
 		}
+	}
+}
+
+// applyOne applies one event to one of the lease's subnets. A lease
+// without an address in the underlay's family (an IPv6-only peer seen from
+// an IPv4 underlay, a peer with "PublicIPv6":null from an IPv6 one) is
+// unreachable: its subnet gets no route, and a route it had goes.
+func (s *Syncer) applyOne(typ lease.EventType, subnet netip.Prefix, peer netip.Addr) {
+	switch {
+	case typ == lease.EventAdded && peer.IsValid():
+		// Renewals arrive as Added again; only a new or moved subnet is news.
+		if old, ok := s.peers[subnet]; !ok || old != peer {
+			s.log.Info(fmt.Sprintf("Subnet added: %s", subnet), "public_ip", peer)
+		}
+		s.peers[subnet] = peer
+	case typ == lease.EventAdded:
+		if _, ok := s.peers[subnet]; ok {
+			s.log.Info(fmt.Sprintf("Subnet removed: %s", subnet), "reason", "no public address in the underlay's family")
+		}
+		delete(s.peers, subnet)
+	case typ == lease.EventRemoved:
+		if _, ok := s.peers[subnet]; ok {
+			s.log.Info(fmt.Sprintf("Subnet removed: %s", subnet))
+		}
+		delete(s.peers, subnet)
 	}
 }
 
