@@ -117,3 +117,102 @@ func BenchmarkIngressBatch(b *testing.B) {
 		w.ingressBatch(tab, n)
 	}
 }
+
+// routes6In returns the first n subnets of length bits in the IPv6 network
+// network, each with a peer.
+func routes6In(network netip.Prefix, bits, n int) []Route {
+	routes := make([]Route, n)
+	hi, lo := words(network.Addr().As16())
+	for i := range routes {
+		h, l := hi, lo
+		if s := 128 - bits; s >= 64 {
+			h |= uint64(i) << (s - 64)
+		} else {
+			l |= uint64(i) << s
+			h |= uint64(i) >> (64 - s)
+		}
+		var a [16]byte
+		binary.BigEndian.PutUint64(a[:8], h)
+		binary.BigEndian.PutUint64(a[8:], l)
+		routes[i] = Route{
+			Subnet: netip.PrefixFrom(netip.AddrFrom16(a), bits),
+			Peer:   netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i%254)}),
+		}
+	}
+	return routes
+}
+
+// BenchmarkLookup6 is BenchmarkLookup for IPv6: 2001:db8:100::/48 in /64s
+// is a slice ("dense"), 2001:db8::/32 in /64s a map.
+func BenchmarkLookup6(b *testing.B) {
+	cases := []struct {
+		kind    string
+		network string
+		n       int
+	}{
+		{"dense", "2001:db8:100::/48", 1}, {"dense", "2001:db8:100::/48", 256}, {"dense", "2001:db8:100::/48", 65536},
+		{"map", "2001:db8::/32", 1 << 17}, {"map", "2001:db8::/32", 1 << 20},
+	}
+	for _, c := range cases {
+		b.Run(fmt.Sprintf("%s/subnets=%d", c.kind, c.n), func(b *testing.B) {
+			network := netip.MustParsePrefix(c.network)
+			routes := routes6In(network, 64, c.n)
+			tab, rejected := newTable(tableConfig{net6: network, len6: 64, port: DefaultPort}, routes, nil)
+			if len(rejected) != 0 || (tab.v6.dense != nil) != (c.kind == "dense") {
+				b.Fatalf("%d subnets: rejected %d, dense=%v, want the %s path", c.n, len(rejected), tab.v6.dense != nil, c.kind)
+			}
+			rnd := rand.New(rand.NewPCG(1, 2))
+			const nDst = 1 << 16
+			dsts := make([][16]byte, nDst)
+			for i := range dsts {
+				dsts[i] = routes[rnd.IntN(c.n)].Subnet.Addr().As16()
+				binary.BigEndian.PutUint64(dsts[i][8:], rnd.Uint64())
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				sink += tab.lookup6(dsts[i&(nDst-1)][:])
+				i++
+			}
+			if sink == 0 && c.n > 0 {
+				b.Fatal("no lookup found a route")
+			}
+		})
+	}
+}
+
+func BenchmarkEgressBatch6(b *testing.B) {
+	w, _ := dualWorker(b, false, false)
+	pkt := ipv6Packet(b, src6, dstA6, layers.IPProtocolUDP, 64, 0, make([]byte, 1400))
+	pkts := make([][]byte, w.q.BatchSize())
+	for i := range pkts {
+		pkts[i] = pkt
+	}
+	n := loadTUN(w, pkts)
+	tab := w.r.table.Load()
+	b.ReportAllocs()
+	b.SetBytes(int64(n * len(pkt)))
+	for b.Loop() {
+		for i := range n {
+			w.tunBufs[i][off+7] = 64 // keep the hop limit from running out
+		}
+		w.egressBatch(tab, n)
+	}
+}
+
+func BenchmarkIngressBatch6(b *testing.B) {
+	w, _ := dualWorker(b, false, false)
+	pkt := ipv6Packet(b, dstA6, src6, layers.IPProtocolUDP, 63, 0, make([]byte, 1400))
+	pkts := make([][]byte, udpBatch)
+	from := make([]netip.Addr, udpBatch)
+	for i := range pkts {
+		pkts[i], from[i] = pkt, peerA
+	}
+	n := loadUDP(b, w, from, pkts)
+	tab := w.r.table.Load()
+	b.ReportAllocs()
+	b.SetBytes(int64(n * len(pkt)))
+	for b.Loop() {
+		w.ingressBatch(tab, n)
+	}
+}

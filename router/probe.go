@@ -153,6 +153,9 @@ func (p *prober) step(t *table, now time.Duration) (next time.Duration) {
 func (p *prober) settle(pi *peerInfo, st *probeState, peer netip.AddrPort) {
 	switch {
 	case st.nonce != 0 && pi.answered.Load() == st.nonce:
+		if st.misses >= probeMisses {
+			p.r.log.Info("Peer answers the IPv6 probe again: carrying IPv6 to it", "peer", peer.Addr())
+		}
 		st.misses, st.backoff = 0, probeInterval
 		return
 	case st.nonce != 0:

@@ -105,6 +105,7 @@ func (r *Router) Run(ctx context.Context) error {
 	defer cancel()
 	o := r.Offloads()
 	r.log.Info("Data plane running", "workers", len(r.workers), "local", r.cfg.LocalAddr,
+		"ipv4", r.cfg.Network.IsValid(), "ipv6", r.cfg.IPv6Network.IsValid(),
 		"port", r.cfg.Port, "mtu", r.cfg.MTU, "accept_unknown_peers", r.cfg.AcceptUnknownPeers,
 		"tun_vnet_hdr", o.TUNVnetHdr, "tun_tso", o.TUNTSO, "tun_uso", o.TUNUSO,
 		"udp_gso", o.UDPGSO, "udp_gro", o.UDPGRO, "gomaxprocs", runtime.GOMAXPROCS(0))

@@ -30,6 +30,7 @@ const maxIPv6IndexBits = 64
 // underlay families fit the same uint32 and a run of packets to one peer
 // is a run of equal indexes.
 type table struct {
+	v4on    bool // Network configured
 	netAddr uint32
 	netMask uint32
 	shift   uint   // 32 - SubnetLen
@@ -196,6 +197,7 @@ func (t *table) init4(network netip.Prefix, subnetLen int) {
 	}
 	network = network.Masked()
 	idxBits := subnetLen - network.Bits()
+	t.v4on = true
 	t.netAddr = be32(network.Addr().As4())
 	t.netMask = mask32(network.Bits())
 	t.shift = uint(32 - subnetLen)

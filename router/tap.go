@@ -22,11 +22,13 @@ func (d Direction) String() string {
 
 // Tap receives a copy of the data plane's inner packets, e.g. to write a
 // pcap. Capture is called on the packet path, from several workers at
-// once, with each inner packet as a whole IPv4 packet: Out packets as read
-// from the TUN after a super-packet was split (before routing and the TTL
+// once, with each inner packet as a whole IPv4 or IPv6 packet (what a
+// LINKTYPE_RAW pcap holds): Out packets as read from the TUN after a
+// super-packet was split (before routing and the TTL or hop-limit
 // decrement, dropped ones included), In packets from a known peer (any
 // sender with AcceptUnknownPeers) after a GRO train was split, before the
-// packet checks and before coalescing.
+// packet checks and before coalescing. Probes are not inner packets and
+// are not captured.
 // pkt is only valid during the call: Capture must copy what it keeps and
 // must not modify it.
 type Tap interface {

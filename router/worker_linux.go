@@ -51,6 +51,7 @@ type worker struct {
 	tunSizes  []int
 	outPkts   [][]byte // the packets to send, slices of tunBufs
 	outPeer   []uint32 // each packet's peer
+	outHash   []uint8  // each packet's flowHash, while sparseFirst runs
 	nout      int
 	outMsgs   []udp.Message // one per run of packets to one peer
 	outN      int
@@ -126,6 +127,7 @@ func newWorker(r *Router, id int, q tun.Queue) *worker {
 		tunSizes:  make([]int, eb),
 		outPkts:   make([][]byte, eb),
 		outPeer:   make([]uint32, eb),
+		outHash:   make([]uint8, eb),
 		sparePkts: make([][]byte, eb),
 		sparePeer: make([]uint32, eb),
 		outMsgs:   make([]udp.Message, eb),
@@ -159,21 +161,40 @@ func (w *worker) clock() time.Duration { return time.Since(w.start) }
 // packets will be sent and how many ICMP errors were prepared.
 func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 	tap := w.r.tap.Load()
+	v4, v6 := t.v4on, t.v6.on
 	for i := range n {
 		pkt := w.tunBufs[i][off : off+w.tunSizes[i]]
 		if tap != nil {
 			tap.t.Capture(Out, pkt)
 		}
-		var peer uint32
-		if len(pkt) > 0 && pkt[0]>>4 == 6 && t.v6.on {
-			pkt, peer, nicmp = w.route6(t, pkt, nicmp)
-		} else {
-			pkt, peer, nicmp = w.route4(t, pkt, nicmp)
+		if v6 && len(pkt) > 0 && pkt[0]>>4 == 6 {
+			var peer uint32
+			if pkt, peer, nicmp = w.route6(t, pkt, nicmp); peer != 0 {
+				w.outPkts[nout], w.outPeer[nout] = pkt, peer
+				nout++
+			}
+			continue
 		}
-		if peer != 0 {
-			w.outPkts[nout], w.outPeer[nout] = pkt, peer
-			nout++
+		hlen, total, reason := parseIPv4(pkt)
+		if reason != dropNone || !v4 {
+			w.eg.drop(familyReason(reason, v4, v6))
+			continue
 		}
+		pkt = pkt[:total]
+		peer := t.lookup(binary.BigEndian.Uint32(pkt[16:20]))
+		if peer == 0 {
+			w.eg.drop(dropNoRoute)
+			nicmp = w.icmpError(pkt, hlen, icmpTypeDestUnreachable, icmpCodeNetUnreachable, ttlNetUnreachable, nicmp)
+			continue
+		}
+		if pkt[8] <= 1 {
+			w.eg.drop(dropTTLExceeded)
+			nicmp = w.icmpError(pkt, hlen, icmpTypeTimeExceeded, icmpCodeTTLExceeded, ttlTimeExceeded, nicmp)
+			continue
+		}
+		decrementTTL(pkt)
+		w.outPkts[nout], w.outPeer[nout] = pkt, peer
+		nout++
 	}
 	w.nout = nout
 	w.sparseFirst()
@@ -181,37 +202,26 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 	return nout, nicmp
 }
 
-// route4 routes the TUN packet pkt if it is IPv4: it returns the packet
-// cut to its length, its TTL lowered, and its peer, or peer 0 and the ICMP
-// error count after counting the drop and preparing the error.
-func (w *worker) route4(t *table, pkt []byte, nicmp int) ([]byte, uint32, int) {
-	hlen, total, reason := parseIPv4(pkt)
-	if reason == dropNotIPv4 && t.v6.on {
-		reason = dropMalformed // neither family
+// familyReason is the drop reason of a packet that is not IPv6 (or on a
+// router without IPv6) whose IPv4 parse said reason, on a router that
+// carries IPv4 if v4 and IPv6 if v6: an IPv4 packet on an IPv6-only
+// router is not_ipv6; with IPv6 on, a version neither 4 nor 6 is
+// malformed.
+func familyReason(reason dropReason, v4, v6 bool) dropReason {
+	switch {
+	case reason == dropNone && !v4:
+		return dropNotIPv6
+	case reason == dropNotIPv4 && v6:
+		return dropMalformed
 	}
-	if reason == dropNone && !w.r.cfg.Network.IsValid() {
-		reason = dropNotIPv6
-	}
-	if reason != dropNone {
-		w.eg.drop(reason)
-		return nil, 0, nicmp
-	}
-	pkt = pkt[:total]
-	peer := t.lookup(binary.BigEndian.Uint32(pkt[16:20]))
-	if peer == 0 {
-		w.eg.drop(dropNoRoute)
-		return nil, 0, w.icmpError(pkt, hlen, icmpTypeDestUnreachable, icmpCodeNetUnreachable, ttlNetUnreachable, nicmp)
-	}
-	if pkt[8] <= 1 {
-		w.eg.drop(dropTTLExceeded)
-		return nil, 0, w.icmpError(pkt, hlen, icmpTypeTimeExceeded, icmpCodeTTLExceeded, ttlTimeExceeded, nicmp)
-	}
-	decrementTTL(pkt)
-	return pkt, peer, nicmp
+	return reason
 }
 
-// route6 is route4 for an IPv6 packet; a peer that does not carry IPv6
-// gets none: the sender learns it from an ICMPv6 unreachable.
+// route6 routes the TUN packet pkt, an IPv6 one: it returns the packet cut
+// to its length, its hop limit lowered, and its peer, or peer 0 and the
+// ICMP error count after counting the drop and preparing the error. A
+// peer that does not carry IPv6 gets none: the sender learns it from an
+// ICMPv6 unreachable.
 func (w *worker) route6(t *table, pkt []byte, nicmp int) ([]byte, uint32, int) {
 	total, reason := parseIPv6(pkt)
 	if reason != dropNone {
@@ -245,13 +255,15 @@ func (w *worker) sparseFirst() {
 		return
 	}
 	clear(w.flowCount[:])
-	for i := range n {
+	hash := w.outHash[:n]
+	for i := range hash {
 		h := flowHash(w.outPkts[i])
+		hash[i] = h
 		w.flowCount[h] = min(w.flowCount[h]+1, 2)
 	}
 	k := 0
 	for i := range n {
-		if w.flowCount[flowHash(w.outPkts[i])] == 1 {
+		if w.flowCount[hash[i]] == 1 {
 			w.sparePkts[k], w.sparePeer[k] = w.outPkts[i], w.outPeer[i]
 			k++
 		}
@@ -260,7 +272,7 @@ func (w *worker) sparseFirst() {
 		return
 	}
 	for i := range n {
-		if w.flowCount[flowHash(w.outPkts[i])] != 1 {
+		if w.flowCount[hash[i]] != 1 {
 			w.sparePkts[k], w.sparePeer[k] = w.outPkts[i], w.outPeer[i]
 			k++
 		}
@@ -343,29 +355,12 @@ func (w *worker) icmp6Error(pkt []byte, typ, code uint8, nicmp int) int {
 	return nicmp + 1
 }
 
-// checkIngress checks the received inner packet pkt from the peer sender
-// (0: unknown, accepted by AcceptUnknownPeers) and returns its length, or
-// counts the drop.
-func (w *worker) checkIngress(t *table, pkt []byte, sender uint32) (int, bool) {
-	if len(pkt) > 0 && pkt[0]>>4 == 6 && t.v6.on {
-		total, reason := parseIPv6(pkt)
-		if reason == dropNone && w.r.cfg.StrictSource && t.lookup6(pkt[8:24]) != sender {
-			reason = dropStrictSource
-		}
-		if reason != dropNone {
-			w.in.drop(reason)
-			return 0, false
-		}
-		return total, true
-	}
-	_, total, reason := parseIPv4(pkt)
-	if reason == dropNotIPv4 && t.v6.on {
-		reason = dropMalformed
-	}
-	if reason == dropNone && !w.r.cfg.Network.IsValid() {
-		reason = dropNotIPv6
-	}
-	if reason == dropNone && w.r.cfg.StrictSource && t.lookup(be32([4]byte(pkt[12:16]))) != sender {
+// check6 checks the received inner packet pkt, an IPv6 one, from the peer
+// sender (0: unknown, accepted by AcceptUnknownPeers, but holding no
+// subnet for StrictSource) and returns its length, or counts the drop.
+func (w *worker) check6(t *table, pkt []byte, sender uint32) (int, bool) {
+	total, reason := parseIPv6(pkt)
+	if reason == dropNone && w.r.cfg.StrictSource && (sender == 0 || t.lookup6(pkt[8:24]) != sender) {
 		reason = dropStrictSource
 	}
 	if reason != dropNone {
@@ -391,7 +386,7 @@ func (w *worker) probe(t *table, m *udp.Message, d []byte, sender uint32) bool {
 			return true
 		}
 		ans := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(d[8:]))
-		to := netip.AddrPortFrom(m.Addr.Addr(), uint16(w.r.cfg.Port))
+		to := netip.AddrPortFrom(m.Addr.Addr().Unmap(), uint16(w.r.cfg.Port))
 		if err := p.send(ans[:], to); err != nil {
 			w.r.log.Debug("Answering an IPv6 probe failed", "peer", to, "error", err)
 		}
@@ -497,14 +492,28 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 	}
 	tap := w.r.tap.Load()
 	seg := m.Segment
+	v4, v6, strict := t.v4on, t.v6.on, w.r.cfg.StrictSource
 	for at := 0; at < l; at += seg {
 		pkt := buf[off+at : off+min(at+seg, l)]
 		if tap != nil {
 			tap.t.Capture(In, pkt)
 		}
-		total, ok := w.checkIngress(t, pkt, sender)
-		if !ok {
-			continue
+		var total int
+		if v6 && len(pkt) > 0 && pkt[0]>>4 == 6 {
+			var ok bool
+			if total, ok = w.check6(t, pkt, sender); !ok {
+				continue
+			}
+		} else {
+			var reason dropReason
+			if _, total, reason = parseIPv4(pkt); reason != dropNone || !v4 {
+				w.in.drop(familyReason(reason, v4, v6))
+				continue
+			}
+			if strict && (sender == 0 || t.lookup(be32([4]byte(pkt[12:16]))) != sender) {
+				w.in.drop(dropStrictSource)
+				continue
+			}
 		}
 		if signal && at+seg >= l {
 			if !markCE(pkt[:total]) {

@@ -39,6 +39,16 @@ func withDevice6(t *testing.T, fn func(d *Device, h *testbed.Host)) {
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst}); err != nil {
 			t.Fatalf("route 2001:db8::/32: %v", err)
 		}
+		// The kernel adds the address's local route asynchronously,
+		// also with nodad: until then a packet to it is dropped
+		// (Ip6InAddrErrors), though binding to it already works.
+		deadline := time.Now().Add(5 * time.Second)
+		for !routedLocal(addr6(local6)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not routed as local after 5 s", addr6(local6))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 		fn(d, h)
 	})
 }
@@ -208,4 +218,10 @@ func TestUDPThroughTUNIPv6(t *testing.T) {
 			}
 		}
 	})
+}
+
+// routedLocal reports whether the kernel delivers packets to ip locally.
+func routedLocal(ip net.IP) bool {
+	rs, err := netlink.RouteGet(ip)
+	return err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL
 }

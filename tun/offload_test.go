@@ -727,41 +727,60 @@ func testOffloadAllocs(t *testing.T, s pkt) {
 }
 
 func BenchmarkSplitTCP64K(b *testing.B) {
-	s := tcpFlow(1, 1, payload(45*1420, 1))
-	in := s.build(b)
-	h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1420, csumStart: 20, csumOffset: 16}
-	bufs := bufsFor(64, h, in)
-	sizes := make([]int, 64)
-	b.SetBytes(int64(len(in)))
-	b.ReportAllocs()
-	for b.Loop() {
-		copy(bufs[0][Headroom:Headroom+40], in[:40])
-		splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+	for _, s := range []pkt{tcpFlow(1, 1, payload(45*1420, 1)), v6(tcpFlow(1, 1, payload(44*1420, 1)))} {
+		b.Run(map[bool]string{false: "ipv4", true: "ipv6"}[s.v6], func(b *testing.B) {
+			in := s.build(b)
+			hl := s.hdrLen(b)
+			h := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: gsoTCPv4, hdrLen: uint16(hl), gsoSize: 1420, csumStart: uint16(s.iphl()), csumOffset: 16}
+			if s.v6 {
+				h.gsoType = gsoTCPv6
+			}
+			bufs := bufsFor(64, h, in)
+			sizes := make([]int, 64)
+			b.SetBytes(int64(len(in)))
+			b.ReportAllocs()
+			for b.Loop() {
+				copy(bufs[0][Headroom:Headroom+hl], in[:hl])
+				splitGSO(&h, bufs[0][Headroom:Headroom+len(in)], bufs, sizes, Headroom)
+			}
+		})
 	}
 }
 
 func BenchmarkCoalesceTCP(b *testing.B) {
-	for _, flows := range []int{1, 4} {
-		b.Run(fmt.Sprintf("flows=%d", flows), func(b *testing.B) {
-			segs := make([][]byte, 44)
-			total := 0
-			for i := range segs {
-				f := i % flows
-				p := tcpFlow(uint32(i/flows*1420), uint16(i/flows), payload(1420, byte(i)))
-				p.sport += uint16(f)
-				segs[i] = append(make([]byte, Headroom), p.build(b)...)
-				total += len(segs[i]) - Headroom
-			}
-			g := &groTable{tcp: true, udp: true}
-			var vh vnetHdr
-			b.SetBytes(int64(total))
-			b.ReportAllocs()
-			for b.Loop() {
-				g.group(segs, Headroom)
-				for i := range g.items {
-					finish(&g.items[i], segs, Headroom, true, &vh)
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		for _, flows := range []int{1, 4} {
+			b.Run(fmt.Sprintf("%s/flows=%d", fam, flows), func(b *testing.B) {
+				segs := make([][]byte, 44)
+				total := 0
+				for i := range segs {
+					f := i % flows
+					p := tcpFlow(uint32(i/flows*1420), uint16(i/flows), payload(1420, byte(i)))
+					p.sport += uint16(f)
+					p.v6 = fam == "ipv6"
+					segs[i] = append(make([]byte, Headroom), p.build(b)...)
+					total += len(segs[i]) - Headroom
 				}
-			}
-		})
+				// finish rewrites each head's headers: they are restored
+				// every round, or later rounds would merge nothing.
+				orig := make([][]byte, len(segs))
+				for i := range segs {
+					orig[i] = bytes.Clone(segs[i][:Headroom+80])
+				}
+				g := &groTable{tcp: true, udp: true}
+				var vh vnetHdr
+				b.SetBytes(int64(total))
+				b.ReportAllocs()
+				for b.Loop() {
+					for i := range segs {
+						copy(segs[i], orig[i])
+					}
+					g.group(segs, Headroom)
+					for i := range g.items {
+						finish(&g.items[i], segs, Headroom, true, &vh)
+					}
+				}
+			})
+		}
 	}
 }
