@@ -60,24 +60,38 @@ type pathEnv struct {
 type pathDef struct {
 	name  string
 	setup func(ctx context.Context, b *testing.B) (*pathEnv, error)
+	// groups limits the workload groups measured on the path (nil: all).
+	groups []string
 }
+
+// ipv6Groups are the workloads of the inner-IPv6 paths: TCP over IPv6
+// beside TCP over IPv4, and the RTTs.
+var ipv6Groups = []string{"rtt", "tcp"}
 
 func paths() []pathDef {
 	ps := []pathDef{
-		{"raw veth", setupRaw},
-		{BaselinePath, setupVXLAN},
+		{name: "raw veth", setup: setupRaw},
+		{name: BaselinePath, setup: setupVXLAN},
 	}
 	for _, v := range flannelVariants {
 		ps = append(ps, pathDef{v.name, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
 			return setupFlannel(ctx, b, flanneld(b), v.args)
-		}})
+		}, nil})
 	}
+	ps = append(ps,
+		pathDef{VXLANIPv6Path, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
+			return setupVXLANInner(ctx, b, true)
+		}, ipv6Groups},
+		pathDef{FlannelIPv6Path, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
+			return setupFlannelIPv6(ctx, b, flanneld(b))
+		}, ipv6Groups},
+	)
 	if *baselineFlag != "" {
 		// The same defaults, built from another commit: a before/after
 		// comparison measured in one run.
 		ps = append(ps, pathDef{"flannel-go baseline", func(ctx context.Context, b *testing.B) (*pathEnv, error) {
 			return setupFlannel(ctx, b, *baselineFlag, nil)
-		}})
+		}, nil})
 	}
 	if *pathsFlag == "" {
 		return ps
@@ -120,6 +134,32 @@ func vtepMAC(i int) string { return fmt.Sprintf("02:00:c6:12:%02x:00", i) }
 // neighbour entry and an onlink route. Host i owns 198.18.i.0/24 and has one
 // container on cbr0, as Docker would with --bip=198.18.i.1/24 --mtu=1450.
 func setupVXLAN(ctx context.Context, b *testing.B) (*pathEnv, error) {
+	return setupVXLANInner(ctx, b, false)
+}
+
+// vxlanIPv6 is host i's IPv6 container subnet on the VXLAN path:
+// 2001:db8:100:i::/64, the bridge at ::1, the container at ::2.
+func vxlanIPv6(i int, host uint64) netip.Addr {
+	return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x01, 0x00, 0, byte(i), 15: byte(host)})
+}
+
+// vxlanIPv6Cmds add IPv6 to flannel's VXLAN layout for host me and its
+// peer, as a dual-stack VXLAN on one device would: flannel.1 holds the
+// subnet's ::/128, the peer's ::/64 goes via the peer's :: with a
+// permanent neighbour entry.
+func vxlanIPv6Cmds(me, peer int) [][]string {
+	return [][]string{
+		{"ip", "-6", "addr", "add", vxlanIPv6(me, 0).String() + "/128", "dev", "flannel.1", "nodad"},
+		{"ip", "-6", "neigh", "replace", vxlanIPv6(peer, 0).String(), "lladdr", vtepMAC(peer),
+			"dev", "flannel.1", "nud", "permanent"},
+		{"ip", "-6", "route", "add", vxlanIPv6(peer, 0).String() + "/64", "via", vxlanIPv6(peer, 0).String(),
+			"dev", "flannel.1", "onlink"},
+	}
+}
+
+// setupVXLANInner builds the VXLAN path; with ipv6 the containers also get
+// IPv6 addresses and the traffic goes container to container over IPv6.
+func setupVXLANInner(ctx context.Context, b *testing.B, ipv6 bool) (*pathEnv, error) {
 	bed, err := newBed(ctx, b)
 	if err != nil {
 		return nil, err
@@ -139,6 +179,15 @@ func setupVXLAN(ctx context.Context, b *testing.B) (*pathEnv, error) {
 			{"ip", "route", "add", fmt.Sprintf("198.18.%d.0/24", peer), "via", fmt.Sprintf("198.18.%d.0", peer),
 				"dev", "flannel.1", "onlink"},
 		}
+		if ipv6 {
+			if err := h.Do(func() error {
+				return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+			}); err != nil {
+				bed.Close()
+				return nil, fmt.Errorf("vxlan on %s: IPv6 forwarding: %w", h.Name, err)
+			}
+			cmds = append(cmds, vxlanIPv6Cmds(me, peer)...)
+		}
 		for _, c := range cmds {
 			if _, err := h.Run(ctx, c[0], c[1:]...); err != nil {
 				bed.Close()
@@ -150,14 +199,62 @@ func setupVXLAN(ctx context.Context, b *testing.B) (*pathEnv, error) {
 			bed.Close()
 			return nil, err
 		}
+		if ipv6 {
+			if err := addContainerIPv6(ctx, h, ct, me); err != nil {
+				bed.Close()
+				return nil, err
+			}
+		}
 		cts = append(cts, ct)
 	}
 	env := &pathEnv{src: cts[0], dst: cts[1], dstAddr: cts[1].Addr, close: func() { bed.Close() }}
+	if ipv6 {
+		env.dstAddr = vxlanIPv6(2, 2)
+	}
 	if err := waitReachable(ctx, env, 10*time.Second); err != nil {
 		bed.Close()
 		return nil, err
 	}
 	return env, nil
+}
+
+// addContainerIPv6 gives host me's container ::2 of its IPv6 subnet, the
+// bridge ::1 and the container a default route via the bridge, as Docker
+// with --fixed-cidr-v6 would.
+func addContainerIPv6(ctx context.Context, h *testbed.Host, ct *testbed.Container, me int) error {
+	steps := []struct {
+		n    node
+		args []string
+	}{
+		{h, []string{"-6", "addr", "add", vxlanIPv6(me, 1).String() + "/64", "dev", testbed.ContainerBridge, "nodad"}},
+		{ct, []string{"-6", "addr", "add", vxlanIPv6(me, 2).String() + "/64", "dev", ct.Iface, "nodad"}},
+		{ct, []string{"-6", "route", "add", "default", "via", vxlanIPv6(me, 1).String(), "dev", ct.Iface}},
+	}
+	for _, st := range steps {
+		if out, err := st.n.Command(ctx, "ip", st.args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("IPv6 for container %s: ip %s: %w: %s", ct.Name, strings.Join(st.args, " "), err, out)
+		}
+	}
+	return nil
+}
+
+// setupFlannelIPv6 runs flanneld with upstream's dual-stack config and the
+// userspace router (--fast-path=off, so that it compares with the
+// "flannel-go" path's IPv4) and sends the traffic container to container
+// over inner IPv6.
+func setupFlannelIPv6(ctx context.Context, b *testing.B, bin string) (*pathEnv, error) {
+	c, err := cluster.Start(ctx, cluster.Options{
+		Flanneld: bin,
+		Hosts:    2,
+		Bed:      testbed.Options{Direct: true, Prefix: bedPrefix},
+		Config:   cluster.DualStackConfig,
+		Args:     []string{"--fast-path=off"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.Cleanup(func() { c.Close() })
+	return flannelEnv(ctx, c, true)
 }
 
 // setupFlannel runs this project's flanneld (udp backend, default settings
@@ -174,12 +271,21 @@ func setupFlannel(ctx context.Context, b *testing.B, bin string, args []string) 
 		return nil, err
 	}
 	b.Cleanup(func() { c.Close() })
+	return flannelEnv(ctx, c, false)
+}
+
+// flannelEnv adds a container on each node of c and returns the path
+// between them, over inner IPv6 with ipv6.
+func flannelEnv(ctx context.Context, c *cluster.Cluster, ipv6 bool) (*pathEnv, error) {
 	if err := c.AddContainers(ctx); err != nil {
 		c.Close()
 		return nil, err
 	}
 	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
 	env := &pathEnv{src: src, dst: dst, dstAddr: dst.Addr, close: func() { c.Close() }}
+	if ipv6 {
+		env.dstAddr = c.Nodes[1].ContainerIPv6
+	}
 	for _, n := range c.Nodes {
 		env.pids = append(env.pids, n.PID())
 	}
@@ -248,10 +354,16 @@ type runner struct {
 	}
 	// idleP99 is the idle RTT p99 of this repetition, in microseconds.
 	idleP99 float64
+	// groups limits the workload groups (pathDef.groups).
+	groups []string
 }
 
-// want reports whether the workload group (rtt, tcp, udp) is selected.
+// want reports whether the workload group (rtt, tcp, udp) is selected
+// and measured on the path.
 func (r *runner) want(group string) bool {
+	if r.groups != nil && !slices.Contains(r.groups, group) {
+		return false
+	}
 	return *workloadsFlag == "" || slices.Contains(strings.Split(*workloadsFlag, ","), group)
 }
 
@@ -469,7 +581,7 @@ func BenchmarkDataPath(b *testing.B) {
 				b.Errorf("rep %d, %s: setup: %v", rep+1, p.name, err)
 				continue
 			}
-			r := &runner{env: env, dur: dur, port: 5200, exe: flanneld(b)}
+			r := &runner{env: env, dur: dur, port: 5200, exe: flanneld(b), groups: p.groups}
 			r.run(ctx, b, p.name)
 			env.close()
 			b.Logf("rep %d, %s: %s", rep+1, p.name, time.Since(start).Round(time.Second))

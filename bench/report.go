@@ -16,6 +16,14 @@ import (
 // BaselinePath is the path every other path is compared with.
 const BaselinePath = "kernel VXLAN"
 
+// The inner-IPv6 paths: kernel VXLAN and flannel-go's userspace router
+// carrying IPv6 between containers over the same IPv4 underlay; compare
+// each with its IPv4 row of the same run.
+const (
+	VXLANIPv6Path   = "kernel VXLAN, inner IPv6"
+	FlannelIPv6Path = "flannel-go, inner IPv6"
+)
+
 // Metric names one row of the report.
 type Metric struct {
 	Key  string `json:"key"`  // stable identifier, e.g. "tcp1_gbps"
