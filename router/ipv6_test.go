@@ -449,6 +449,18 @@ func TestIPv6ProbeTiming(t *testing.T) {
 	if nout, _ := w.egressBatch(tab, loadTUN(w, [][]byte{toA})); nout != 1 {
 		t.Error("IPv6 to the upgraded peer still refused")
 	}
+
+	// A falls silent again (replaced by an upstream node at the same
+	// address): refused at most a period and about 2 s later, when its
+	// next ask goes unanswered, not a period after that.
+	silentFrom := now
+	for now < silentFrom+2*probeInterval && !incapable(w, peerA) {
+		now = p.step(tab, now)
+		*sent = (*sent)[:0]
+	}
+	if d := now - silentFrom; !incapable(w, peerA) || d > probeInterval+3*time.Second {
+		t.Errorf("peer that stopped answering still carried IPv6 %v later", d)
+	}
 }
 
 func incapable(w *worker, peer netip.Addr) bool {

@@ -31,11 +31,15 @@ const (
 // Probe timing: an unanswered peer is asked again after firstProbeBackoff,
 // doubling up to probeInterval, the period of the asks to a peer that
 // answers; after probeMisses unanswered asks in a row (0.1+0.2+0.4+0.8 s)
-// it counts as not carrying IPv6.
+// it counts as not carrying IPv6. An ask to a peer that answered is due
+// back within answerWait, not at the end of the period: a node replaced
+// by an upstream one at the same address loses IPv6 at most a period and
+// about 2 s later (before: two periods).
 const (
 	firstProbeBackoff = 100 * time.Millisecond
 	probeInterval     = 10 * time.Second
 	probeMisses       = 4
+	answerWait        = time.Second
 )
 
 // A peer's IPv6 capability (peerInfo.state).
@@ -59,6 +63,7 @@ type probeState struct {
 	next    time.Duration // when the peer is asked next
 	backoff time.Duration
 	nonce   uint64 // of the outstanding ask, 0 if none
+	asked   time.Duration
 	misses  int    // unanswered asks in a row
 	round   uint64 // the last round the peer was in the table
 }
@@ -121,6 +126,13 @@ func (p *prober) step(t *table, now time.Duration) (next time.Duration) {
 			p.state[pi] = st
 		}
 		st.round = p.round
+		if st.nonce != 0 && st.misses == 0 && st.next-st.asked > answerWait && pi.answered.Load() != st.nonce {
+			if now < st.asked+answerWait {
+				next = min(next, st.asked+answerWait)
+				continue
+			}
+			st.next = now
+		}
 		if now < st.next {
 			next = min(next, st.next)
 			continue
@@ -130,10 +142,13 @@ func (p *prober) step(t *table, now time.Duration) (next time.Duration) {
 		if p.nonce == 0 {
 			p.nonce++
 		}
-		st.nonce = p.nonce
+		st.nonce, st.asked = p.nonce, now
 		pi.askNonce.Store(st.nonce)
 		st.next = now + st.backoff
 		next = min(next, st.next)
+		if st.misses == 0 {
+			next = min(next, now+answerWait)
+		}
 		msg := probeMsg(probeIPv6Ask, st.nonce)
 		// A lost ask counts as a miss; the next one retries.
 		if err := p.send(msg[:], t.peer(idx)); err != nil {
