@@ -37,6 +37,8 @@ const (
 	bpfProgFlannelIngress = "flannel_ingress"
 	bpfVarAcceptUnknown   = "accept_unknown"
 	bpfVarAnswerValidNs   = "answer_valid_ns"
+	bpfVarHandoffMac      = "handoff_mac"
+	bpfVarHandoffPort     = "handoff_port"
 	bpfVarLocalAddr       = "local_addr"
 	bpfVarStrictSource    = "strict_source"
 	bpfVarTunIfindex      = "tun_ifindex"
@@ -107,6 +109,8 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	AcceptUnknown   *ebpf.VariableSpec `ebpf:"accept_unknown"`
 	AnswerValidNs   *ebpf.VariableSpec `ebpf:"answer_valid_ns"`
+	HandoffMac      *ebpf.VariableSpec `ebpf:"handoff_mac"`
+	HandoffPort     *ebpf.VariableSpec `ebpf:"handoff_port"`
 	LocalAddr       *ebpf.VariableSpec `ebpf:"local_addr"`
 	StrictSource    *ebpf.VariableSpec `ebpf:"strict_source"`
 	TunIfindex      *ebpf.VariableSpec `ebpf:"tun_ifindex"`
@@ -157,6 +161,8 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	AcceptUnknown   *ebpf.Variable `ebpf:"accept_unknown"`
 	AnswerValidNs   *ebpf.Variable `ebpf:"answer_valid_ns"`
+	HandoffMac      *ebpf.Variable `ebpf:"handoff_mac"`
+	HandoffPort     *ebpf.Variable `ebpf:"handoff_port"`
 	LocalAddr       *ebpf.Variable `ebpf:"local_addr"`
 	StrictSource    *ebpf.Variable `ebpf:"strict_source"`
 	TunIfindex      *ebpf.Variable `ebpf:"tun_ifindex"`

@@ -23,6 +23,7 @@ const (
 	cProbesAnswered
 	cProbeAnswers
 	cCaptureLost
+	cDropHandoff
 	numCounters
 )
 
@@ -42,6 +43,7 @@ type Stats struct {
 
 	DropStrictSource uint64 // --strict-source
 	DropEncap        uint64 // the skb could not be grown or written
+	DropHandoff      uint64 // datagrams from outside for the handoff device's port
 
 	ProbesAnswered uint64 // probes from peers this node answered
 	ProbeAnswers   uint64 // answers from peers to this node's probes
@@ -65,7 +67,7 @@ func (p *Path) Stats() (Stats, error) {
 		RxPackets: sum[cInPackets], RxBytes: sum[cInBytes],
 		PassNoRoute: sum[cPassNoRoute], PassTTL: sum[cPassTTL], PassNotSimple: sum[cPassNotSimple],
 		PassPeer: sum[cPassPeer], PassFIB: sum[cPassFIB], PassIn: sum[cPassIn],
-		DropStrictSource: sum[cDropStrict], DropEncap: sum[cDropEncap],
+		DropStrictSource: sum[cDropStrict], DropEncap: sum[cDropEncap], DropHandoff: sum[cDropHandoff],
 		ProbesAnswered: sum[cProbesAnswered], ProbeAnswers: sum[cProbeAnswers],
 		CaptureLost: sum[cCaptureLost],
 	}, nil

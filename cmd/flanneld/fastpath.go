@@ -27,6 +27,8 @@ func (d *daemon) startFastPath(ext *extIface, tunDev string, port int) (*fastpat
 		Port:               port,
 		StrictSource:       o.strictSource,
 		AcceptUnknownPeers: o.acceptUnknownPeers,
+		Handoff:            handoffName(tunDev),
+		HandoffPort:        port + 1,
 		Logger:             log,
 	})
 	if err != nil {
@@ -40,6 +42,16 @@ func (d *daemon) startFastPath(ext *extIface, tunDev string, port int) (*fastpat
 		"mode", o.fastPath, "tun", tunDev, "underlay", ext.Name)
 	d.fast.Store(fp)
 	return fp, nil
+}
+
+// handoffName names the fast path's handoff device after the TUN:
+// "flannel0-fp", cut to the kernel's 15 characters.
+func handoffName(tunDev string) string {
+	name := tunDev + "-fp"
+	if len(name) > 15 {
+		name = name[len(name)-15:]
+	}
+	return name
 }
 
 // routeTable returns what routesync updates: the router, and the fast path
