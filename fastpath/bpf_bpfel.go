@@ -29,6 +29,7 @@ type bpfRouteKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCapture         = "capture"
+	bpfMapHandoffOff      = "handoff_off"
 	bpfMapPeers           = "peers"
 	bpfMapRing            = "ring"
 	bpfMapRoutes          = "routes"
@@ -96,11 +97,12 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Capture *ebpf.MapSpec `ebpf:"capture"`
-	Peers   *ebpf.MapSpec `ebpf:"peers"`
-	Ring    *ebpf.MapSpec `ebpf:"ring"`
-	Routes  *ebpf.MapSpec `ebpf:"routes"`
-	Stats   *ebpf.MapSpec `ebpf:"stats"`
+	Capture    *ebpf.MapSpec `ebpf:"capture"`
+	HandoffOff *ebpf.MapSpec `ebpf:"handoff_off"`
+	Peers      *ebpf.MapSpec `ebpf:"peers"`
+	Ring       *ebpf.MapSpec `ebpf:"ring"`
+	Routes     *ebpf.MapSpec `ebpf:"routes"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,16 +140,18 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Capture *ebpf.Map `ebpf:"capture"`
-	Peers   *ebpf.Map `ebpf:"peers"`
-	Ring    *ebpf.Map `ebpf:"ring"`
-	Routes  *ebpf.Map `ebpf:"routes"`
-	Stats   *ebpf.Map `ebpf:"stats"`
+	Capture    *ebpf.Map `ebpf:"capture"`
+	HandoffOff *ebpf.Map `ebpf:"handoff_off"`
+	Peers      *ebpf.Map `ebpf:"peers"`
+	Ring       *ebpf.Map `ebpf:"ring"`
+	Routes     *ebpf.Map `ebpf:"routes"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Capture,
+		m.HandoffOff,
 		m.Peers,
 		m.Ring,
 		m.Routes,

@@ -144,6 +144,7 @@ func Start(cfg Config) (*Path, error) {
 		return nil, fmt.Errorf("fast path: probe socket on %s: %w", cfg.LocalAddr, err)
 	}
 	p.wg.Go(p.probeLoop)
+	p.wg.Go(p.watchHandoff)
 	return p, nil
 }
 

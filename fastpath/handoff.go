@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -110,4 +111,62 @@ func (h *handoff) Close() error {
 		return fmt.Errorf("remove the handoff device %s: %w", h.link.Attrs().Name, err)
 	}
 	return nil
+}
+
+// rxPackets is what the device has received.
+func (h *handoff) rxPackets() (uint64, error) {
+	l, err := netlink.LinkByIndex(h.link.Attrs().Index)
+	if err != nil {
+		return 0, err
+	}
+	if st := l.Attrs().Statistics; st != nil {
+		return st.RxPackets, nil
+	}
+	return 0, errors.New("no statistics")
+}
+
+// handoffMinSample is how many handed packets an interval needs before
+// the watchdog judges the device.
+const handoffMinSample = 8
+
+// watchHandoff turns the handoff off for good when the device receives
+// less than half of what the program handed it over an interval: the
+// rewritten datagrams cross the host's input path (netfilter INPUT), and a
+// firewall that admits only the flannel port would drop every received
+// super-packet. The program then decapsulates them itself, as without a
+// device.
+func (p *Path) watchHandoff() {
+	if p.hand == nil {
+		return
+	}
+	tick := time.NewTicker(p.cfg.ProbeInterval)
+	defer tick.Stop()
+	var lastHanded, lastRx uint64
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-tick.C:
+		}
+		st, err := p.Stats()
+		if err != nil {
+			continue
+		}
+		rx, err := p.hand.rxPackets()
+		if err != nil {
+			continue
+		}
+		handed, got := st.Handoff-lastHanded, rx-lastRx
+		lastHanded, lastRx = st.Handoff, rx
+		if handed < handoffMinSample || got >= handed/2 {
+			continue
+		}
+		if err := p.objs.HandoffOff.Put(uint32(0), uint32(1)); err != nil {
+			p.cfg.Logger.Error("Fast path: turn the handoff off", "error", err)
+			continue
+		}
+		p.cfg.Logger.Warn("Fast path: the handoff device received too little of what was handed to it (does a firewall drop its UDP port on input?); received super-packets are decapsulated in TC from now on, at a lower rate",
+			"device", p.cfg.Handoff, "port", p.cfg.HandoffPort, "handed", handed, "received", got)
+		return
+	}
 }

@@ -354,3 +354,31 @@ func TestFastPathPcap(t *testing.T) {
 		t.Fatalf("the kernel path carried no packet during the capture (%v -> %v)", before, after)
 	}
 }
+
+// TestFastPathHandoffFirewalled drops the handoff port on the receiving
+// host's input, as a firewall admitting only the flannel port would: the
+// fast path notices that the device receives nothing, says so, and
+// decapsulates in TC again, so transfers complete intact.
+func TestFastPathHandoffFirewalled(t *testing.T) {
+	requireFastPath(t)
+	testbed.RequireTool(t, "iptables")
+	c := startCluster(t, 2, "--fast-path=on")
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	waitKernelPeers(t, 1, n1, n2)
+	if out, err := n2.Host.Run(ctx, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "8286", "-j", "DROP"); err != nil {
+		t.Fatalf("firewall the handoff port: %v: %s", err, out)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := cluster.Transfer(tctx, n1.Container, n2.Container, n2.Container.Addr, 5401, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("transfer with the handoff port firewalled: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if !strings.Contains(n2.Log(), "the handoff device received too little") {
+		t.Errorf("no log line says that the handoff was turned off:\n%s", n2.Log())
+	}
+	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
+		t.Errorf("the kernel path took %v bytes in, want the 8 MiB transfer", v)
+	}
+}

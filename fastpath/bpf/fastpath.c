@@ -82,6 +82,7 @@ enum counter {
 	C_PROBE_ANSWERS,
 	C_CAPTURE_LOST,
 	C_DROP_HANDOFF, // datagrams for the handoff device's port from outside
+	C_HANDOFF,      // super-packets handed to the handoff device
 	C_MAX,
 };
 
@@ -99,6 +100,15 @@ struct {
 	__type(value, __u32);
 	__uint(max_entries, 1);
 } capture SEC(".maps");
+
+// handoff_off[0] is nonzero once userspace saw the handoff device miss
+// what the program hands it (a firewall on the host's input, say).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} handoff_off SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -386,7 +396,20 @@ static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, _
 	}
 	count(C_IN_PACKETS, 1);
 	count(C_IN_BYTES, inner_len);
+	count(C_HANDOFF, 1);
 	return TC_ACT_OK;
+}
+
+static __always_inline int handoff_on(struct __sk_buff *skb, __u32 inner_len)
+{
+	if (!handoff_port || !skb->gso_size)
+		return 0;
+	// The outer length field must hold the VXLAN form too.
+	if (inner_len > 0xffff - sizeof(struct handoff_hdr) + sizeof(struct ethhdr))
+		return 0;
+	__u32 zero = 0;
+	__u32 *off = bpf_map_lookup_elem(&handoff_off, &zero);
+	return off && !*off;
 }
 
 static __always_inline int is_probe(struct udphdr *udp, void *end)
@@ -453,8 +476,7 @@ int flannel_ingress(struct __sk_buff *skb)
 	}
 	__u32 inner_len = bpf_ntohs(in->tot_len);
 	capture_pkt(skb, sizeof(struct encap_hdr), 1);
-	// The outer length field must hold the VXLAN form too.
-	if (handoff_port && skb->gso_size && inner_len <= 0xffff - sizeof(struct handoff_hdr) + sizeof(struct ethhdr))
+	if (handoff_on(skb, inner_len))
 		return handoff(skb, h, inner_len);
 	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO)) {
