@@ -379,11 +379,14 @@ static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, _
 	v.udp.check = 0;
 	v.vx_flags = bpf_htonl(0x08000000);
 	v.vx_vni = bpf_htonl(1 << 8);
+	// The source only has to differ from the device's own address (VXLAN
+	// drops its own frames as loops).
 #pragma unroll
 	for (int i = 0; i < ETH_ALEN; i++) {
 		v.inner.h_dest[i] = handoff_mac[i];
-		v.inner.h_source[i] = handoff_mac[i] ^ 0x02;
+		v.inner.h_source[i] = handoff_mac[i];
 	}
+	v.inner.h_source[ETH_ALEN - 1] ^= 0xff;
 	v.inner.h_proto = bpf_htons(ETH_P_IP);
 	// The packet pointers die here; everything above was read before.
 	if (bpf_skb_adjust_room(skb, HANDOFF_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
