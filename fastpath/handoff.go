@@ -125,23 +125,23 @@ func (h *handoff) rxPackets() (uint64, error) {
 	return 0, errors.New("no statistics")
 }
 
-// handoffMinSample is how many handed packets an interval needs before
-// the watchdog judges the device.
-const handoffMinSample = 8
+// handoffMinSample is how many handed packets the watchdog waits for
+// before it judges the device: a blocked device must be noticed from the
+// retries of a first SYN.
+const handoffMinSample = 2
 
 // watchHandoff turns the handoff off for good when the device receives
-// less than half of what the program handed it over an interval: the
-// rewritten datagrams cross the host's input path (netfilter INPUT), and a
-// firewall that admits only the flannel port would drop every received
-// super-packet. The program then decapsulates them itself, as without a
-// device.
+// less than half of what the program handed it: the rewritten datagrams
+// cross the host's input path (netfilter INPUT), and a firewall that
+// admits only the flannel port would drop every one of them. The program
+// then decapsulates them itself, as without a device.
 func (p *Path) watchHandoff() {
 	if p.hand == nil {
 		return
 	}
-	tick := time.NewTicker(p.cfg.ProbeInterval)
+	tick := time.NewTicker(p.cfg.ProbeInterval / 4)
 	defer tick.Stop()
-	var lastHanded, lastRx uint64
+	var lastHanded, lastRx, handed, got uint64
 	for {
 		select {
 		case <-p.done:
@@ -156,16 +156,20 @@ func (p *Path) watchHandoff() {
 		if err != nil {
 			continue
 		}
-		handed, got := st.Handoff-lastHanded, rx-lastRx
+		handed, got = handed+st.Handoff-lastHanded, got+rx-lastRx
 		lastHanded, lastRx = st.Handoff, rx
-		if handed < handoffMinSample || got >= handed/2 {
+		if handed < handoffMinSample {
+			continue
+		}
+		if got*2 >= handed {
+			handed, got = 0, 0
 			continue
 		}
 		if err := p.objs.HandoffOff.Put(uint32(0), uint32(1)); err != nil {
 			p.cfg.Logger.Error("Fast path: turn the handoff off", "error", err)
 			continue
 		}
-		p.cfg.Logger.Warn("Fast path: the handoff device received too little of what was handed to it (does a firewall drop its UDP port on input?); received super-packets are decapsulated in TC from now on, at a lower rate",
+		p.cfg.Logger.Warn("Fast path: the handoff device received too little of what was handed to it (does a firewall drop its UDP port on input?); received packets are decapsulated in TC from now on, at a lower rate for TCP",
 			"device", p.cfg.Handoff, "port", p.cfg.HandoffPort, "handed", handed, "received", got)
 		return
 	}

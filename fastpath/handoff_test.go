@@ -81,32 +81,76 @@ func ipChecksum(h []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// TestIngressNotGSO: a packet that is not GSO (an ACK, a datagram from a
-// peer that segments, or from upstream) is decapsulated into the TUN by
-// the program itself, without the handoff. (A test run cannot build a TCP
-// GSO skb: the handoff itself is covered by the fast-path cluster tests.)
-func TestIngressNotGSO(t *testing.T) {
+// TestIngressHandoff runs the ingress program on a datagram: it must come
+// out as VXLAN for the handoff device (same outer addresses, port 8286,
+// lengths and header checksum right, inner frame to the device's MAC),
+// the inner packet untouched, and go on to the stack. Once the watchdog
+// turned the handoff off, the program decapsulates into the TUN itself.
+func TestIngressHandoff(t *testing.T) {
 	objs := ingressProgram(t)
 	frame, inner := datagram(8285)
-	out := make([]byte, len(frame)+64)
-	ret, err := objs.FlannelIngress.Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
+	ret, err := objs.FlannelIngress.Run(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ret != 7 { // TC_ACT_REDIRECT to the TUN
-		t.Fatalf("program returned %d, want TC_ACT_REDIRECT", ret)
+	out := opts.DataOut
+	if ret != 0 { // TC_ACT_OK
+		t.Fatalf("program returned %d, want TC_ACT_OK", ret)
 	}
-	if !bytes.Equal(out[14:14+len(inner)], inner) {
-		t.Errorf("output % x, want the inner packet after the Ethernet header", out[:14+len(inner)])
+	const hdr = 14 + 20 + 8 + 8 + 14
+	if len(out) != hdr+len(inner) {
+		t.Fatalf("output %d bytes, want %d", len(out), hdr+len(inner))
+	}
+	ip := out[14:34]
+	if got := binary.BigEndian.Uint16(ip[2:]); int(got) != len(out)-14 {
+		t.Errorf("outer total length %d, want %d", got, len(out)-14)
+	}
+	if ipChecksum(ip) != 0 {
+		t.Errorf("outer IPv4 header checksum is wrong: % x", ip)
+	}
+	if !bytes.Equal(ip[12:20], frame[26:34]) {
+		t.Errorf("outer addresses % x, want % x", ip[12:20], frame[26:34])
+	}
+	udp := out[34:42]
+	if dport, ulen := binary.BigEndian.Uint16(udp[2:]), binary.BigEndian.Uint16(udp[4:]); dport != 8286 || int(ulen) != len(out)-34 {
+		t.Errorf("UDP port %d length %d, want 8286 and %d", dport, ulen, len(out)-34)
+	}
+	if vx := out[42:50]; vx[0] != 0x08 {
+		t.Errorf("VXLAN header % x lacks the I flag", vx)
+	}
+	eth := out[50:64]
+	if !bytes.Equal(eth[:6], handoffMAC) || bytes.Equal(eth[6:12], handoffMAC) || binary.BigEndian.Uint16(eth[12:]) != 0x0800 {
+		t.Errorf("inner Ethernet header % x: want to %s, from another address, IPv4", eth, handoffMAC)
+	}
+	if !bytes.Equal(out[hdr:], inner) {
+		t.Errorf("inner packet changed:\n got % x\nwant % x", out[hdr:], inner)
 	}
 	var perCPU []uint64
 	if err := objs.Stats.Lookup(uint32(cHandoff), &perCPU); err != nil {
 		t.Fatal(err)
 	}
+	var n uint64
 	for _, v := range perCPU {
-		if v != 0 {
-			t.Fatalf("handoff counter %v, want 0", perCPU)
-		}
+		n += v
+	}
+	if n != 1 {
+		t.Errorf("handoff counter %d, want 1", n)
+	}
+
+	if err := objs.HandoffOff.Put(uint32(0), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	opts = &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
+	if ret, err = objs.FlannelIngress.Run(opts); err != nil {
+		t.Fatal(err)
+	}
+	out = opts.DataOut
+	if ret != 7 { // TC_ACT_REDIRECT to the TUN
+		t.Fatalf("handoff off: program returned %d, want TC_ACT_REDIRECT", ret)
+	}
+	if !bytes.Equal(out[14:], inner) {
+		t.Errorf("handoff off: output % x, want the inner packet after the Ethernet header", out)
 	}
 }
 
