@@ -12,18 +12,17 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// handoff is the local VXLAN device the ingress program passes TCP GSO
-// packets to. Decapsulating them in the program would leave
-// skb->encapsulation set (this kernel's bpf_skb_adjust_room cannot clear
-// it), and the bridge in front of the containers would then segment every
-// super-packet in software and checksum each segment. The VXLAN device's
-// own decapsulation clears it, so the packet reaches the container whole.
-// It is flow-based (collect_md), learns nothing and sends nothing: only
-// the ingress program feeds it, and it drops whatever reaches its port
-// from outside.
+// handoff is the local VXLAN device the ingress program passes the
+// datagrams it accepts to, rewritten into VXLAN. Decapsulating a TCP
+// super-packet in the program would leave skb->encapsulation set (this
+// kernel's bpf_skb_adjust_room cannot clear it), and the bridge in front
+// of the containers would then segment it in software and checksum each
+// segment. The VXLAN device's own decapsulation clears it, so the packet
+// reaches the container whole. It is flow-based (collect_md), learns
+// nothing and sends nothing: only the ingress program feeds it, and it
+// drops whatever reaches its port from the underlay.
 type handoff struct {
 	link netlink.Link
-	mac  net.HardwareAddr
 }
 
 // handoffMAC is the device's address; the ingress program writes it as the
@@ -35,7 +34,7 @@ var handoffMAC = net.HardwareAddr{0x0e, 0x66, 0x6c, 0x67, 0x6f, 0x01}
 func newHandoff(name string, port int, tun *net.Interface, addrs []netip.Addr) (*handoff, error) {
 	if old, err := netlink.LinkByName(name); err == nil {
 		if _, ok := old.(*netlink.Vxlan); !ok {
-			return nil, fmt.Errorf("handoff device %s exists and is not VXLAN (%s): rename it or set another --fast-path-handoff", name, old.Type())
+			return nil, fmt.Errorf("handoff device %s exists and is not VXLAN (%s): delete it or rename it", name, old.Type())
 		}
 		if err := netlink.LinkDel(old); err != nil {
 			return nil, fmt.Errorf("remove the handoff device %s a previous run left: %w", name, err)
@@ -55,7 +54,7 @@ func newHandoff(name string, port int, tun *net.Interface, addrs []netip.Addr) (
 	if err := netlink.LinkAdd(v); err != nil {
 		return nil, fmt.Errorf("create the handoff VXLAN device %s on port %d: %w", name, port, err)
 	}
-	h := &handoff{mac: handoffMAC}
+	h := &handoff{}
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		netlink.LinkDel(v)
