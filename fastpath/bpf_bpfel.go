@@ -29,6 +29,7 @@ type bpfRouteKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCapture         = "capture"
+	bpfMapHandoffOff      = "handoff_off"
 	bpfMapPeers           = "peers"
 	bpfMapRing            = "ring"
 	bpfMapRoutes          = "routes"
@@ -37,6 +38,8 @@ const (
 	bpfProgFlannelIngress = "flannel_ingress"
 	bpfVarAcceptUnknown   = "accept_unknown"
 	bpfVarAnswerValidNs   = "answer_valid_ns"
+	bpfVarHandoffMac      = "handoff_mac"
+	bpfVarHandoffPort     = "handoff_port"
 	bpfVarLocalAddr       = "local_addr"
 	bpfVarStrictSource    = "strict_source"
 	bpfVarTunIfindex      = "tun_ifindex"
@@ -94,11 +97,12 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Capture *ebpf.MapSpec `ebpf:"capture"`
-	Peers   *ebpf.MapSpec `ebpf:"peers"`
-	Ring    *ebpf.MapSpec `ebpf:"ring"`
-	Routes  *ebpf.MapSpec `ebpf:"routes"`
-	Stats   *ebpf.MapSpec `ebpf:"stats"`
+	Capture    *ebpf.MapSpec `ebpf:"capture"`
+	HandoffOff *ebpf.MapSpec `ebpf:"handoff_off"`
+	Peers      *ebpf.MapSpec `ebpf:"peers"`
+	Ring       *ebpf.MapSpec `ebpf:"ring"`
+	Routes     *ebpf.MapSpec `ebpf:"routes"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -107,6 +111,8 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	AcceptUnknown   *ebpf.VariableSpec `ebpf:"accept_unknown"`
 	AnswerValidNs   *ebpf.VariableSpec `ebpf:"answer_valid_ns"`
+	HandoffMac      *ebpf.VariableSpec `ebpf:"handoff_mac"`
+	HandoffPort     *ebpf.VariableSpec `ebpf:"handoff_port"`
 	LocalAddr       *ebpf.VariableSpec `ebpf:"local_addr"`
 	StrictSource    *ebpf.VariableSpec `ebpf:"strict_source"`
 	TunIfindex      *ebpf.VariableSpec `ebpf:"tun_ifindex"`
@@ -134,16 +140,18 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Capture *ebpf.Map `ebpf:"capture"`
-	Peers   *ebpf.Map `ebpf:"peers"`
-	Ring    *ebpf.Map `ebpf:"ring"`
-	Routes  *ebpf.Map `ebpf:"routes"`
-	Stats   *ebpf.Map `ebpf:"stats"`
+	Capture    *ebpf.Map `ebpf:"capture"`
+	HandoffOff *ebpf.Map `ebpf:"handoff_off"`
+	Peers      *ebpf.Map `ebpf:"peers"`
+	Ring       *ebpf.Map `ebpf:"ring"`
+	Routes     *ebpf.Map `ebpf:"routes"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Capture,
+		m.HandoffOff,
 		m.Peers,
 		m.Ring,
 		m.Routes,
@@ -157,6 +165,8 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	AcceptUnknown   *ebpf.Variable `ebpf:"accept_unknown"`
 	AnswerValidNs   *ebpf.Variable `ebpf:"answer_valid_ns"`
+	HandoffMac      *ebpf.Variable `ebpf:"handoff_mac"`
+	HandoffPort     *ebpf.Variable `ebpf:"handoff_port"`
 	LocalAddr       *ebpf.Variable `ebpf:"local_addr"`
 	StrictSource    *ebpf.Variable `ebpf:"strict_source"`
 	TunIfindex      *ebpf.Variable `ebpf:"tun_ifindex"`

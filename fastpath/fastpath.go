@@ -40,6 +40,11 @@ type Config struct {
 	Port               int        // the flannel UDP port
 	StrictSource       bool       // --strict-source
 	AcceptUnknownPeers bool       // take datagrams from senders without a lease
+	// Handoff names the local VXLAN device the ingress program hands TCP
+	// super-packets to (see handoff), listening on HandoffPort; empty for
+	// none: the program then decapsulates them itself.
+	Handoff     string
+	HandoffPort int
 	// ProbeInterval is how often peers are asked whether they decapsulate
 	// in the kernel; an answer vouches for three intervals. Default 2 s.
 	ProbeInterval time.Duration
@@ -52,6 +57,7 @@ type Path struct {
 	objs  bpfObjects
 	links []link.Link
 	sock  *net.UDPConn
+	hand  *handoff
 
 	mu     sync.Mutex
 	routes map[netip.Prefix]netip.Addr
@@ -91,9 +97,18 @@ func Start(cfg Config) (*Path, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fast path: parse BPF objects: %w", err)
 	}
-	var port [2]byte
+	var port, handPort [2]byte
 	binary.BigEndian.PutUint16(port[:], uint16(cfg.Port))
+	hand, err := startHandoff(cfg, tunIf)
+	if err != nil {
+		return nil, err
+	}
+	if hand != nil {
+		binary.BigEndian.PutUint16(handPort[:], uint16(cfg.HandoffPort))
+	}
 	for name, v := range map[string]any{
+		"handoff_port":     binary.NativeEndian.Uint16(handPort[:]),
+		"handoff_mac":      [6]byte(handoffMAC),
 		"local_addr":       be32(cfg.LocalAddr),
 		"udp_port":         binary.NativeEndian.Uint16(port[:]),
 		"underlay_ifindex": uint32(underIf.Index),
@@ -103,17 +118,20 @@ func Start(cfg Config) (*Path, error) {
 		"answer_valid_ns":  uint64(3 * cfg.ProbeInterval),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
+			hand.Close()
 			return nil, fmt.Errorf("fast path: set %s: %w", name, err)
 		}
 	}
 	p := &Path{
 		cfg:    cfg,
+		hand:   hand,
 		routes: map[netip.Prefix]netip.Addr{},
 		peers:  map[netip.Addr]int{},
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+		hand.Close()
 		return nil, fmt.Errorf("fast path: load BPF programs: %w", err)
 	}
 	if err := p.attach(tunIf.Index, underIf.Index); err != nil {
@@ -126,6 +144,7 @@ func Start(cfg Config) (*Path, error) {
 		return nil, fmt.Errorf("fast path: probe socket on %s: %w", cfg.LocalAddr, err)
 	}
 	p.wg.Go(p.probeLoop)
+	p.wg.Go(p.watchHandoff)
 	return p, nil
 }
 
@@ -161,7 +180,36 @@ func (p *Path) Close() error {
 		errs = append(errs, l.Close())
 	}
 	errs = append(errs, p.objs.Close())
+	// After the programs: nothing feeds the device any more.
+	errs = append(errs, p.hand.Close())
 	return errors.Join(errs...)
+}
+
+// startHandoff creates the handoff device when one is configured. Without
+// it the fast path still works, at a lower rate: a failure is logged, not
+// returned, unless the configuration is wrong.
+func startHandoff(cfg Config, tun *net.Interface) (*handoff, error) {
+	if cfg.Handoff == "" {
+		return nil, nil
+	}
+	if cfg.HandoffPort <= 0 || cfg.HandoffPort > 65535 || cfg.HandoffPort == cfg.Port {
+		return nil, fmt.Errorf("fast path: handoff port %d must be a UDP port other than %d", cfg.HandoffPort, cfg.Port)
+	}
+	var addrs []netip.Addr
+	if as, err := tun.Addrs(); err == nil {
+		for _, a := range as {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+				ip, _ := netip.AddrFromSlice(n.IP.To4())
+				addrs = append(addrs, ip)
+			}
+		}
+	}
+	h, err := newHandoff(cfg.Handoff, cfg.HandoffPort, tun, addrs)
+	if err != nil {
+		cfg.Logger.Warn("Fast path without its handoff device: received TCP super-packets are segmented on their way to containers", "error", err)
+		return nil, nil
+	}
+	return h, nil
 }
 
 // SetRoutes makes the programs' route table equal to routes, with one map

@@ -23,6 +23,8 @@ const (
 	cProbesAnswered
 	cProbeAnswers
 	cCaptureLost
+	cDropHandoff
+	cHandoff
 	numCounters
 )
 
@@ -42,6 +44,8 @@ type Stats struct {
 
 	DropStrictSource uint64 // --strict-source
 	DropEncap        uint64 // the skb could not be grown or written
+	DropHandoff      uint64 // datagrams from outside for the handoff device's port
+	Handoff          uint64 // super-packets handed to the handoff device (part of RxPackets)
 
 	ProbesAnswered uint64 // probes from peers this node answered
 	ProbeAnswers   uint64 // answers from peers to this node's probes
@@ -65,7 +69,7 @@ func (p *Path) Stats() (Stats, error) {
 		RxPackets: sum[cInPackets], RxBytes: sum[cInBytes],
 		PassNoRoute: sum[cPassNoRoute], PassTTL: sum[cPassTTL], PassNotSimple: sum[cPassNotSimple],
 		PassPeer: sum[cPassPeer], PassFIB: sum[cPassFIB], PassIn: sum[cPassIn],
-		DropStrictSource: sum[cDropStrict], DropEncap: sum[cDropEncap],
+		DropStrictSource: sum[cDropStrict], DropEncap: sum[cDropEncap], DropHandoff: sum[cDropHandoff], Handoff: sum[cHandoff],
 		ProbesAnswered: sum[cProbesAnswered], ProbeAnswers: sum[cProbeAnswers],
 		CaptureLost: sum[cCaptureLost],
 	}, nil

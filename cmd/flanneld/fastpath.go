@@ -35,6 +35,8 @@ func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, 
 		Port:               port,
 		StrictSource:       o.strictSource,
 		AcceptUnknownPeers: o.acceptUnknownPeers,
+		Handoff:            handoffName(tunDev),
+		HandoffPort:        port + 1,
 		Logger:             log,
 	})
 	if err != nil {
@@ -48,6 +50,16 @@ func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, 
 		"mode", o.fastPath, "tun", tunDev, "underlay", ext.Name)
 	d.fast.Store(fp)
 	return fp, nil
+}
+
+// handoffName names the fast path's handoff device after the TUN:
+// "flannel0-fp", cut to the kernel's 15 characters.
+func handoffName(tunDev string) string {
+	name := tunDev + "-fp"
+	if len(name) > 15 {
+		name = name[len(name)-15:]
+	}
+	return name
 }
 
 // routeTable returns what routesync updates: the router, and the fast path

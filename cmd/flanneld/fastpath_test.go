@@ -15,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
 	"github.com/flannel-go/flannel-go/internal/testbed"
@@ -167,14 +168,46 @@ func TestFastPathMixedCluster(t *testing.T) {
 			}
 		}
 	}
-	// Between the two fast-path nodes the kernel carried the bulk.
+	// Between the two fast-path nodes the kernel carried the bulk, the
+	// super-packets through the handoff device.
 	for _, n := range []*cluster.Node{n1, n4} {
 		out := metricValue(t, n, `flannel_router_bytes_total{direction="out",path="kernel"}`)
 		in := metricValue(t, n, `flannel_router_bytes_total{direction="in",path="kernel"}`)
 		if out < 8<<20 || in < 8<<20 {
 			t.Errorf("%s: kernel path carried %v bytes out and %v in, want at least 8 MiB each", n.Host.Name, out, in)
 		}
+		if rx, ok := handoffRx(t, n.Host); !ok || rx == 0 {
+			t.Errorf("%s: the handoff device received %d packets (present: %v), want the transfers' super-packets", n.Host.Name, rx, ok)
+		}
 	}
+}
+
+// handoffDev is the fast path's handoff device next to flannel0.
+const handoffDev = "flannel0-fp"
+
+// handoffRx is how many packets the host's handoff device received, and
+// whether the device exists.
+func handoffRx(t *testing.T, h *testbed.Host) (uint64, bool) {
+	t.Helper()
+	var rx uint64
+	var found bool
+	if err := h.Do(func() error {
+		l, err := netlink.LinkByName(handoffDev)
+		if errors.As(err, new(netlink.LinkNotFoundError)) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		if st := l.Attrs().Statistics; st != nil {
+			rx = st.RxPackets
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("handoff device on %s: %v", h.Name, err)
+	}
+	return rx, found
 }
 
 // requireFastPath skips (fails under CI=true) where the kernel cannot run
@@ -237,11 +270,34 @@ func TestFastPathSIGKILL(t *testing.T) {
 		t.Fatalf("%d tcx programs on %s's eth0, want 1", got, n2.Host.Name)
 	}
 	waitKernelPeers(t, 1, n1, n2)
+	// Only the ingress program feeds the handoff device: a datagram for
+	// its port from the underlay is dropped and counted.
+	if err := n1.Host.Do(func() error {
+		conn, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: n2.Host.Addr.AsSlice(), Port: 8286})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write([]byte("not-from-the-fast-path"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "handoff port datagram dropped", func() error {
+		if v := metricValue(t, n2, `flannel_router_dropped_packets_total{path="kernel",reason="handoff_port"}`); v != 1 {
+			return fmt.Errorf("%v handoff_port drops on %s, want 1", v, n2.Host.Name)
+		}
+		return nil
+	})
 
 	n2.Stop(syscall.SIGKILL, 10*time.Second)
-	waitFor(t, 5*time.Second, "programs detached after SIGKILL", func() error {
+	waitFor(t, 5*time.Second, "programs and handoff device gone after SIGKILL", func() error {
 		if got := tcxPrograms(t, n2.Host); got != 0 {
 			return fmt.Errorf("%d tcx programs still on %s's eth0", got, n2.Host.Name)
+		}
+		// The kernel deletes the device with its lower device, the TUN.
+		if _, ok := handoffRx(t, n2.Host); ok {
+			return fmt.Errorf("%s still has %s", n2.Host.Name, handoffDev)
 		}
 		return nil
 	})
@@ -268,6 +324,9 @@ func TestFastPathSIGKILL(t *testing.T) {
 	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
 		t.Fatalf("restarted node took %v bytes in on the kernel path, want the 8 MiB transfer", v)
 	}
+	if rx, ok := handoffRx(t, n2.Host); !ok || rx == 0 {
+		t.Fatalf("restarted node's handoff device received %d packets (present: %v), want the transfer's super-packets", rx, ok)
+	}
 }
 
 // waitKernelPeers waits until each node's fast path vouches for want peers.
@@ -293,5 +352,33 @@ func TestFastPathPcap(t *testing.T) {
 	checkPcapPing(t, c)
 	if after := metricValue(t, c.Nodes[0], `flannel_router_packets_total{direction="out",path="kernel"}`); after <= before {
 		t.Fatalf("the kernel path carried no packet during the capture (%v -> %v)", before, after)
+	}
+}
+
+// TestFastPathHandoffFirewalled drops the handoff port on the receiving
+// host's input, as a firewall admitting only the flannel port would: the
+// fast path notices that the device receives nothing, says so, and
+// decapsulates in TC again, so transfers complete intact.
+func TestFastPathHandoffFirewalled(t *testing.T) {
+	requireFastPath(t)
+	testbed.RequireTool(t, "iptables")
+	c := startCluster(t, 2, "--fast-path=on")
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	waitKernelPeers(t, 1, n1, n2)
+	if out, err := n2.Host.Run(ctx, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "8286", "-j", "DROP"); err != nil {
+		t.Fatalf("firewall the handoff port: %v: %s", err, out)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := cluster.Transfer(tctx, n1.Container, n2.Container, n2.Container.Addr, 5401, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("transfer with the handoff port firewalled: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if !strings.Contains(n2.Log(), "the handoff device received too little") {
+		t.Errorf("no log line says that the handoff was turned off:\n%s", n2.Log())
+	}
+	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
+		t.Errorf("the kernel path took %v bytes in, want the 8 MiB transfer", v)
 	}
 }

@@ -159,6 +159,7 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 			{"strict_source", k.DropStrictSource},
 			{"encap_error", k.DropEncap},
 			{"capture_lost", k.CaptureLost},
+			{"handoff_port", k.DropHandoff},
 		})
 	}
 	p.family("flannel_router_icmp_errors_sent_total", "counter", "ICMP errors (unreachable, time exceeded, fragmentation needed) the router wrote into the TUN.")

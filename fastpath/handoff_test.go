@@ -1,0 +1,169 @@
+package fastpath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/flannel-go/flannel-go/internal/testbed"
+)
+
+// ingressProgram loads the ingress program for local address 192.0.2.2,
+// flannel port 8285 and a handoff device on 8286, taking datagrams from
+// anyone.
+func ingressProgram(t *testing.T) *bpfObjects {
+	t.Helper()
+	testbed.RequireRoot(t)
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := func(p uint16) uint16 {
+		var b [2]byte
+		binary.BigEndian.PutUint16(b[:], p)
+		return binary.NativeEndian.Uint16(b[:])
+	}
+	for name, v := range map[string]any{
+		"local_addr":     be32(netip.MustParseAddr("192.0.2.2")),
+		"udp_port":       port(8285),
+		"handoff_port":   port(8286),
+		"handoff_mac":    [6]byte(handoffMAC),
+		"accept_unknown": uint8(1),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var objs bpfObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	return &objs
+}
+
+// datagram is an Ethernet frame from 192.0.2.1 to 192.0.2.2:dport
+// carrying a 40-byte inner IPv4 packet, and that inner packet.
+func datagram(dport uint16) (frame, inner []byte) {
+	inner = make([]byte, 40)
+	inner[0] = 0x45
+	binary.BigEndian.PutUint16(inner[2:], uint16(len(inner)))
+	inner[8], inner[9] = 64, 6
+	copy(inner[12:], []byte{198, 18, 1, 2})
+	copy(inner[16:], []byte{198, 18, 2, 2})
+	frame = make([]byte, 14+28, 14+28+len(inner))
+	copy(frame, []byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00})
+	ip := frame[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(28+len(inner)))
+	ip[8], ip[9] = 64, 17
+	copy(ip[12:], []byte{192, 0, 2, 1})
+	copy(ip[16:], []byte{192, 0, 2, 2})
+	binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip[:20]))
+	udp := ip[20:]
+	binary.BigEndian.PutUint16(udp[0:], 8285)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(inner)))
+	return append(frame, inner...), inner
+}
+
+func ipChecksum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// TestIngressHandoff runs the ingress program on a datagram: it must come
+// out as VXLAN for the handoff device (same outer addresses, port 8286,
+// lengths and header checksum right, inner frame to the device's MAC),
+// the inner packet untouched, and go on to the stack. Once the watchdog
+// turned the handoff off, the program decapsulates into the TUN itself.
+func TestIngressHandoff(t *testing.T) {
+	objs := ingressProgram(t)
+	frame, inner := datagram(8285)
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
+	ret, err := objs.FlannelIngress.Run(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := opts.DataOut
+	if ret != 0 { // TC_ACT_OK
+		t.Fatalf("program returned %d, want TC_ACT_OK", ret)
+	}
+	const hdr = 14 + 20 + 8 + 8 + 14
+	if len(out) != hdr+len(inner) {
+		t.Fatalf("output %d bytes, want %d", len(out), hdr+len(inner))
+	}
+	ip := out[14:34]
+	if got := binary.BigEndian.Uint16(ip[2:]); int(got) != len(out)-14 {
+		t.Errorf("outer total length %d, want %d", got, len(out)-14)
+	}
+	if ipChecksum(ip) != 0 {
+		t.Errorf("outer IPv4 header checksum is wrong: % x", ip)
+	}
+	if !bytes.Equal(ip[12:20], frame[26:34]) {
+		t.Errorf("outer addresses % x, want % x", ip[12:20], frame[26:34])
+	}
+	udp := out[34:42]
+	if dport, ulen := binary.BigEndian.Uint16(udp[2:]), binary.BigEndian.Uint16(udp[4:]); dport != 8286 || int(ulen) != len(out)-34 {
+		t.Errorf("UDP port %d length %d, want 8286 and %d", dport, ulen, len(out)-34)
+	}
+	if vx := out[42:50]; vx[0] != 0x08 {
+		t.Errorf("VXLAN header % x lacks the I flag", vx)
+	}
+	eth := out[50:64]
+	if !bytes.Equal(eth[:6], handoffMAC) || bytes.Equal(eth[6:12], handoffMAC) || binary.BigEndian.Uint16(eth[12:]) != 0x0800 {
+		t.Errorf("inner Ethernet header % x: want to %s, from another address, IPv4", eth, handoffMAC)
+	}
+	if !bytes.Equal(out[hdr:], inner) {
+		t.Errorf("inner packet changed:\n got % x\nwant % x", out[hdr:], inner)
+	}
+	var perCPU []uint64
+	if err := objs.Stats.Lookup(uint32(cHandoff), &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	if n != 1 {
+		t.Errorf("handoff counter %d, want 1", n)
+	}
+
+	if err := objs.HandoffOff.Put(uint32(0), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	opts = &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
+	if ret, err = objs.FlannelIngress.Run(opts); err != nil {
+		t.Fatal(err)
+	}
+	out = opts.DataOut
+	if ret != 7 { // TC_ACT_REDIRECT to the TUN
+		t.Fatalf("handoff off: program returned %d, want TC_ACT_REDIRECT", ret)
+	}
+	if !bytes.Equal(out[14:], inner) {
+		t.Errorf("handoff off: output % x, want the inner packet after the Ethernet header", out)
+	}
+}
+
+// TestIngressDropsHandoffPort: a datagram for the handoff port from the
+// underlay is dropped and counted.
+func TestIngressDropsHandoffPort(t *testing.T) {
+	objs := ingressProgram(t)
+	frame, _ := datagram(8286)
+	ret, err := objs.FlannelIngress.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret != 2 { // TC_ACT_SHOT
+		t.Fatalf("program returned %d, want TC_ACT_SHOT", ret)
+	}
+}
