@@ -382,3 +382,73 @@ func TestFastPathHandoffFirewalled(t *testing.T) {
 		t.Errorf("the kernel path took %v bytes in, want the 8 MiB transfer", v)
 	}
 }
+
+// TestFastPathDualStack runs two fast-path nodes on a dual-stack network
+// and an upstream-style node (IPv4 proxy, dual-stack lease, never answers
+// a probe). Inner IPv6 between the fast-path nodes must take the kernel
+// path (ping -6 and SHA-256-checked TCP both ways, the kernel counters grow
+// by the transfers), while the upstream node still gets its IPv4 and IPv6
+// toward it is refused by userspace with ICMPv6 unreachable.
+func TestFastPathDualStack(t *testing.T) {
+	requireFastPath(t)
+	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1, Config: dualStackConfig, Args: []string{"--fast-path=on", "--metrics-addr=:9102"}})
+	ctx := t.Context()
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+
+	upSubnet := netip.MustParsePrefix("198.18.77.0/24")
+	key := subnetsPrefix + "198.18.77.0-24&2001:db8:100:4d::-64"
+	if _, err := c.Etcd.Put(ctx, key, `{"PublicIP":"`+n3.Host.Addr.String()+`","PublicIPv6":null}`); err != nil {
+		t.Fatal(err)
+	}
+	startUpstreamProxy(t, n3.Host, upSubnet, map[netip.Prefix]netip.Addr{n1.Env.Subnet: n1.Host.Addr, n2.Env.Subnet: n2.Host.Addr})
+	upCt, err := n3.Host.AddContainer(ctx, "up1", netip.PrefixFrom(upSubnet.Addr().Next(), 24), 1472)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+
+	series := func(dir string) string {
+		return `flannel_router_bytes_total{direction="` + dir + `",path="kernel"}`
+	}
+	type counts struct{ out, in, pkts float64 }
+	read := func(n *cluster.Node) counts {
+		return counts{metricValue(t, n, series("out")), metricValue(t, n, series("in")),
+			metricValue(t, n, `flannel_router_packets_total{direction="out",path="kernel"}`)}
+	}
+	before := map[*cluster.Node]counts{n1: read(n1), n2: read(n2)}
+	rx1, _ := handoffRx(t, n1.Host)
+	rx2, _ := handoffRx(t, n2.Host)
+	handedBefore := map[*cluster.Node]uint64{n1: rx1, n2: rx2}
+	waitPing(t, 10*time.Second, n1.Container, n2.ContainerIPv6)
+	waitPing(t, 10*time.Second, n2.Container, n1.ContainerIPv6)
+	transfer6(t, n1, n2, 5701)
+	for _, n := range []*cluster.Node{n1, n2} {
+		now := read(n)
+		out, in := now.out-before[n].out, now.in-before[n].in
+		t.Logf("%s: kernel path carried %v bytes out, %v in, %v packets out during the IPv6 pings and transfers", n.Host.Name, out, in, now.pkts-before[n].pkts)
+		if out < 8<<20 || in < 8<<20 {
+			t.Errorf("%s: the kernel path carried %v bytes out and %v in over inner IPv6, want at least 8 MiB each", n.Host.Name, out, in)
+		}
+		// The received IPv6 went through the handoff device, which the
+		// watchdog would have turned off had the device dropped it.
+		if rx, _ := handoffRx(t, n.Host); rx <= handedBefore[n] || strings.Contains(n.Log(), "handoff device received too little") {
+			t.Errorf("%s: the handoff device received %d packets, %d before the IPv6 transfers, or was turned off:\n%s", n.Host.Name, rx, handedBefore[n], n.Log())
+		}
+	}
+
+	// The upstream-style node: IPv4 both ways through userspace, IPv6
+	// refused by the router.
+	waitPing(t, 10*time.Second, n1.Container, upCt.Addr)
+	waitPing(t, 10*time.Second, upCt, n2.Container.Addr)
+	dst := netip.MustParseAddr("2001:db8:100:4d::2")
+	waitFor(t, 15*time.Second, "ICMPv6 unreachable for the upstream node's IPv6 subnet", func() error {
+		out, _ := ping(ctx, n1.Container, dst)
+		if !strings.Contains(out, "Destination unreachable") {
+			return fmt.Errorf("ping -6 %s: %q", dst, out)
+		}
+		return nil
+	})
+	if v := metricValue(t, n1, `flannel_router_dropped_packets_total{path="user",reason="peer_no_ipv6"}`); v == 0 {
+		t.Errorf("peer_no_ipv6 drops on %s = 0: the refused IPv6 did not go through userspace", n1.Host.Name)
+	}
+}
