@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
@@ -391,7 +395,7 @@ func TestFastPathHandoffFirewalled(t *testing.T) {
 // toward it is refused by userspace with ICMPv6 unreachable.
 func TestFastPathDualStack(t *testing.T) {
 	requireFastPath(t)
-	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1, Config: dualStackConfig, Args: []string{"--fast-path=on", "--metrics-addr=:9102"}})
+	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1, Config: dualStackConfig, Args: []string{"--fast-path=on", "--metrics-addr=:9102", "--debug-pcap"}})
 	ctx := t.Context()
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 
@@ -416,6 +420,12 @@ func TestFastPathDualStack(t *testing.T) {
 			metricValue(t, n, `flannel_router_packets_total{direction="out",path="kernel"}`)}
 	}
 	before := map[*cluster.Node]counts{n1: read(n1), n2: read(n2)}
+	// 64 from the container, one hop per router: host 2, the crossing,
+	// host 1; a crossing that forgot its decrement shows 62.
+	if out, err := ping(ctx, n1.Container, n2.ContainerIPv6, "-W", "5"); err != nil || !strings.Contains(out, "ttl=61") {
+		t.Errorf("ping -6 %s: %v, want a reply with hop limit 61:\n%s", n2.ContainerIPv6, err, out)
+	}
+	checkPcapPing6(t, n1, n2)
 	rx1, _ := handoffRx(t, n1.Host)
 	rx2, _ := handoffRx(t, n2.Host)
 	handedBefore := map[*cluster.Node]uint64{n1: rx1, n2: rx2}
@@ -425,7 +435,7 @@ func TestFastPathDualStack(t *testing.T) {
 	for _, n := range []*cluster.Node{n1, n2} {
 		now := read(n)
 		out, in := now.out-before[n].out, now.in-before[n].in
-		t.Logf("%s: kernel path carried %v bytes out, %v in, %v packets out during the IPv6 pings and transfers", n.Host.Name, out, in, now.pkts-before[n].pkts)
+		t.Logf("%s: kernel path carried %v bytes out, %v in, %v packets out during the IPv6 pings, capture and transfers", n.Host.Name, out, in, now.pkts-before[n].pkts)
 		if out < 8<<20 || in < 8<<20 {
 			t.Errorf("%s: the kernel path carried %v bytes out and %v in over inner IPv6, want at least 8 MiB each", n.Host.Name, out, in)
 		}
@@ -450,5 +460,57 @@ func TestFastPathDualStack(t *testing.T) {
 	})
 	if v := metricValue(t, n1, `flannel_router_dropped_packets_total{path="user",reason="peer_no_ipv6"}`); v == 0 {
 		t.Errorf("peer_no_ipv6 drops on %s = 0: the refused IPv6 did not go through userspace", n1.Host.Name)
+	}
+}
+
+// checkPcapPing6 pings -6 from a's container to b's while fetching
+// /debug/pcap from a, and looks for both echo packets in the pcap: carried
+// by the kernel, they reach it only through the programs' ring.
+func checkPcapPing6(t *testing.T, a, b *cluster.Node) {
+	t.Helper()
+	ctx := t.Context()
+	src, dst := a.ContainerIPv6, b.ContainerIPv6
+	before := metricValue(t, a, `flannel_router_packets_total{direction="out",path="kernel"}`)
+	pingCtx, stopPing := context.WithCancel(ctx)
+	defer stopPing()
+	go func() {
+		for pingCtx.Err() == nil {
+			ping(pingCtx, a.Container, dst)
+		}
+	}()
+	code, body, err := a.HTTPGet(ctx, "/debug/pcap?seconds=2&dir=both")
+	stopPing()
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET /debug/pcap: %d %v: %s", code, err, body)
+	}
+	if after := metricValue(t, a, `flannel_router_packets_total{direction="out",path="kernel"}`); after <= before {
+		t.Errorf("the kernel path carried no packet during the capture (%v -> %v)", before, after)
+	}
+	r, err := pcapgo.NewReader(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("response is not a pcap: %v", err)
+	}
+	var request, reply bool
+	for {
+		data, _, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		p := gopacket.NewPacket(data, layers.LayerTypeIPv6, gopacket.Default)
+		ip, _ := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+		icmp, _ := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+		if ip == nil || icmp == nil {
+			continue
+		}
+		from, to := netip.AddrFrom16([16]byte(ip.SrcIP)), netip.AddrFrom16([16]byte(ip.DstIP))
+		switch {
+		case icmp.TypeCode.Type() == layers.ICMPv6TypeEchoRequest && from == src && to == dst:
+			request = true
+		case icmp.TypeCode.Type() == layers.ICMPv6TypeEchoReply && from == dst && to == src:
+			reply = true
+		}
+	}
+	if !request || !reply {
+		t.Errorf("pcap of %d bytes: IPv6 echo request seen %v, reply seen %v", len(body), request, reply)
 	}
 }
