@@ -410,6 +410,10 @@ func TestFastPathDualStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitKernelPeers(t, 1, n1, n2)
+	// The handoff device takes IPv6 but has no address of its own to send from.
+	if out, err := n1.Host.Run(ctx, "ip", "-6", "-o", "addr", "show", "dev", handoffDev); err != nil || strings.Contains(out, "inet6") {
+		t.Errorf("IPv6 addresses of %s: %q %v, want none", handoffDev, out, err)
+	}
 
 	series := func(dir string) string {
 		return `flannel_router_bytes_total{direction="` + dir + `",path="kernel"}`
