@@ -518,3 +518,38 @@ func checkPcapPing6(t *testing.T, a, b *cluster.Node) {
 		t.Errorf("pcap of %d bytes: IPv6 echo request seen %v, reply seen %v", len(body), request, reply)
 	}
 }
+
+// TestFastPathDualStackHandoffOff firewalls the handoff port on a
+// dual-stack node: once the watchdog turns the handoff off, inner IPv6 is
+// decapsulated in TC straight into flannel0 and TCP over it stays intact.
+func TestFastPathDualStackHandoffOff(t *testing.T) {
+	requireFastPath(t)
+	testbed.RequireTool(t, "iptables")
+	c := startWith(t, cluster.Options{Hosts: 2, Config: dualStackConfig, Args: []string{"--fast-path=on", "--metrics-addr=:9102"}})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	waitKernelPeers(t, 1, n1, n2)
+	if out, err := n2.Host.Run(ctx, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "8286", "-j", "DROP"); err != nil {
+		t.Fatalf("firewall the handoff port: %v: %s", err, out)
+	}
+	// The watchdog judges from the first handed packets, which are lost.
+	waitFor(t, 15*time.Second, "the handoff turned off", func() error {
+		ping(ctx, n1.Container, n2.ContainerIPv6)
+		if !strings.Contains(n2.Log(), "the handoff device received too little") {
+			return errors.New("no log line says that the handoff was turned off")
+		}
+		return nil
+	})
+	series := `flannel_router_bytes_total{direction="in",path="kernel"}`
+	before := metricValue(t, n2, series)
+	waitPing(t, 10*time.Second, n1.Container, n2.ContainerIPv6)
+	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := cluster.Transfer(tctx, n1.Container, n2.Container, n2.ContainerIPv6, 5801, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("TCP over inner IPv6 with the handoff off: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if v := metricValue(t, n2, series) - before; v < 8<<20 {
+		t.Errorf("the kernel path took %v bytes in over inner IPv6, want the 8 MiB transfer", v)
+	}
+}
