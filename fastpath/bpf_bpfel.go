@@ -18,6 +18,12 @@ type bpfPeer struct {
 	Answered uint64
 }
 
+type bpfRoute6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 type bpfRouteKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -33,6 +39,7 @@ const (
 	bpfMapPeers           = "peers"
 	bpfMapRing            = "ring"
 	bpfMapRoutes          = "routes"
+	bpfMapRoutes6         = "routes6"
 	bpfMapStats           = "stats"
 	bpfProgFlannelEgress  = "flannel_egress"
 	bpfProgFlannelIngress = "flannel_ingress"
@@ -102,6 +109,7 @@ type bpfMapSpecs struct {
 	Peers      *ebpf.MapSpec `ebpf:"peers"`
 	Ring       *ebpf.MapSpec `ebpf:"ring"`
 	Routes     *ebpf.MapSpec `ebpf:"routes"`
+	Routes6    *ebpf.MapSpec `ebpf:"routes6"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -145,6 +153,7 @@ type bpfMaps struct {
 	Peers      *ebpf.Map `ebpf:"peers"`
 	Ring       *ebpf.Map `ebpf:"ring"`
 	Routes     *ebpf.Map `ebpf:"routes"`
+	Routes6    *ebpf.Map `ebpf:"routes6"`
 	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
@@ -155,6 +164,7 @@ func (m *bpfMaps) Close() error {
 		m.Peers,
 		m.Ring,
 		m.Routes,
+		m.Routes6,
 		m.Stats,
 	)
 }

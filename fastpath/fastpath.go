@@ -212,22 +212,26 @@ func startHandoff(cfg Config, tun *net.Interface) (*handoff, error) {
 	return h, nil
 }
 
-// SetRoutes makes the programs' route table equal to routes, with one map
-// update per changed subnet: a moved subnet is replaced in one update, so
-// no packet sees a stale peer. It implements routesync.Table.
+// SetRoutes makes the programs' route tables (IPv4 and IPv6 subnets) equal
+// to routes, with one map update per changed subnet: a moved subnet is
+// replaced in one update, so no packet sees a stale peer. Routes to a peer
+// without an IPv4 address are left to the router: the fast path crosses an
+// IPv4 underlay only. It implements routesync.Table.
 func (p *Path) SetRoutes(routes []router.Route) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	next := make(map[netip.Prefix]netip.Addr, len(routes))
 	for _, r := range routes {
-		next[r.Subnet] = r.Peer
+		if r.Peer.Is4() {
+			next[r.Subnet] = r.Peer
+		}
 	}
 	for subnet, peer := range next {
 		if old, ok := p.routes[subnet]; ok && old == peer {
 			continue
 		}
 		p.addPeer(peer)
-		if err := p.objs.Routes.Update(routeKey(subnet), be32(peer), ebpf.UpdateAny); err != nil {
+		if err := p.updateRoute(subnet, peer); err != nil {
 			p.cfg.Logger.Error("Fast path: add route", "subnet", subnet, "peer", peer, "error", err)
 			continue
 		}
@@ -240,13 +244,28 @@ func (p *Path) SetRoutes(routes []router.Route) {
 		if _, ok := next[subnet]; ok {
 			continue
 		}
-		if err := p.objs.Routes.Delete(routeKey(subnet)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := p.deleteRoute(subnet); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			p.cfg.Logger.Error("Fast path: remove route", "subnet", subnet, "error", err)
 		}
 		delete(p.routes, subnet)
 		p.delPeer(peer)
 	}
 	p.poke()
+}
+
+// updateRoute points subnet at peer in the map of subnet's family.
+func (p *Path) updateRoute(subnet netip.Prefix, peer netip.Addr) error {
+	if subnet.Addr().Is4() {
+		return p.objs.Routes.Update(routeKey(subnet), be32(peer), ebpf.UpdateAny)
+	}
+	return p.objs.Routes6.Update(route6Key(subnet), be32(peer), ebpf.UpdateAny)
+}
+
+func (p *Path) deleteRoute(subnet netip.Prefix) error {
+	if subnet.Addr().Is4() {
+		return p.objs.Routes.Delete(routeKey(subnet))
+	}
+	return p.objs.Routes6.Delete(route6Key(subnet))
 }
 
 // LeaseEvents forgets what the peers of Added events answered: a restarted
@@ -418,6 +437,10 @@ func (p *Path) KernelPeers() []netip.Addr {
 
 func routeKey(p netip.Prefix) bpfRouteKey {
 	return bpfRouteKey{Prefixlen: uint32(p.Bits()), Addr: be32(p.Masked().Addr())}
+}
+
+func route6Key(p netip.Prefix) bpfRoute6Key {
+	return bpfRoute6Key{Prefixlen: uint32(p.Bits()), Addr: p.Masked().Addr().As16()}
 }
 
 // be32 is ip as the programs read it from a packet: network byte order in

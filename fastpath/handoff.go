@@ -91,9 +91,15 @@ func (h *handoff) configure(name string, addrs []netip.Addr) error {
 			return fmt.Errorf("handoff device %s: %w", name, err)
 		}
 	}
-	// Without IPv6 the device gets no link-local address and sends nothing.
-	if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", name, "disable_ipv6"), []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("handoff device %s: %w", name, err)
+	// Inner IPv6 is handed over too, so the device keeps IPv6, but with no
+	// address (addr_gen_mode 1, set before it comes up): it gets no
+	// link-local address and sends nothing. Without IPv6 on the host
+	// there is nothing to hand over.
+	conf6 := filepath.Join("/proc/sys/net/ipv6/conf", name)
+	for _, kv := range [][2]string{{"addr_gen_mode", "1"}, {"accept_ra", "0"}, {"disable_ipv6", "0"}} {
+		if err := os.WriteFile(filepath.Join(conf6, kv[0]), []byte(kv[1]), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("handoff device %s: %w", name, err)
+		}
 	}
 	if err := netlink.LinkSetUp(h.link); err != nil {
 		return fmt.Errorf("bring up the handoff device %s: %w", name, err)

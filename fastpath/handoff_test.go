@@ -3,6 +3,7 @@ package fastpath
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"testing"
 
@@ -16,6 +17,13 @@ import (
 // anyone.
 func ingressProgram(t *testing.T) *bpfObjects {
 	t.Helper()
+	return loadPrograms(t, nil)
+}
+
+// loadPrograms loads both programs with ingressProgram's settings, changed
+// by vars.
+func loadPrograms(t *testing.T, vars map[string]any) *bpfObjects {
+	t.Helper()
 	testbed.RequireRoot(t)
 	spec, err := loadBpf()
 	if err != nil {
@@ -26,13 +34,15 @@ func ingressProgram(t *testing.T) *bpfObjects {
 		binary.BigEndian.PutUint16(b[:], p)
 		return binary.NativeEndian.Uint16(b[:])
 	}
-	for name, v := range map[string]any{
+	set := map[string]any{
 		"local_addr":     be32(netip.MustParseAddr("192.0.2.2")),
 		"udp_port":       port(8285),
 		"handoff_port":   port(8286),
 		"handoff_mac":    [6]byte(handoffMAC),
 		"accept_unknown": uint8(1),
-	} {
+	}
+	maps.Copy(set, vars)
+	for name, v := range set {
 		if err := spec.Variables[name].Set(v); err != nil {
 			t.Fatal(err)
 		}

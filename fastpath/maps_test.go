@@ -84,3 +84,44 @@ func TestSetRoutesFollowsTable(t *testing.T) {
 		t.Fatalf("after a lease event the peer's answer is %d (%v), want 0", v.Answered, err)
 	}
 }
+
+func (p *Path) lookupRoute6(t *testing.T, addr string) (netip.Addr, bool) {
+	t.Helper()
+	var peer uint32
+	if err := p.objs.Routes6.Lookup(route6Key(netip.PrefixFrom(netip.MustParseAddr(addr), 128)), &peer); err != nil {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], peer)
+	return netip.AddrFrom4(b), true
+}
+
+// TestSetRoutesIPv6 keeps the IPv6 route map in step: IPv6 subnets route
+// to the peer's IPv4 PublicIP, move and go like IPv4 ones, and a route to
+// a peer without an IPv4 address is left to the router.
+func TestSetRoutesIPv6(t *testing.T) {
+	p := loadedPath(t)
+	r := func(subnet, peer string) router.Route {
+		return router.Route{Subnet: netip.MustParsePrefix(subnet), Peer: netip.MustParseAddr(peer)}
+	}
+	p.SetRoutes([]router.Route{r("198.18.1.0/24", "192.0.2.1"), r("2001:db8:100:1::/64", "192.0.2.1"),
+		r("2001:db8:100:2::/64", "192.0.2.2"), r("2001:db8:100:3::/64", "2001:db8:ffff::3")})
+	if got, ok := p.lookupRoute6(t, "2001:db8:100:2::77"); !ok || got != netip.MustParseAddr("192.0.2.2") {
+		t.Fatalf("2001:db8:100:2::77 routes to %v (%v), want 192.0.2.2", got, ok)
+	}
+	if got, ok := p.lookupRoute6(t, "2001:db8:100:3::1"); ok {
+		t.Fatalf("a subnet of a peer without IPv4 routes to %v, want no route", got)
+	}
+	p.SetRoutes([]router.Route{r("198.18.1.0/24", "192.0.2.1"), r("2001:db8:100:2::/64", "192.0.2.9")})
+	if got, _ := p.lookupRoute6(t, "2001:db8:100:2::77"); got != netip.MustParseAddr("192.0.2.9") {
+		t.Fatalf("moved IPv6 subnet routes to %v, want 192.0.2.9", got)
+	}
+	if _, ok := p.lookupRoute6(t, "2001:db8:100:1::5"); ok {
+		t.Fatal("removed IPv6 subnet still routed")
+	}
+	for ip, want := range map[string]bool{"192.0.2.1": true, "192.0.2.2": false, "192.0.2.9": true} {
+		if p.hasPeer(ip) != want {
+			t.Errorf("peer %s in the sender set: %v, want %v", ip, !want, want)
+		}
+	}
+}

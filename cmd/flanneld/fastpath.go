@@ -23,9 +23,9 @@ func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, 
 	}
 	if !cfg.EnableIPv4 {
 		if o.fastPath == "on" {
-			return nil, errors.New("--fast-path=on: the kernel fast path carries IPv4 over an IPv4 underlay only; this network is IPv6-only")
+			return nil, errors.New("--fast-path=on: the kernel fast path needs an IPv4 underlay; this network is IPv6-only")
 		}
-		log.Info("Kernel fast path off (--fast-path=auto): it carries IPv4 only and this network is IPv6-only; the userspace router carries all packets")
+		log.Info("Kernel fast path off (--fast-path=auto): it needs an IPv4 underlay and this network is IPv6-only; the userspace router carries all packets")
 		return nil, nil
 	}
 	fp, err := fastpath.Start(fastpath.Config{
@@ -79,16 +79,9 @@ type bothTables struct {
 	fp *fastpath.Path
 }
 
-// SetRoutes gives the fast path the IPv4 routes, which it carries (it
-// leaves inner IPv6 to the router), and the router all routes.
+// SetRoutes gives the fast path and the router all routes, IPv4 and IPv6.
 func (b bothTables) SetRoutes(routes []router.Route) {
-	v4 := make([]router.Route, 0, len(routes))
-	for _, r := range routes {
-		if r.Subnet.Addr().Is4() {
-			v4 = append(v4, r)
-		}
-	}
-	b.fp.SetRoutes(v4)
+	b.fp.SetRoutes(routes)
 	b.rt.SetRoutes(routes)
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
@@ -380,5 +384,172 @@ func TestFastPathHandoffFirewalled(t *testing.T) {
 	}
 	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
 		t.Errorf("the kernel path took %v bytes in, want the 8 MiB transfer", v)
+	}
+}
+
+// TestFastPathDualStack runs two fast-path nodes on a dual-stack network
+// and an upstream-style node (IPv4 proxy, dual-stack lease, never answers
+// a probe). Inner IPv6 between the fast-path nodes must take the kernel
+// path (ping -6 and SHA-256-checked TCP both ways, the kernel counters grow
+// by the transfers), while the upstream node still gets its IPv4 and IPv6
+// toward it is refused by userspace with ICMPv6 unreachable.
+func TestFastPathDualStack(t *testing.T) {
+	requireFastPath(t)
+	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1, Config: dualStackConfig, Args: []string{"--fast-path=on", "--metrics-addr=:9102", "--debug-pcap"}})
+	ctx := t.Context()
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+
+	upSubnet := netip.MustParsePrefix("198.18.77.0/24")
+	key := subnetsPrefix + "198.18.77.0-24&2001:db8:100:4d::-64"
+	if _, err := c.Etcd.Put(ctx, key, `{"PublicIP":"`+n3.Host.Addr.String()+`","PublicIPv6":null}`); err != nil {
+		t.Fatal(err)
+	}
+	startUpstreamProxy(t, n3.Host, upSubnet, map[netip.Prefix]netip.Addr{n1.Env.Subnet: n1.Host.Addr, n2.Env.Subnet: n2.Host.Addr})
+	upCt, err := n3.Host.AddContainer(ctx, "up1", netip.PrefixFrom(upSubnet.Addr().Next(), 24), 1472)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+	// The handoff device takes IPv6 but has no address of its own to send from.
+	if out, err := n1.Host.Run(ctx, "ip", "-6", "-o", "addr", "show", "dev", handoffDev); err != nil || strings.Contains(out, "inet6") {
+		t.Errorf("IPv6 addresses of %s: %q %v, want none", handoffDev, out, err)
+	}
+
+	series := func(dir string) string {
+		return `flannel_router_bytes_total{direction="` + dir + `",path="kernel"}`
+	}
+	type counts struct{ out, in, pkts float64 }
+	read := func(n *cluster.Node) counts {
+		return counts{metricValue(t, n, series("out")), metricValue(t, n, series("in")),
+			metricValue(t, n, `flannel_router_packets_total{direction="out",path="kernel"}`)}
+	}
+	before := map[*cluster.Node]counts{n1: read(n1), n2: read(n2)}
+	// 64 from the container, one hop per router: host 2, the crossing,
+	// host 1; a crossing that forgot its decrement shows 62.
+	if out, err := ping(ctx, n1.Container, n2.ContainerIPv6, "-W", "5"); err != nil || !strings.Contains(out, "ttl=61") {
+		t.Errorf("ping -6 %s: %v, want a reply with hop limit 61:\n%s", n2.ContainerIPv6, err, out)
+	}
+	checkPcapPing6(t, n1, n2)
+	rx1, _ := handoffRx(t, n1.Host)
+	rx2, _ := handoffRx(t, n2.Host)
+	handedBefore := map[*cluster.Node]uint64{n1: rx1, n2: rx2}
+	waitPing(t, 10*time.Second, n1.Container, n2.ContainerIPv6)
+	waitPing(t, 10*time.Second, n2.Container, n1.ContainerIPv6)
+	transfer6(t, n1, n2, 5701)
+	for _, n := range []*cluster.Node{n1, n2} {
+		now := read(n)
+		out, in := now.out-before[n].out, now.in-before[n].in
+		t.Logf("%s: kernel path carried %v bytes out, %v in, %v packets out during the IPv6 pings, capture and transfers", n.Host.Name, out, in, now.pkts-before[n].pkts)
+		if out < 8<<20 || in < 8<<20 {
+			t.Errorf("%s: the kernel path carried %v bytes out and %v in over inner IPv6, want at least 8 MiB each", n.Host.Name, out, in)
+		}
+		// The received IPv6 went through the handoff device, which the
+		// watchdog would have turned off had the device dropped it.
+		if rx, _ := handoffRx(t, n.Host); rx <= handedBefore[n] || strings.Contains(n.Log(), "handoff device received too little") {
+			t.Errorf("%s: the handoff device received %d packets, %d before the IPv6 transfers, or was turned off:\n%s", n.Host.Name, rx, handedBefore[n], n.Log())
+		}
+	}
+
+	// The upstream-style node: IPv4 both ways through userspace, IPv6
+	// refused by the router.
+	waitPing(t, 10*time.Second, n1.Container, upCt.Addr)
+	waitPing(t, 10*time.Second, upCt, n2.Container.Addr)
+	dst := netip.MustParseAddr("2001:db8:100:4d::2")
+	waitFor(t, 15*time.Second, "ICMPv6 unreachable for the upstream node's IPv6 subnet", func() error {
+		out, _ := ping(ctx, n1.Container, dst)
+		if !strings.Contains(out, "Destination unreachable") {
+			return fmt.Errorf("ping -6 %s: %q", dst, out)
+		}
+		return nil
+	})
+	if v := metricValue(t, n1, `flannel_router_dropped_packets_total{path="user",reason="peer_no_ipv6"}`); v == 0 {
+		t.Errorf("peer_no_ipv6 drops on %s = 0: the refused IPv6 did not go through userspace", n1.Host.Name)
+	}
+}
+
+// checkPcapPing6 pings -6 from a's container to b's while fetching
+// /debug/pcap from a, and looks for both echo packets in the pcap: carried
+// by the kernel, they reach it only through the programs' ring.
+func checkPcapPing6(t *testing.T, a, b *cluster.Node) {
+	t.Helper()
+	ctx := t.Context()
+	src, dst := a.ContainerIPv6, b.ContainerIPv6
+	before := metricValue(t, a, `flannel_router_packets_total{direction="out",path="kernel"}`)
+	pingCtx, stopPing := context.WithCancel(ctx)
+	defer stopPing()
+	go func() {
+		for pingCtx.Err() == nil {
+			ping(pingCtx, a.Container, dst)
+		}
+	}()
+	code, body, err := a.HTTPGet(ctx, "/debug/pcap?seconds=2&dir=both")
+	stopPing()
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET /debug/pcap: %d %v: %s", code, err, body)
+	}
+	if after := metricValue(t, a, `flannel_router_packets_total{direction="out",path="kernel"}`); after <= before {
+		t.Errorf("the kernel path carried no packet during the capture (%v -> %v)", before, after)
+	}
+	r, err := pcapgo.NewReader(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("response is not a pcap: %v", err)
+	}
+	var request, reply bool
+	for {
+		data, _, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		p := gopacket.NewPacket(data, layers.LayerTypeIPv6, gopacket.Default)
+		ip, _ := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+		icmp, _ := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+		if ip == nil || icmp == nil {
+			continue
+		}
+		from, to := netip.AddrFrom16([16]byte(ip.SrcIP)), netip.AddrFrom16([16]byte(ip.DstIP))
+		switch {
+		case icmp.TypeCode.Type() == layers.ICMPv6TypeEchoRequest && from == src && to == dst:
+			request = true
+		case icmp.TypeCode.Type() == layers.ICMPv6TypeEchoReply && from == dst && to == src:
+			reply = true
+		}
+	}
+	if !request || !reply {
+		t.Errorf("pcap of %d bytes: IPv6 echo request seen %v, reply seen %v", len(body), request, reply)
+	}
+}
+
+// TestFastPathDualStackHandoffOff firewalls the handoff port on a
+// dual-stack node: once the watchdog turns the handoff off, inner IPv6 is
+// decapsulated in TC straight into flannel0 and TCP over it stays intact.
+func TestFastPathDualStackHandoffOff(t *testing.T) {
+	requireFastPath(t)
+	testbed.RequireTool(t, "iptables")
+	c := startWith(t, cluster.Options{Hosts: 2, Config: dualStackConfig, Args: []string{"--fast-path=on", "--metrics-addr=:9102"}})
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	waitKernelPeers(t, 1, n1, n2)
+	if out, err := n2.Host.Run(ctx, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "8286", "-j", "DROP"); err != nil {
+		t.Fatalf("firewall the handoff port: %v: %s", err, out)
+	}
+	// The watchdog judges from the first handed packets, which are lost.
+	waitFor(t, 15*time.Second, "the handoff turned off", func() error {
+		ping(ctx, n1.Container, n2.ContainerIPv6)
+		if !strings.Contains(n2.Log(), "the handoff device received too little") {
+			return errors.New("no log line says that the handoff was turned off")
+		}
+		return nil
+	})
+	series := `flannel_router_bytes_total{direction="in",path="kernel"}`
+	before := metricValue(t, n2, series)
+	waitPing(t, 10*time.Second, n1.Container, n2.ContainerIPv6)
+	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := cluster.Transfer(tctx, n1.Container, n2.Container, n2.ContainerIPv6, 5801, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("TCP over inner IPv6 with the handoff off: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if v := metricValue(t, n2, series) - before; v < 8<<20 {
+		t.Errorf("the kernel path took %v bytes in over inner IPv6, want the 8 MiB transfer", v)
 	}
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 //
-// TC programs that carry flannel's udp wire format (one inner IPv4 packet
-// per UDP datagram, no extra header) in the kernel. Anything they do not
+// TC programs that carry flannel's udp wire format (one inner IPv4 or
+// IPv6 packet per UDP datagram over an IPv4 underlay, no extra header) in
+// the kernel. Anything they do not
 // handle goes on unchanged to the userspace router (TC_ACT_OK), which
 // stays the reference for every corner case: ICMP errors, options,
 // fragments, unknown destinations.
@@ -10,6 +11,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -18,6 +20,9 @@
 // Debian 12's uapi headers predate these; the kernels that have tcx have them.
 #ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
 #define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#endif
+#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV6
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 #endif
 #define AF_INET 2
 
@@ -52,6 +57,21 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } routes SEC(".maps");
 
+struct route6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+// Other nodes' IPv6 subnets -> their PublicIP (network order): inner IPv6
+// crosses the same IPv4 underlay.
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct route6_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} routes6 SEC(".maps");
+
 // Lease holders by PublicIP; answered is when the peer last answered a
 // probe from its own kernel fast path (bpf_ktime_get_ns), 0 if never.
 struct peer {
@@ -72,7 +92,7 @@ enum counter {
 	C_IN_BYTES,
 	C_PASS_NO_ROUTE,
 	C_PASS_TTL,
-	C_PASS_NOT_SIMPLE, // options, fragments, not IPv4
+	C_PASS_NOT_SIMPLE, // options, fragments, extension headers, not IP
 	C_PASS_PEER,       // peer not known to decapsulate in the kernel
 	C_PASS_FIB,        // no route or neighbour entry for the peer yet
 	C_PASS_IN,         // datagrams to the port left to the socket
@@ -152,6 +172,14 @@ static __always_inline __u32 route(__u32 addr)
 	return peer ? *peer : 0;
 }
 
+static __always_inline __u32 route6(const struct in6_addr *addr)
+{
+	struct route6_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, addr, sizeof(k.addr));
+	__u32 *peer = bpf_map_lookup_elem(&routes6, &k);
+	return peer ? *peer : 0;
+}
+
 static __always_inline __u16 csum_fold(__u32 sum)
 {
 	sum = (sum & 0xffff) + (sum >> 16);
@@ -193,36 +221,23 @@ struct encap_hdr {
 	struct udphdr udp;
 } __attribute__((packed));
 
-SEC("tcx/egress")
-int flannel_egress(struct __sk_buff *skb)
+// peer_ready tells whether peer answered a probe recently enough to take
+// packets whose inner checksums are left to offload.
+static __always_inline int peer_ready(__u32 peer)
 {
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	if (bpf_skb_pull_data(skb, sizeof(struct iphdr)) < 0)
-		return TC_ACT_OK;
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data;
-	if ((void *)(ip + 1) > end)
-		return TC_ACT_OK;
-	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff))) {
-		count(C_PASS_NOT_SIMPLE, 1);
-		return TC_ACT_OK;
-	}
-	__u32 peer = route(ip->daddr);
-	if (!peer) {
-		count(C_PASS_NO_ROUTE, 1);
-		return TC_ACT_OK;
-	}
-	if (ip->ttl <= 1) {
-		count(C_PASS_TTL, 1);
-		return TC_ACT_OK;
-	}
 	struct peer *p = bpf_map_lookup_elem(&peers, &peer);
 	if (!p || !p->answered || bpf_ktime_get_ns() - p->answered > answer_valid_ns) {
 		count(C_PASS_PEER, 1);
-		return TC_ACT_OK;
+		return 0;
 	}
+	return 1;
+}
 
+// encap puts the outer headers for peer in front of the inner packet
+// (IPv6 if v6), decrements its TTL or hop limit once, as the router does,
+// and redirects it to the underlay.
+static __always_inline int encap(struct __sk_buff *skb, __u32 peer, int v6)
+{
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET,
 		.ipv4_src = local_addr,
@@ -235,7 +250,9 @@ int flannel_egress(struct __sk_buff *skb)
 	}
 
 	__u32 inner_len = skb->len;
-	// On failure adjust_room leaves the packet as it was: userspace takes it.
+	// On failure adjust_room leaves the packet as it was: userspace takes
+	// it. The flags name the outer headers; the kernel keeps the inner
+	// protocol (IPv4 or IPv6) from skb->protocol for GSO.
 	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 					BPF_F_ADJ_ROOM_FIXED_GSO)) {
@@ -276,32 +293,121 @@ int flannel_egress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 
-	// One TTL decrement per crossing, as the router does (RFC 1624 update).
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	struct iphdr *in = data + sizeof(h);
-	if ((void *)(in + 1) > end) {
-		if (bpf_skb_pull_data(skb, sizeof(h) + sizeof(struct iphdr)) < 0) {
+	__u32 need = sizeof(h) + (v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr));
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	if (data + need > end) {
+		if (bpf_skb_pull_data(skb, need) < 0) {
 			count(C_DROP_ENCAP, 1);
 			return TC_ACT_SHOT;
 		}
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
-		in = data + sizeof(h);
+	}
+	if (v6) {
+		// IPv6 has no header checksum to update.
+		struct ipv6hdr *in6 = data + sizeof(h);
+		if ((void *)(in6 + 1) > end) {
+			count(C_DROP_ENCAP, 1);
+			return TC_ACT_SHOT;
+		}
+		in6->hop_limit--;
+	} else {
+		struct iphdr *in = data + sizeof(h);
 		if ((void *)(in + 1) > end) {
 			count(C_DROP_ENCAP, 1);
 			return TC_ACT_SHOT;
 		}
+		// RFC 1624 update of the header checksum.
+		__u32 check = in->check;
+		check += bpf_htons(0x0100);
+		in->check = (__u16)(check + (check >= 0xffff));
+		in->ttl--;
 	}
-	__u32 check = in->check;
-	check += bpf_htons(0x0100);
-	in->check = (__u16)(check + (check >= 0xffff));
-	in->ttl--;
 
 	count(C_OUT_PACKETS, 1);
 	count(C_OUT_BYTES, inner_len);
 	capture_pkt(skb, sizeof(h), 0);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+// ipv6_ext tells whether next header nh is an IPv6 extension header: such
+// packets are rare enough to leave to userspace.
+static __always_inline int ipv6_ext(__u8 nh)
+{
+	switch (nh) {
+	case 0:   // hop-by-hop options
+	case 43:  // routing
+	case 44:  // fragment
+	case 51:  // authentication
+	case 60:  // destination options
+	case 135: // mobility
+	case 139: // HIP
+	case 140: // shim6
+	case 253:
+	case 254: // experiments
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int egress6(struct __sk_buff *skb)
+{
+	if (bpf_skb_pull_data(skb, sizeof(struct ipv6hdr)) < 0)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data;
+	if ((void *)(ip6 + 1) > end)
+		return TC_ACT_OK;
+	// A zero payload length is a jumbogram; the outer lengths could not
+	// hold a packet that long either.
+	if (ip6->version != 6 || ipv6_ext(ip6->nexthdr) || !ip6->payload_len ||
+	    skb->len > 0xffff - ENCAP_LEN) {
+		count(C_PASS_NOT_SIMPLE, 1);
+		return TC_ACT_OK;
+	}
+	__u32 peer = route6(&ip6->daddr);
+	if (!peer) {
+		count(C_PASS_NO_ROUTE, 1);
+		return TC_ACT_OK;
+	}
+	if (ip6->hop_limit <= 1) {
+		count(C_PASS_TTL, 1);
+		return TC_ACT_OK;
+	}
+	if (!peer_ready(peer))
+		return TC_ACT_OK;
+	return encap(skb, peer, 1);
+}
+
+SEC("tcx/egress")
+int flannel_egress(struct __sk_buff *skb)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return egress6(skb);
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (bpf_skb_pull_data(skb, sizeof(struct iphdr)) < 0)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data;
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_OK;
+	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff))) {
+		count(C_PASS_NOT_SIMPLE, 1);
+		return TC_ACT_OK;
+	}
+	__u32 peer = route(ip->daddr);
+	if (!peer) {
+		count(C_PASS_NO_ROUTE, 1);
+		return TC_ACT_OK;
+	}
+	if (ip->ttl <= 1) {
+		count(C_PASS_TTL, 1);
+		return TC_ACT_OK;
+	}
+	if (!peer_ready(peer))
+		return TC_ACT_OK;
+	return encap(skb, peer, 0);
 }
 
 // answer_probe turns a probe into its answer and sends it back out of the
@@ -359,7 +465,7 @@ struct handoff_hdr {
 
 #define HANDOFF_LEN (sizeof(struct handoff_hdr) - sizeof(struct encap_hdr))
 
-static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, __u32 inner_len)
+static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, __u32 inner_len, __u16 proto)
 {
 	struct handoff_hdr v = {};
 	v.eth = h->eth;
@@ -387,7 +493,7 @@ static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, _
 		v.inner.h_source[i] = handoff_mac[i];
 	}
 	v.inner.h_source[ETH_ALEN - 1] ^= 0xff;
-	v.inner.h_proto = bpf_htons(ETH_P_IP);
+	v.inner.h_proto = proto;
 	// The packet pointers die here; everything above was read before.
 	if (bpf_skb_adjust_room(skb, HANDOFF_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
 		count(C_PASS_IN, 1);
@@ -431,6 +537,83 @@ static __always_inline int is_probe(struct udphdr *udp, void *end)
 	return 1;
 }
 
+// inner_ok checks the inner packet at in (IPv4, or IPv6 if v6) against
+// the datagram's UDP length and --strict-source, and returns its length,
+// 0 to leave the datagram to the socket, -1 to drop it.
+static __always_inline int inner_ok(void *in, void *end, struct encap_hdr *h, __u32 sender, int v6)
+{
+	__u32 len, owner;
+	if (v6) {
+		struct ipv6hdr *ip6 = in;
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+		owner = strict_source ? route6(&ip6->saddr) : sender;
+	} else {
+		struct iphdr *ip = in;
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return 0;
+		len = bpf_ntohs(ip->tot_len);
+		owner = strict_source ? route(ip->saddr) : sender;
+	}
+	if (len + sizeof(struct udphdr) != bpf_ntohs(h->udp.len))
+		return 0;
+	if (owner != sender) {
+		count(C_DROP_STRICT, 1);
+		return -1;
+	}
+	return len;
+}
+
+// deliver takes a datagram from a lease holder (past the probe check): its
+// inner packet goes to the handoff device or straight into the TUN.
+static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
+{
+	// The shortest inner packet is an IPv4 header; an IPv6 one needs more.
+	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + sizeof(struct iphdr)) < 0) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	__u8 *ver = data + sizeof(struct encap_hdr);
+	if ((void *)(ver + 1) > end)
+		return TC_ACT_OK;
+	int v6 = (*ver >> 4) == 6;
+	if (!v6 && (*ver >> 4) != 4) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	if (v6 && bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + sizeof(struct ipv6hdr)) < 0) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	struct encap_hdr *h = data;
+	if ((void *)(h + 1) > end)
+		return TC_ACT_OK;
+	int len = inner_ok(h + 1, end, h, sender, v6);
+	if (len < 0)
+		return TC_ACT_SHOT;
+	if (len == 0) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	__u32 inner_len = len;
+	capture_pkt(skb, sizeof(struct encap_hdr), 1);
+	if (handoff_on(inner_len))
+		return handoff(skb, h, inner_len, bpf_htons(v6 ? ETH_P_IPV6 : ETH_P_IP));
+	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				(v6 ? BPF_F_ADJ_ROOM_DECAP_L3_IPV6 : BPF_F_ADJ_ROOM_DECAP_L3_IPV4) |
+					BPF_F_ADJ_ROOM_FIXED_GSO)) {
+		count(C_PASS_IN, 1);
+		return TC_ACT_OK;
+	}
+	count(C_IN_PACKETS, 1);
+	count(C_IN_BYTES, inner_len);
+	return bpf_redirect(tun_ifindex, BPF_F_INGRESS);
+}
+
 SEC("tcx/ingress")
 int flannel_ingress(struct __sk_buff *skb)
 {
@@ -462,37 +645,7 @@ int flannel_ingress(struct __sk_buff *skb)
 	}
 	if (is_probe(data + sizeof(struct ethhdr) + sizeof(struct iphdr), end))
 		return answer_probe(skb);
-	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + sizeof(struct iphdr)) < 0) {
-		count(C_PASS_IN, 1);
-		return TC_ACT_OK;
-	}
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	h = data;
-	if ((void *)(h + 1) > end)
-		return TC_ACT_OK;
-	struct iphdr *in = (void *)(h + 1);
-	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5 ||
-	    bpf_ntohs(in->tot_len) + sizeof(struct udphdr) != bpf_ntohs(h->udp.len)) {
-		count(C_PASS_IN, 1);
-		return TC_ACT_OK;
-	}
-	if (strict_source && route(in->saddr) != sender) {
-		count(C_DROP_STRICT, 1);
-		return TC_ACT_SHOT;
-	}
-	__u32 inner_len = bpf_ntohs(in->tot_len);
-	capture_pkt(skb, sizeof(struct encap_hdr), 1);
-	if (handoff_on(inner_len))
-		return handoff(skb, h, inner_len);
-	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO)) {
-		count(C_PASS_IN, 1);
-		return TC_ACT_OK;
-	}
-	count(C_IN_PACKETS, 1);
-	count(C_IN_BYTES, inner_len);
-	return bpf_redirect(tun_ifindex, BPF_F_INGRESS);
+	return deliver(skb, sender);
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";
