@@ -187,6 +187,18 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return ~sum;
 }
 
+// ip_csum sets the checksum of the option-less IPv4 header ip.
+static __always_inline void ip_csum(struct iphdr *ip)
+{
+	__u32 sum = 0;
+	__u16 *w = (__u16 *)ip;
+	ip->check = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	ip->check = csum_fold(sum);
+}
+
 // capture_pkt copies the inner packet at off into the ring when a capture
 // runs; without one it costs a single array lookup.
 static __always_inline void capture_pkt(struct __sk_buff *skb, __u32 off, __u8 dir)
@@ -274,12 +286,7 @@ static __always_inline int encap(struct __sk_buff *skb, __u32 peer, int v6)
 		.saddr = local_addr,
 		.daddr = peer,
 	};
-	__u32 sum = 0;
-	__u16 *w = (__u16 *)&oip;
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	oip.check = csum_fold(sum);
+	ip_csum(&oip);
 	struct encap_hdr h = {};
 	__builtin_memcpy(h.eth.h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(h.eth.h_source, fib.smac, ETH_ALEN);
@@ -472,13 +479,7 @@ static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, _
 	v.udp = h->udp;
 	struct iphdr oip = h->ip;
 	oip.tot_len = bpf_htons(inner_len + sizeof(struct iphdr) + sizeof(struct udphdr) + HANDOFF_LEN);
-	oip.check = 0;
-	__u32 sum = 0;
-	__u16 *w = (__u16 *)&oip;
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	oip.check = csum_fold(sum);
+	ip_csum(&oip);
 	v.ip = oip;
 	v.udp.dest = handoff_port;
 	v.udp.len = bpf_htons(inner_len + sizeof(struct udphdr) + HANDOFF_LEN);
