@@ -47,9 +47,9 @@ MICRO_BENCH := $(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./
 # reads them), the data path's and control plane's in the JSON's meta.
 bench: build
 	@f=bench/results/$$(date -u +%Y-%m-%dT%H%M%SZ)-micro.txt; \
-	{ $(GO) run ./bench/benchmeta -binary $(BIN)/flanneld -command "$(MICRO_BENCH)" && $(MICRO_BENCH); } > $$f.tmp \
+	{ FLANNEL_BENCH_COMMIT=$(VERSION) $(GO) run ./bench/benchmeta -binary $(BIN)/flanneld -command "$(MICRO_BENCH)" && $(MICRO_BENCH); } > $$f.tmp \
 	  && mv $$f.tmp $$f && cat $$f && echo "results: $$f" || { cat $$f.tmp; exit 1; }
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 3600s ./bench/ -args -report -flanneld $(CURDIR)/$(BIN)/flanneld
+	FLANNEL_BENCH_COMMIT=$(VERSION) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 3600s ./bench/ -args -report -flanneld $(CURDIR)/$(BIN)/flanneld
 
 bench-quick: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 1200s ./bench/ -args -report -quick -flanneld $(CURDIR)/$(BIN)/flanneld

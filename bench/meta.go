@@ -43,11 +43,16 @@ func Describe(bin string, args []string) map[string]string {
 	return m
 }
 
-// startCommit is the commit when the process started: a run takes most of
-// an hour, and a commit made meanwhile must not be named as the one measured.
+// startCommit is the commit measured: the one `make bench` built the binary
+// from ($FLANNEL_BENCH_COMMIT), else the checkout's when the process
+// started. A run takes most of an hour, and a commit made meanwhile, or
+// between the build and the start of this process, must not be named.
 var startCommit = describeCommit()
 
 func describeCommit() string {
+	if c := os.Getenv("FLANNEL_BENCH_COMMIT"); c != "" {
+		return c
+	}
 	out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output()
 	if err != nil {
 		return "unknown: " + err.Error()
