@@ -27,8 +27,8 @@ var palette = []color.RGBA{
 }
 
 const (
-	chartWidth = 960
-	labelWidth = 200
+	chartWidth = 1020
+	labelWidth = 260
 	valueWidth = 150
 	barHeight  = 18
 	barGap     = 6
