@@ -3,7 +3,6 @@ package tun
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 
@@ -45,13 +44,8 @@ func (d *Device) ConfigureIPv6(addr netip.Addr, mtu, txQueueLen int, network net
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+d.Name+"/addr_gen_mode", []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("configure %s: IPv6 is disabled on this host or device (%w)", d.Name, err)
 	}
-	if err := netlink.LinkSetMTU(link, mtu); err != nil {
-		return fmt.Errorf("failed to set MTU %d on %s: %w", mtu, d.Name, err)
-	}
-	if txQueueLen > 0 {
-		if err := netlink.LinkSetTxQLen(link, txQueueLen); err != nil {
-			return fmt.Errorf("failed to set txqueuelen %d on %s: %w", txQueueLen, d.Name, err)
-		}
+	if err := d.setMTU(link, mtu, txQueueLen); err != nil {
+		return err
 	}
 	if err := dropLinkLocal(link); err != nil {
 		return fmt.Errorf("configure %s: %w", d.Name, err)
@@ -59,31 +53,13 @@ func (d *Device) ConfigureIPv6(addr netip.Addr, mtu, txQueueLen int, network net
 	if err := netlink.AddrReplace(link, ipv6Addr(addr)); err != nil {
 		return fmt.Errorf("failed to set interface %s to %s/128: %w", d.Name, addr, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("failed to set interface %s to UP state: %w", d.Name, err)
-	}
-	route := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Dst:       ipv6Net(network.Masked()),
-		Scope:     netlink.SCOPE_UNIVERSE,
-	}
-	if err := netlink.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("failed to add route (%s -> %s): %w", network.Masked(), d.Name, err)
-	}
-	return nil
+	return d.upWithRoute(link, network)
 }
 
 // RemoveIPv6Addr removes addr/128 from the device, the address of an IPv6
 // subnet the node no longer holds.
 func (d *Device) RemoveIPv6Addr(addr netip.Addr) error {
-	link, err := netlink.LinkByName(d.Name)
-	if err != nil {
-		return fmt.Errorf("remove address %s from %s: %w", addr, d.Name, err)
-	}
-	if err := netlink.AddrDel(link, ipv6Addr(addr)); err != nil {
-		return fmt.Errorf("remove address %s from %s: %w", addr, d.Name, err)
-	}
-	return nil
+	return d.removeAddr(addr, ipv6Addr(addr))
 }
 
 // dropLinkLocal removes the link's fe80::/10 addresses.
@@ -103,10 +79,5 @@ func dropLinkLocal(link netlink.Link) error {
 }
 
 func ipv6Addr(addr netip.Addr) *netlink.Addr {
-	return &netlink.Addr{IPNet: ipv6Net(netip.PrefixFrom(addr, 128)), Flags: unix.IFA_F_NODAD}
-}
-
-func ipv6Net(p netip.Prefix) *net.IPNet {
-	a := p.Addr().As16()
-	return &net.IPNet{IP: net.IP(a[:]), Mask: net.CIDRMask(p.Bits(), 128)}
+	return &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr, 128)), Flags: unix.IFA_F_NODAD}
 }

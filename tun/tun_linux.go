@@ -186,6 +186,15 @@ func (d *Device) Configure(addr netip.Addr, mtu, txQueueLen int, network netip.P
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr, 32))}); err != nil {
 		return fmt.Errorf("failed to set interface %s to %s/32: %w", d.Name, addr, err)
 	}
+	if err := d.setMTU(link, mtu, txQueueLen); err != nil {
+		return err
+	}
+	return d.upWithRoute(link, network)
+}
+
+// setMTU sets the device's MTU and, when txQueueLen is positive, its
+// transmit queue length.
+func (d *Device) setMTU(link netlink.Link, mtu, txQueueLen int) error {
 	if err := netlink.LinkSetMTU(link, mtu); err != nil {
 		return fmt.Errorf("failed to set MTU %d on %s: %w", mtu, d.Name, err)
 	}
@@ -194,6 +203,12 @@ func (d *Device) Configure(addr netip.Addr, mtu, txQueueLen int, network netip.P
 			return fmt.Errorf("failed to set txqueuelen %d on %s: %w", txQueueLen, d.Name, err)
 		}
 	}
+	return nil
+}
+
+// upWithRoute brings the device up and routes network through it; an
+// existing identical route is not an error.
+func (d *Device) upWithRoute(link netlink.Link, network netip.Prefix) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("failed to set interface %s to UP state: %w", d.Name, err)
 	}
@@ -211,11 +226,15 @@ func (d *Device) Configure(addr netip.Addr, mtu, txQueueLen int, network netip.P
 // RemoveAddr removes addr/32 from the device, e.g. the address of a lease
 // that was replaced by another subnet.
 func (d *Device) RemoveAddr(addr netip.Addr) error {
+	return d.removeAddr(addr, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr, 32))})
+}
+
+func (d *Device) removeAddr(addr netip.Addr, a *netlink.Addr) error {
 	link, err := netlink.LinkByName(d.Name)
 	if err != nil {
 		return fmt.Errorf("remove address %s from %s: %w", addr, d.Name, err)
 	}
-	if err := netlink.AddrDel(link, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr, 32))}); err != nil {
+	if err := netlink.AddrDel(link, a); err != nil {
 		return fmt.Errorf("remove address %s from %s: %w", addr, d.Name, err)
 	}
 	return nil
@@ -239,9 +258,9 @@ func (d *Device) Close() error {
 	return d.closeErr
 }
 
+// ipNet converts p (IPv4 or IPv6) for netlink.
 func ipNet(p netip.Prefix) *net.IPNet {
-	a := p.Addr().As4()
-	return &net.IPNet{IP: net.IP(a[:]), Mask: net.CIDRMask(p.Bits(), 32)}
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // queue is one TUN queue fd, non-blocking but never on the Go netpoller:
