@@ -38,7 +38,7 @@ volatile const __u32 tun_ifindex;
 volatile const __u8 strict_source;
 volatile const __u8 accept_unknown;
 volatile const __u64 answer_valid_ns;  // how long a probe answer vouches for a peer
-// The local handoff: a collect_md VXLAN device listening on this UDP port
+// The local handoff: a VXLAN device (VNI 1) listening on this UDP port
 // (network order, 0 without one) with this MAC address.
 volatile const __u16 handoff_port;
 volatile const __u8 handoff_mac[6];
