@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
+	"github.com/flannel-go/flannel-go/internal/ipmasq"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 )
 
@@ -194,6 +195,10 @@ func setupVXLANInner(ctx context.Context, b *testing.B, ipv6 bool) (*pathEnv, er
 				return nil, fmt.Errorf("vxlan on %s: %w", h.Name, err)
 			}
 		}
+		if err := vxlanForwardRules(h, me, ipv6); err != nil {
+			bed.Close()
+			return nil, err
+		}
 		ct, err := h.AddContainer(ctx, "c1", netip.MustParsePrefix(fmt.Sprintf("198.18.%d.1/24", me)), 1450)
 		if err != nil {
 			bed.Close()
@@ -216,6 +221,31 @@ func setupVXLANInner(ctx context.Context, b *testing.B, ipv6 bool) (*pathEnv, er
 		return nil, err
 	}
 	return env, nil
+}
+
+// vxlanForwardRules installs on host me the FORWARD rules that flanneld
+// installs by default whatever its backend (--iptables-forward-rules,
+// upstream's FLANNEL-FWD chain, the same code as flannel-go's), so that
+// the kernel path pays for the same firewall as flannel-go's paths: every
+// forwarded packet crosses it twice, once on each host.
+func vxlanForwardRules(h *testbed.Host, me int, ipv6 bool) error {
+	nets := [][2]netip.Prefix{{cluster.DefaultNetwork, netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", me))}}
+	if ipv6 {
+		nets = append(nets, [2]netip.Prefix{netip.PrefixFrom(vxlanIPv6(0, 0), 48), netip.PrefixFrom(vxlanIPv6(me, 0), 64)})
+	}
+	for _, n := range nets {
+		err := h.Do(func() error {
+			r, err := ipmasq.New(n[0], n[1], false, ipmasq.Forward)
+			if err != nil {
+				return err
+			}
+			return r.Ensure()
+		})
+		if err != nil {
+			return fmt.Errorf("vxlan on %s: forward rules for %s: %w", h.Name, n[0], err)
+		}
+	}
+	return nil
 }
 
 // addContainerIPv6 gives host me's container ::2 of its IPv6 subnet, the
