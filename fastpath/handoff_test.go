@@ -56,12 +56,17 @@ func loadPrograms(t *testing.T, vars map[string]any) *bpfObjects {
 }
 
 // datagram is an Ethernet frame from 192.0.2.1 to 192.0.2.2:dport
-// carrying a 40-byte inner IPv4 packet, and that inner packet.
+// carrying a 40-byte inner IPv4 TCP packet, and that inner packet.
 func datagram(dport uint16) (frame, inner []byte) {
+	return datagramProto(dport, 6)
+}
+
+// datagramProto is datagram with inner IP protocol proto.
+func datagramProto(dport uint16, proto byte) (frame, inner []byte) {
 	inner = make([]byte, 40)
 	inner[0] = 0x45
 	binary.BigEndian.PutUint16(inner[2:], uint16(len(inner)))
-	inner[8], inner[9] = 64, 6
+	inner[8], inner[9] = 64, proto
 	copy(inner[12:], []byte{198, 18, 1, 2})
 	copy(inner[16:], []byte{198, 18, 2, 2})
 	frame = make([]byte, 14+28, 14+28+len(inner))
@@ -175,5 +180,47 @@ func TestIngressDropsHandoffPort(t *testing.T) {
 	}
 	if ret != 2 { // TC_ACT_SHOT
 		t.Fatalf("program returned %d, want TC_ACT_SHOT", ret)
+	}
+}
+
+// TestIngressDirect: single UDP, ICMP and ICMPv6 packets skip the handoff
+// device (decapsulated and redirected into the TUN); TCP does not.
+// (BPF_PROG_TEST_RUN cannot make a UDP super-packet: it sets no gso_type,
+// without which bpf_skb_adjust_room refuses any GSO packet.)
+func TestIngressDirect(t *testing.T) {
+	objs := ingressProgram(t)
+	udp, udpInner := datagramProto(8285, 17)
+	icmp, icmpInner := datagramProto(8285, 1)
+	tcp, tcpInner := datagram(8285)
+	icmp6Inner := packet6("2001:db8:100:1::2", "2001:db8:100:2::2", 58, 63)
+	tcp6Inner := packet6("2001:db8:100:1::2", "2001:db8:100:2::2", 6, 63)
+	for _, tc := range []struct {
+		name         string
+		frame, inner []byte
+		want         uint32
+	}{
+		{"UDP", udp, udpInner, tcRedirect},
+		{"ICMP", icmp, icmpInner, tcRedirect},
+		{"ICMPv6", datagram6(icmp6Inner), icmp6Inner, tcRedirect},
+		{"TCP", tcp, tcpInner, tcOK},
+		{"IPv6 TCP", datagram6(tcp6Inner), tcp6Inner, tcOK},
+	} {
+		opts := &ebpf.RunOptions{Data: tc.frame, DataOut: make([]byte, len(tc.frame)+64)}
+		ret, err := objs.FlannelIngress.Run(opts)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if ret != tc.want {
+			t.Errorf("%s: program returned %d, want %d", tc.name, ret, tc.want)
+			continue
+		}
+		out := opts.DataOut
+		if ret == tcRedirect {
+			if !bytes.Equal(out[14:], tc.inner) {
+				t.Errorf("%s: output % x, want the inner packet after the Ethernet header", tc.name, out)
+			}
+		} else if dport := binary.BigEndian.Uint16(out[36:]); dport != 8286 || !bytes.Equal(out[64:], tc.inner) {
+			t.Errorf("%s: UDP port %d, want the handoff port 8286 and the inner packet after 64 bytes", tc.name, dport)
+		}
 	}
 }

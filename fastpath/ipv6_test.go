@@ -63,12 +63,12 @@ func putRoute6(t *testing.T, objs *bpfObjects, subnet, peer string) {
 	}
 }
 
-// TestIngressIPv6Handoff: a datagram carrying inner IPv6 is handed to the
+// TestIngressIPv6Handoff: a datagram carrying inner IPv6 TCP is handed to the
 // handoff device as VXLAN whose inner frame says IPv6 (0x86DD), the inner
 // packet untouched; with the handoff off it is decapsulated into the TUN.
 func TestIngressIPv6Handoff(t *testing.T) {
 	objs := ingressProgram(t)
-	inner := packet6("2001:db8:100:1::2", "2001:db8:100:2::2", 17, 63)
+	inner := packet6("2001:db8:100:1::2", "2001:db8:100:2::2", 6, 63)
 	frame := datagram6(inner)
 	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
 	ret, err := objs.FlannelIngress.Run(opts)

@@ -510,10 +510,11 @@ static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, _
 	return TC_ACT_OK;
 }
 
-// handoff_on tells whether the packet goes to the handoff device. Not
-// only super-packets do: a flow whose single segments went straight into
-// the TUN while its super-packets took the device's queue would be
-// reordered (measured: spurious retransmissions with 4 streams).
+// handoff_on tells whether a packet that direct() does not take goes to
+// the handoff device. Not only TCP super-packets do: a flow whose single
+// segments went straight into the TUN while its super-packets took the
+// device's queue would be reordered (measured: spurious retransmissions
+// with 4 streams).
 static __always_inline int handoff_on(__u32 inner_len)
 {
 	if (!handoff_port)
@@ -566,6 +567,22 @@ static __always_inline int inner_ok(void *in, void *end, struct encap_hdr *h, __
 	return len;
 }
 
+// direct tells whether an inner packet with this protocol may skip the
+// handoff device: a UDP, ICMP or ICMPv6 packet that is not a super-packet
+// (only TCP and UDP super-packets reach the ingress whole, and those must
+// stay whole). Going straight into the TUN saves a trip through the UDP
+// stack and a VXLAN device per packet, which is what limits small-packet
+// rates. TCP always takes the device, super-packet or not, so that the
+// segments of a flow keep their order; a UDP flow whose datagrams arrive
+// both as super-packets and singly (possible only on an underlay that
+// keeps super-packets whole, such as veth) may be reordered.
+static __always_inline int direct(struct __sk_buff *skb, __u8 proto)
+{
+	if (skb->gso_size)
+		return 0;
+	return proto == IPPROTO_UDP || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
 // deliver takes a datagram from a lease holder (past the probe check): its
 // inner packet goes to the handoff device or straight into the TUN.
 static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
@@ -601,8 +618,20 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 		return TC_ACT_OK;
 	}
 	__u32 inner_len = len;
+	__u8 proto;
+	if (v6) {
+		struct ipv6hdr *ip6 = (void *)(h + 1);
+		if ((void *)(ip6 + 1) > end)
+			return TC_ACT_OK;
+		proto = ip6->nexthdr;
+	} else {
+		struct iphdr *ip = (void *)(h + 1);
+		if ((void *)(ip + 1) > end)
+			return TC_ACT_OK;
+		proto = ip->protocol;
+	}
 	capture_pkt(skb, sizeof(struct encap_hdr), 1);
-	if (handoff_on(inner_len))
+	if (!direct(skb, proto) && handoff_on(inner_len))
 		return handoff(skb, h, inner_len, bpf_htons(v6 ? ETH_P_IPV6 : ETH_P_IP));
 	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				(v6 ? BPF_F_ADJ_ROOM_DECAP_L3_IPV6 : BPF_F_ADJ_ROOM_DECAP_L3_IPV4) |
