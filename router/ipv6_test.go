@@ -293,25 +293,7 @@ func TestZeroAllocsIPv6(t *testing.T) {
 	w, _ := dualWorker(t, true, false)
 	toA := ipv6Packet(t, src6, dstA6, layers.IPProtocolUDP, 64, 0, make([]byte, 1400))
 	noRoute := ipv6Packet(t, src6, noRoute6, layers.IPProtocolUDP, 64, 0, []byte("x"))
-	eg := [][]byte{toA, toA, noRoute, toA, toA, toA, toA, toA}
-	in := make([][]byte, udpBatch)
-	from := make([]netip.Addr, udpBatch)
-	for i := range in {
-		in[i], from[i] = toA, peerA6
-	}
-	tab := w.r.table.Load()
-	if a := testing.AllocsPerRun(200, func() {
-		n := loadTUN(w, eg)
-		w.egressBatch(tab, n)
-	}); a != 0 {
-		t.Errorf("egressBatch: %v allocations per batch", a)
-	}
-	if a := testing.AllocsPerRun(200, func() {
-		n := loadUDP(t, w, from, in)
-		w.ingressBatch(tab, n)
-	}); a != 0 {
-		t.Errorf("ingressBatch: %v allocations per batch", a)
-	}
+	tab := checkBatchAllocs(t, w, toA, noRoute, peerA6)
 	dst := dstA6.As16()
 	if a := testing.AllocsPerRun(1000, func() { tab.lookup6(dst[:]) }); a != 0 {
 		t.Errorf("lookup6: %v allocations", a)

@@ -230,15 +230,16 @@ func TestStatsSum(t *testing.T) {
 	}
 }
 
-func TestZeroAllocs(t *testing.T) {
-	w := testWorker(t, false)
-	toA := ipv4Packet(t, srcPod, [4]byte{198, 18, 5, 7}, layers.IPProtocolUDP, 64, 0, make([]byte, 1400))
-	noRoute := ipv4Packet(t, srcPod, [4]byte{198, 18, 99, 5}, layers.IPProtocolUDP, 64, 0, []byte("x"))
+// checkBatchAllocs fails t if routing an egress batch (toA and one
+// noRoute packet) or an ingress batch of toA from peer allocates; it
+// returns the table it routed with.
+func checkBatchAllocs(t *testing.T, w *worker, toA, noRoute []byte, peer netip.Addr) *table {
+	t.Helper()
 	eg := [][]byte{toA, toA, noRoute, toA, toA, toA, toA, toA}
 	in := make([][]byte, udpBatch)
 	from := make([]netip.Addr, udpBatch)
 	for i := range in {
-		in[i], from[i] = toA, peerA
+		in[i], from[i] = toA, peer
 	}
 	tab := w.r.table.Load()
 	if a := testing.AllocsPerRun(200, func() {
@@ -253,6 +254,14 @@ func TestZeroAllocs(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("ingressBatch: %v allocations per batch", a)
 	}
+	return tab
+}
+
+func TestZeroAllocs(t *testing.T) {
+	w := testWorker(t, false)
+	toA := ipv4Packet(t, srcPod, [4]byte{198, 18, 5, 7}, layers.IPProtocolUDP, 64, 0, make([]byte, 1400))
+	noRoute := ipv4Packet(t, srcPod, [4]byte{198, 18, 99, 5}, layers.IPProtocolUDP, 64, 0, []byte("x"))
+	tab := checkBatchAllocs(t, w, toA, noRoute, peerA)
 	if a := testing.AllocsPerRun(1000, func() { tab.lookup(0xc6120507) }); a != 0 {
 		t.Errorf("lookup: %v allocations", a)
 	}
