@@ -455,13 +455,7 @@ func TestFastPathDualStack(t *testing.T) {
 	waitPing(t, 10*time.Second, n1.Container, upCt.Addr)
 	waitPing(t, 10*time.Second, upCt, n2.Container.Addr)
 	dst := netip.MustParseAddr("2001:db8:100:4d::2")
-	waitFor(t, 15*time.Second, "ICMPv6 unreachable for the upstream node's IPv6 subnet", func() error {
-		out, _ := ping(ctx, n1.Container, dst)
-		if !strings.Contains(out, "Destination unreachable") {
-			return fmt.Errorf("ping -6 %s: %q", dst, out)
-		}
-		return nil
-	})
+	waitUnreachable(t, 15*time.Second, n1.Container, dst)
 	if v := metricValue(t, n1, `flannel_router_dropped_packets_total{path="user",reason="peer_no_ipv6"}`); v == 0 {
 		t.Errorf("peer_no_ipv6 drops on %s = 0: the refused IPv6 did not go through userspace", n1.Host.Name)
 	}

@@ -270,13 +270,19 @@ func waitRoutes(t *testing.T, timeout time.Duration, want int, nodes ...*cluster
 	}
 }
 
-// waitUnreachable waits until a ping from ct to dst is answered with
-// "Destination Net Unreachable": the router has no route to dst's subnet.
+// waitUnreachable waits until a ping from ct to dst is answered with an
+// ICMP net unreachable or ICMPv6 destination unreachable: the router has
+// no route for dst or no peer that carries it.
 func waitUnreachable(t *testing.T, timeout time.Duration, ct *testbed.Container, dst netip.Addr) {
 	t.Helper()
+	// ping words ICMP's net unreachable and ICMPv6's no route differently.
+	want := "Destination Net Unreachable"
+	if dst.Is6() {
+		want = "Destination unreachable"
+	}
 	waitFor(t, timeout, fmt.Sprintf("%s has no route to %s", ct.Name, dst), func() error {
 		out, _ := ping(t.Context(), ct, dst)
-		if !strings.Contains(out, "Destination Net Unreachable") {
+		if !strings.Contains(out, want) {
 			return fmt.Errorf("ping printed %q", out)
 		}
 		return nil
