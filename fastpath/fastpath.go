@@ -12,7 +12,9 @@
 // checksums into its TUN. So the egress program only takes a packet for a
 // peer that recently answered a probe from its own ingress program: a
 // 16-byte datagram to the flannel port, which upstream's proxy and the
-// userspace router drop as too short to be an IPv4 packet.
+// userspace router drop as too short to be an IPv4 packet. A datagram from
+// the peer's own egress program (outer UDP checksum zero, which no UDP
+// socket sends) counts as an answer too.
 package fastpath
 
 import (
@@ -270,7 +272,8 @@ func (p *Path) deleteRoute(subnet netip.Prefix) error {
 
 // LeaseEvents forgets what the peers of Added events answered: a restarted
 // peer may have come back without the fast path. Packets for it go through
-// userspace until it answers a probe again. It implements
+// userspace until it answers a probe again or sends from its own fast
+// path. It implements
 // routesync.EventSink.
 func (p *Path) LeaseEvents(events []lease.Event) {
 	p.mu.Lock()
@@ -401,10 +404,25 @@ func (p *Path) answerAge(ip netip.Addr) (age time.Duration, ok bool) {
 		return 0, false
 	}
 	now, err := monotonicNow()
-	if err != nil || now < v.Answered || now-v.Answered > uint64(3*p.cfg.ProbeInterval) {
+	if err != nil {
 		return 0, false
 	}
-	return time.Duration(now - v.Answered), true
+	return answerFresh(v.Answered, now, p.cfg.ProbeInterval)
+}
+
+// answerFresh is the age of an answer given at answered (0: never) at time
+// now, and whether it still vouches: for three probe intervals. The
+// programs may write an answer after now was read; it is fresh.
+func answerFresh(answered, now uint64, interval time.Duration) (age time.Duration, ok bool) {
+	switch {
+	case answered == 0:
+		return 0, false
+	case now <= answered:
+		return 0, true
+	case now-answered > uint64(3*interval):
+		return 0, false
+	}
+	return time.Duration(now - answered), true
 }
 
 // probeBackoff is how long to wait before asking a peer again, given
@@ -447,7 +465,7 @@ func (p *Path) KernelPeers() []netip.Addr {
 	var v bpfPeer
 	it := p.objs.Peers.Iterate()
 	for it.Next(&k, &v) {
-		if v.Answered != 0 && now-v.Answered <= uint64(3*p.cfg.ProbeInterval) {
+		if _, ok := answerFresh(v.Answered, now, p.cfg.ProbeInterval); ok {
 			var b [4]byte
 			binary.NativeEndian.PutUint32(b[:], k)
 			out = append(out, netip.AddrFrom4(b))

@@ -1,10 +1,6 @@
 package fastpath
 
-import (
-	"fmt"
-
-	"golang.org/x/sys/unix"
-)
+import "fmt"
 
 // Counter indexes, as enum counter in fastpath.c.
 const (
@@ -73,13 +69,4 @@ func (p *Path) Stats() (Stats, error) {
 		ProbesAnswered: sum[cProbesAnswered], ProbeAnswers: sum[cProbeAnswers],
 		CaptureLost: sum[cCaptureLost],
 	}, nil
-}
-
-// monotonicNow is bpf_ktime_get_ns's clock.
-func monotonicNow() (uint64, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0, err
-	}
-	return uint64(ts.Nano()), nil
 }

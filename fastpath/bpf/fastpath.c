@@ -72,8 +72,9 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } routes6 SEC(".maps");
 
-// Lease holders by PublicIP; answered is when the peer last answered a
-// probe from its own kernel fast path (bpf_ktime_get_ns), 0 if never.
+// Lease holders by PublicIP; answered is when the peer last showed that it
+// decapsulates in its kernel (now(): a probe answer, or a datagram from
+// its egress program, see vouch), 0 if never.
 struct peer {
 	__u64 answered;
 };
@@ -233,12 +234,24 @@ struct encap_hdr {
 	struct udphdr udp;
 } __attribute__((packed));
 
+// now is the clock of peer.answered: the coarse monotonic clock (a tick's
+// resolution is plenty for a validity of seconds) costs no clock-source
+// read, and the egress program asks it for every packet.
+static __always_inline __u64 now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 // peer_ready tells whether peer answered a probe recently enough to take
 // packets whose inner checksums are left to offload.
 static __always_inline int peer_ready(__u32 peer)
 {
 	struct peer *p = bpf_map_lookup_elem(&peers, &peer);
-	if (!p || !p->answered || bpf_ktime_get_ns() - p->answered > answer_valid_ns) {
+	__u64 at = p ? *(volatile __u64 *)&p->answered : 0;
+	// Another CPU may renew the answer after this one read the clock: an
+	// answer from the future is fresh, not 2^64 ns old.
+	__u64 t = now();
+	if (!at || (t > at && t - at > answer_valid_ns)) {
 		count(C_PASS_PEER, 1);
 		return 0;
 	}
@@ -417,6 +430,25 @@ int flannel_egress(struct __sk_buff *skb)
 	return encap(skb, peer, 0);
 }
 
+// vouch counts a datagram that the peer's own egress program sent as an
+// answer: that program leaves the outer UDP checksum zero, which no UDP
+// socket sends over IPv4 (a computed zero goes out as 0xffff, one left to
+// offload holds the pseudo-header sum, never zero), so neither upstream's
+// proxy nor the userspace router does. And a peer sends from its kernel
+// only to nodes it holds a lease of, whose datagrams its ingress program
+// therefore takes. Probes alone are not enough: a full backlog drops them
+// like any packet, and right after a peer comes up (or a lease event reset
+// its answer) the next ask may be seconds away; either way the flows
+// towards it went through userspace meanwhile and were reordered. The
+// write is rare because every CPU shares the entry.
+static __always_inline void vouch(struct peer *p)
+{
+	__u64 at = *(volatile __u64 *)&p->answered;
+	__u64 t = now();
+	if (t > at && t - at > answer_valid_ns / 8)
+		p->answered = t;
+}
+
 // answer_probe turns a probe into its answer and sends it back out of the
 // interface it came in on: this node's kernel decapsulates, so the asker may
 // hand it packets whose inner checksums are left to offload.
@@ -433,7 +465,7 @@ static __always_inline int answer_probe(struct __sk_buff *skb)
 		__u32 from = h->ip.saddr;
 		struct peer *p = bpf_map_lookup_elem(&peers, &from);
 		if (p)
-			p->answered = bpf_ktime_get_ns();
+			p->answered = now();
 		count(C_PROBE_ANSWERS, 1);
 		return TC_ACT_SHOT;
 	}
@@ -669,12 +701,15 @@ int flannel_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 sender = h->ip.saddr;
 	// The sender check: only lease holders get the kernel path.
-	if (!bpf_map_lookup_elem(&peers, &sender) && !accept_unknown) {
+	struct peer *p = bpf_map_lookup_elem(&peers, &sender);
+	if (!p && !accept_unknown) {
 		count(C_PASS_IN, 1);
 		return TC_ACT_OK;
 	}
 	if (is_probe(data + sizeof(struct ethhdr) + sizeof(struct iphdr), end))
 		return answer_probe(skb);
+	if (p && !h->udp.check)
+		vouch(p);
 	return deliver(skb, sender);
 }
 
