@@ -400,7 +400,7 @@ func (p *Path) probeLoop() {
 // no answer vouches for it (none yet, or older than its validity).
 func (p *Path) answerAge(ip netip.Addr) (age time.Duration, ok bool) {
 	var v bpfPeer
-	if p.objs.Peers.Lookup(be32(ip), &v) != nil || v.Answered == 0 {
+	if p.objs.Peers.Lookup(be32(ip), &v) != nil {
 		return 0, false
 	}
 	now, err := monotonicNow()

@@ -573,8 +573,9 @@ static __always_inline int is_probe(struct udphdr *udp, void *end)
 
 // inner_ok checks the inner packet at in (IPv4, or IPv6 if v6) against
 // the datagram's UDP length and --strict-source, and returns its length,
-// 0 to leave the datagram to the socket, -1 to drop it.
-static __always_inline int inner_ok(void *in, void *end, struct encap_hdr *h, __u32 sender, int v6)
+// 0 to leave the datagram to the socket, -1 to drop it; *proto is its
+// protocol (IPv6: next header).
+static __always_inline int inner_ok(void *in, void *end, struct encap_hdr *h, __u32 sender, int v6, __u8 *proto)
 {
 	__u32 len, owner;
 	if (v6) {
@@ -583,12 +584,14 @@ static __always_inline int inner_ok(void *in, void *end, struct encap_hdr *h, __
 			return 0;
 		len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
 		owner = strict_source ? route6(&ip6->saddr) : sender;
+		*proto = ip6->nexthdr;
 	} else {
 		struct iphdr *ip = in;
 		if ((void *)(ip + 1) > end || ip->ihl < 5)
 			return 0;
 		len = bpf_ntohs(ip->tot_len);
 		owner = strict_source ? route(ip->saddr) : sender;
+		*proto = ip->protocol;
 	}
 	if (len + sizeof(struct udphdr) != bpf_ntohs(h->udp.len))
 		return 0;
@@ -642,7 +645,8 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 	struct encap_hdr *h = data;
 	if ((void *)(h + 1) > end)
 		return TC_ACT_OK;
-	int len = inner_ok(h + 1, end, h, sender, v6);
+	__u8 proto = 0;
+	int len = inner_ok(h + 1, end, h, sender, v6, &proto);
 	if (len < 0)
 		return TC_ACT_SHOT;
 	if (len == 0) {
@@ -650,18 +654,6 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 		return TC_ACT_OK;
 	}
 	__u32 inner_len = len;
-	__u8 proto;
-	if (v6) {
-		struct ipv6hdr *ip6 = (void *)(h + 1);
-		if ((void *)(ip6 + 1) > end)
-			return TC_ACT_OK;
-		proto = ip6->nexthdr;
-	} else {
-		struct iphdr *ip = (void *)(h + 1);
-		if ((void *)(ip + 1) > end)
-			return TC_ACT_OK;
-		proto = ip->protocol;
-	}
 	capture_pkt(skb, sizeof(struct encap_hdr), 1);
 	if (!direct(skb, proto) && handoff_on(inner_len))
 		return handoff(skb, h, inner_len, bpf_htons(v6 ? ETH_P_IPV6 : ETH_P_IP));
