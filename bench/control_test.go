@@ -82,6 +82,13 @@ func newLiveTable(next routesync.Table, onLive func(netip.Prefix, time.Time)) *l
 	return &liveTable{next: next, peers: map[netip.Prefix]netip.Addr{}, first: make(chan struct{}), onLive: onLive}
 }
 
+// ForgetPeers passes the peers on to next, when set.
+func (t *liveTable) ForgetPeers(peers []netip.Addr) {
+	if t.next != nil {
+		t.next.ForgetPeers(peers)
+	}
+}
+
 // SetRoutes is called from the Syncer's goroutine only.
 func (t *liveTable) SetRoutes(routes []router.Route) {
 	if t.next != nil {

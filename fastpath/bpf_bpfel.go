@@ -13,6 +13,36 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCounter uint32
+
+const (
+	bpfCounterC_OUT_PACKETS            bpfCounter = 0
+	bpfCounterC_OUT_BYTES              bpfCounter = 1
+	bpfCounterC_IN_PACKETS             bpfCounter = 2
+	bpfCounterC_IN_BYTES               bpfCounter = 3
+	bpfCounterC_PASS_NO_ROUTE          bpfCounter = 4
+	bpfCounterC_PASS_TTL               bpfCounter = 5
+	bpfCounterC_PASS_NOT_SIMPLE        bpfCounter = 6
+	bpfCounterC_PASS_PEER              bpfCounter = 7
+	bpfCounterC_PASS_NO_NEIGH          bpfCounter = 8
+	bpfCounterC_PASS_NO_UNDERLAY_ROUTE bpfCounter = 9
+	bpfCounterC_PASS_TOO_BIG           bpfCounter = 10
+	bpfCounterC_PASS_OVERSIZE          bpfCounter = 11
+	bpfCounterC_PASS_ENCAP             bpfCounter = 12
+	bpfCounterC_PASS_UNKNOWN_SENDER    bpfCounter = 13
+	bpfCounterC_PASS_NOT_ONE_PACKET    bpfCounter = 14
+	bpfCounterC_PASS_DECAP             bpfCounter = 15
+	bpfCounterC_PASS_ROUTER_PROBE      bpfCounter = 16
+	bpfCounterC_DROP_STRICT            bpfCounter = 17
+	bpfCounterC_DROP_ENCAP             bpfCounter = 18
+	bpfCounterC_PROBES_ANSWERED        bpfCounter = 19
+	bpfCounterC_PROBE_ANSWERS          bpfCounter = 20
+	bpfCounterC_CAPTURE_LOST           bpfCounter = 21
+	bpfCounterC_DROP_HANDOFF           bpfCounter = 22
+	bpfCounterC_HANDOFF                bpfCounter = 23
+	bpfCounterC_MAX                    bpfCounter = 24
+)
+
 type bpfPeer struct {
 	_        structs.HostLayout
 	Answered uint64
@@ -46,12 +76,14 @@ const (
 	bpfVarAcceptUnknown   = "accept_unknown"
 	bpfVarAnswerValidNs   = "answer_valid_ns"
 	bpfVarHandoffMac      = "handoff_mac"
+	bpfVarHandoffMark     = "handoff_mark"
 	bpfVarHandoffPort     = "handoff_port"
 	bpfVarLocalAddr       = "local_addr"
 	bpfVarStrictSource    = "strict_source"
 	bpfVarTunIfindex      = "tun_ifindex"
 	bpfVarUdpPort         = "udp_port"
 	bpfVarUnderlayIfindex = "underlay_ifindex"
+	bpfVarUnusedCounter   = "unused_counter"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -120,12 +152,14 @@ type bpfVariableSpecs struct {
 	AcceptUnknown   *ebpf.VariableSpec `ebpf:"accept_unknown"`
 	AnswerValidNs   *ebpf.VariableSpec `ebpf:"answer_valid_ns"`
 	HandoffMac      *ebpf.VariableSpec `ebpf:"handoff_mac"`
+	HandoffMark     *ebpf.VariableSpec `ebpf:"handoff_mark"`
 	HandoffPort     *ebpf.VariableSpec `ebpf:"handoff_port"`
 	LocalAddr       *ebpf.VariableSpec `ebpf:"local_addr"`
 	StrictSource    *ebpf.VariableSpec `ebpf:"strict_source"`
 	TunIfindex      *ebpf.VariableSpec `ebpf:"tun_ifindex"`
 	UdpPort         *ebpf.VariableSpec `ebpf:"udp_port"`
 	UnderlayIfindex *ebpf.VariableSpec `ebpf:"underlay_ifindex"`
+	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -176,12 +210,14 @@ type bpfVariables struct {
 	AcceptUnknown   *ebpf.Variable `ebpf:"accept_unknown"`
 	AnswerValidNs   *ebpf.Variable `ebpf:"answer_valid_ns"`
 	HandoffMac      *ebpf.Variable `ebpf:"handoff_mac"`
+	HandoffMark     *ebpf.Variable `ebpf:"handoff_mark"`
 	HandoffPort     *ebpf.Variable `ebpf:"handoff_port"`
 	LocalAddr       *ebpf.Variable `ebpf:"local_addr"`
 	StrictSource    *ebpf.Variable `ebpf:"strict_source"`
 	TunIfindex      *ebpf.Variable `ebpf:"tun_ifindex"`
 	UdpPort         *ebpf.Variable `ebpf:"udp_port"`
 	UnderlayIfindex *ebpf.Variable `ebpf:"underlay_ifindex"`
+	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -30,7 +30,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 )
 
@@ -111,6 +110,7 @@ func Start(cfg Config) (*Path, error) {
 	for name, v := range map[string]any{
 		"handoff_port":     binary.NativeEndian.Uint16(handPort[:]),
 		"handoff_mac":      [6]byte(handoffMAC),
+		"handoff_mark":     uint32(handoffMark),
 		"local_addr":       be32(cfg.LocalAddr),
 		"udp_port":         binary.NativeEndian.Uint16(port[:]),
 		"underlay_ifindex": uint32(underIf.Index),
@@ -214,6 +214,15 @@ func startHandoff(cfg Config, tun *net.Interface) (*handoff, error) {
 	return h, nil
 }
 
+// SetTUNAddr gives the handoff device the TUN's new IPv4 address after a
+// lease move (see handoff.configure for why it needs one).
+func (p *Path) SetTUNAddr(a netip.Addr) error {
+	if p.hand == nil || !a.Is4() {
+		return nil
+	}
+	return p.hand.setAddrs([]netip.Addr{a})
+}
+
 // SetRoutes makes the programs' route tables (IPv4 and IPv6 subnets) equal
 // to routes, with one map update per changed subnet: a moved subnet is
 // replaced in one update, so no packet sees a stale peer. Routes to a peer
@@ -270,22 +279,24 @@ func (p *Path) deleteRoute(subnet netip.Prefix) error {
 	return p.objs.Routes6.Delete(route6Key(subnet))
 }
 
-// LeaseEvents forgets what the peers of Added events answered: a restarted
-// peer may have come back without the fast path. Packets for it go through
-// userspace until it answers a probe again or sends from its own fast
-// path. It implements
-// routesync.EventSink.
-func (p *Path) LeaseEvents(events []lease.Event) {
+// ForgetPeers forgets what the given peers answered: each took a lease it
+// did not hold (a restart, or a replacement at the same address that may
+// lack the fast path). Packets for them go through userspace until they
+// answer a probe again, asked at once, or send from their own fast path.
+// A peer without a route is not in the map; its entry starts empty when
+// SetRoutes adds it.
+func (p *Path) ForgetPeers(peers []netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, ev := range events {
-		ip := ev.Lease.PublicIP
-		if ev.Type != lease.EventAdded || p.peers[ip] == 0 {
+	for _, ip := range peers {
+		if !ip.Is4() || p.peers[ip] == 0 {
 			continue
 		}
 		if err := p.objs.Peers.Update(be32(ip), bpfPeer{}, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			p.cfg.Logger.Error("Fast path: reset peer", "peer", ip, "error", err)
+			continue
 		}
+		p.cfg.Logger.Info("Fast path: peer took a new lease; its packets go through userspace until it answers a probe again", "peer", ip)
 	}
 	p.poke()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // handoff is the local VXLAN device the ingress program passes the
@@ -22,18 +23,32 @@ import (
 // collect_md device allocates a metadata dst for every packet it receives
 // and frees it through RCU, which cost 12 % of single-stream throughput.
 // It learns nothing and sends nothing: only the ingress program feeds it,
-// and it drops whatever reaches its port from the underlay.
+// and the guard (guard.go) drops every other datagram for its port.
 type handoff struct {
-	link netlink.Link
+	link  netlink.Link
+	guard *guard
 }
 
 // handoffMAC is the device's address; the ingress program writes it as the
 // inner destination (locally administered, unicast).
 var handoffMAC = net.HardwareAddr{0x0e, 0x66, 0x6c, 0x67, 0x6f, 0x01}
 
-// newHandoff creates the device, replacing one of the same name (left by
-// a flanneld whose TUN was persistent).
+// newHandoff installs the guard, then creates the device, replacing one of
+// the same name (left by a flanneld whose TUN was persistent).
 func newHandoff(name string, port int, tun *net.Interface, addrs []netip.Addr) (*handoff, error) {
+	g, err := installGuard(name, port)
+	if err != nil {
+		return nil, err
+	}
+	h, err := createHandoff(name, port, tun, addrs)
+	if err != nil {
+		return nil, errors.Join(err, g.Remove())
+	}
+	h.guard = g
+	return h, nil
+}
+
+func createHandoff(name string, port int, tun *net.Interface, addrs []netip.Addr) (*handoff, error) {
 	if old, err := netlink.LinkByName(name); err == nil {
 		if _, ok := old.(*netlink.Vxlan); !ok {
 			return nil, fmt.Errorf("handoff device %s exists and is not VXLAN (%s): delete it or rename it", name, old.Type())
@@ -78,11 +93,8 @@ func newHandoff(name string, port int, tun *net.Interface, addrs []netip.Addr) (
 // own (a second copy of a local /32 routes nothing new). Forwarding
 // follows the host's setting.
 func (h *handoff) configure(name string, addrs []netip.Addr) error {
-	for _, a := range addrs {
-		ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
-		if err := netlink.AddrAdd(h.link, &netlink.Addr{IPNet: ipn}); err != nil {
-			return fmt.Errorf("handoff device %s: add %s: %w", name, a, err)
-		}
+	if err := h.setAddrs(addrs); err != nil {
+		return err
 	}
 	conf := filepath.Join("/proc/sys/net/ipv4/conf", name)
 	fwd, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/forwarding")
@@ -110,15 +122,46 @@ func (h *handoff) configure(name string, addrs []netip.Addr) error {
 	return nil
 }
 
-// Close removes the device.
-func (h *handoff) Close() error {
-	if h == nil || h.link == nil {
-		return nil
+// setAddrs makes the device's IPv4 addresses equal to addrs (the TUN's),
+// each as a /32: added before the old ones go, so the device is never
+// without one.
+func (h *handoff) setAddrs(addrs []netip.Addr) error {
+	name := h.link.Attrs().Name
+	have, err := netlink.AddrList(h.link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("handoff device %s: list addresses: %w", name, err)
 	}
-	if err := netlink.LinkDel(h.link); err != nil {
-		return fmt.Errorf("remove the handoff device %s: %w", h.link.Attrs().Name, err)
+	want := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		want[a] = true
+		ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+		if err := netlink.AddrReplace(h.link, &netlink.Addr{IPNet: ipn}); err != nil {
+			return fmt.Errorf("handoff device %s: add %s: %w", name, a, err)
+		}
+	}
+	for _, old := range have {
+		if a, ok := netip.AddrFromSlice(old.IP.To4()); ok && !want[a] {
+			if err := netlink.AddrDel(h.link, &old); err != nil {
+				return fmt.Errorf("handoff device %s: remove %s: %w", name, a, err)
+			}
+		}
 	}
 	return nil
+}
+
+// Close removes the device, then its guard; a device that could not be
+// removed keeps its guard. The device may be gone already: the kernel
+// deletes it with the TUN, its lower device.
+func (h *handoff) Close() error {
+	if h == nil {
+		return nil
+	}
+	if h.link != nil {
+		if err := netlink.LinkDel(h.link); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("remove the handoff device %s: %w", h.link.Attrs().Name, err)
+		}
+	}
+	return h.guard.Remove()
 }
 
 // rxPackets is what the device has received.

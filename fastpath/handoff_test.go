@@ -39,6 +39,7 @@ func loadPrograms(t *testing.T, vars map[string]any) *bpfObjects {
 		"udp_port":       port(8285),
 		"handoff_port":   port(8286),
 		"handoff_mac":    [6]byte(handoffMAC),
+		"handoff_mark":   uint32(handoffMark),
 		"accept_unknown": uint8(1),
 	}
 	maps.Copy(set, vars)
@@ -85,6 +86,13 @@ func datagramProto(dport uint16, proto byte) (frame, inner []byte) {
 	return append(frame, inner...), inner
 }
 
+// skbMark is struct __sk_buff as a test run passes it in and out: its
+// head up to mark, the rest zero (room for the whole struct out).
+type skbMark struct {
+	Len, PktType, Mark uint32
+	_                  [61]uint32
+}
+
 func ipChecksum(h []byte) uint16 {
 	var sum uint32
 	for i := 0; i < len(h); i += 2 {
@@ -104,7 +112,8 @@ func ipChecksum(h []byte) uint16 {
 func TestIngressHandoff(t *testing.T) {
 	objs := ingressProgram(t)
 	frame, inner := datagram(8285)
-	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
+	var skb skbMark
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64), Context: skbMark{}, ContextOut: &skb}
 	ret, err := objs.FlannelIngress.Run(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +121,10 @@ func TestIngressHandoff(t *testing.T) {
 	out := opts.DataOut
 	if ret != 0 { // TC_ACT_OK
 		t.Fatalf("program returned %d, want TC_ACT_OK", ret)
+	}
+	// The guard lets only datagrams with this mark reach the device.
+	if skb.Mark != handoffMark {
+		t.Errorf("handed-off datagram has mark %#x, want %#x", skb.Mark, handoffMark)
 	}
 	const hdr = 14 + 20 + 8 + 8 + 14
 	if len(out) != hdr+len(inner) {
@@ -142,7 +155,7 @@ func TestIngressHandoff(t *testing.T) {
 		t.Errorf("inner packet changed:\n got % x\nwant % x", out[hdr:], inner)
 	}
 	var perCPU []uint64
-	if err := objs.Stats.Lookup(uint32(cHandoff), &perCPU); err != nil {
+	if err := objs.Stats.Lookup(uint32(bpfCounterC_HANDOFF), &perCPU); err != nil {
 		t.Fatal(err)
 	}
 	var n uint64
@@ -156,13 +169,17 @@ func TestIngressHandoff(t *testing.T) {
 	if err := objs.HandoffOff.Put(uint32(0), uint32(1)); err != nil {
 		t.Fatal(err)
 	}
-	opts = &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
+	skb = skbMark{}
+	opts = &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64), Context: skbMark{}, ContextOut: &skb}
 	if ret, err = objs.FlannelIngress.Run(opts); err != nil {
 		t.Fatal(err)
 	}
 	out = opts.DataOut
 	if ret != 7 { // TC_ACT_REDIRECT to the TUN
 		t.Fatalf("handoff off: program returned %d, want TC_ACT_REDIRECT", ret)
+	}
+	if skb.Mark != 0 {
+		t.Errorf("handoff off: decapsulated packet has mark %#x, want none", skb.Mark)
 	}
 	if !bytes.Equal(out[14:], inner) {
 		t.Errorf("handoff off: output % x, want the inner packet after the Ethernet header", out)

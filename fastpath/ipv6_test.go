@@ -43,10 +43,10 @@ func datagram6(inner []byte) []byte {
 	return frame
 }
 
-func counter(t *testing.T, objs *bpfObjects, c uint32) uint64 {
+func counter(t *testing.T, objs *bpfObjects, c bpfCounter) uint64 {
 	t.Helper()
 	var perCPU []uint64
-	if err := objs.Stats.Lookup(c, &perCPU); err != nil {
+	if err := objs.Stats.Lookup(uint32(c), &perCPU); err != nil {
 		t.Fatal(err)
 	}
 	var n uint64
@@ -89,10 +89,10 @@ func TestIngressIPv6Handoff(t *testing.T) {
 	if !bytes.Equal(out[hdr:], inner) {
 		t.Errorf("inner packet changed:\n got % x\nwant % x", out[hdr:], inner)
 	}
-	if n := counter(t, objs, cHandoff); n != 1 {
+	if n := counter(t, objs, bpfCounterC_HANDOFF); n != 1 {
 		t.Errorf("handoff counter %d, want 1", n)
 	}
-	if n := counter(t, objs, cInBytes); n != uint64(len(inner)) {
+	if n := counter(t, objs, bpfCounterC_IN_BYTES); n != uint64(len(inner)) {
 		t.Errorf("received bytes %d, want %d", n, len(inner))
 	}
 
@@ -131,7 +131,7 @@ func TestIngressIPv6StrictSource(t *testing.T) {
 			t.Errorf("inner source %s: program returned %d, want %d", tc.src, ret, tc.want)
 		}
 	}
-	if n := counter(t, objs, cDropStrict); n != 2 {
+	if n := counter(t, objs, bpfCounterC_DROP_STRICT); n != 2 {
 		t.Errorf("strict source drops %d, want 2", n)
 	}
 }
@@ -151,13 +151,13 @@ func TestEgressIPv6Passes(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		pkt     []byte
-		counter uint32
+		counter bpfCounter
 	}{
-		{"no route", packet6(src, "2001:db8:100:9::2", 6, 64), cPassNoRoute},
-		{"hop limit 1", packet6(src, "2001:db8:100:2::2", 6, 1), cPassTTL},
-		{"hop-by-hop options", packet6(src, "2001:db8:100:2::2", 0, 64), cPassNotSimple},
-		{"fragment header", packet6(src, "2001:db8:100:2::2", 44, 64), cPassNotSimple},
-		{"peer never answered", packet6(src, "2001:db8:100:2::2", 6, 64), cPassPeer},
+		{"no route", packet6(src, "2001:db8:100:9::2", 6, 64), bpfCounterC_PASS_NO_ROUTE},
+		{"hop limit 1", packet6(src, "2001:db8:100:2::2", 6, 1), bpfCounterC_PASS_TTL},
+		{"hop-by-hop options", packet6(src, "2001:db8:100:2::2", 0, 64), bpfCounterC_PASS_NOT_SIMPLE},
+		{"fragment header", packet6(src, "2001:db8:100:2::2", 44, 64), bpfCounterC_PASS_NOT_SIMPLE},
+		{"peer never answered", packet6(src, "2001:db8:100:2::2", 6, 64), bpfCounterC_PASS_PEER},
 	} {
 		before := counter(t, objs, tc.counter)
 		opts := &ebpf.RunOptions{Data: tc.pkt, DataOut: make([]byte, len(tc.pkt)+64)}

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel-go/internal/testbed"
-	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 )
 
@@ -73,15 +72,23 @@ func TestSetRoutesFollowsTable(t *testing.T) {
 		}
 	}
 
-	// An Added event for a peer forgets its answer.
-	key := be32(netip.MustParseAddr("192.0.2.9"))
-	if err := p.objs.Peers.Put(key, bpfPeer{Answered: 12345}); err != nil {
-		t.Fatal(err)
+	// Forgetting a peer forgets its answer, and only its answer.
+	key, other := be32(netip.MustParseAddr("192.0.2.9")), be32(netip.MustParseAddr("192.0.2.2"))
+	for _, k := range []uint32{key, other} {
+		if err := p.objs.Peers.Put(k, bpfPeer{Answered: 12345}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	p.LeaseEvents([]lease.Event{{Type: lease.EventAdded, Lease: lease.Lease{Subnet: netip.MustParsePrefix("198.18.2.0/24"), PublicIP: netip.MustParseAddr("192.0.2.9")}}})
+	p.ForgetPeers([]netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("192.0.2.77")})
 	var v bpfPeer
 	if err := p.objs.Peers.Lookup(key, &v); err != nil || v.Answered != 0 {
-		t.Fatalf("after a lease event the peer's answer is %d (%v), want 0", v.Answered, err)
+		t.Fatalf("after ForgetPeers the peer's answer is %d (%v), want 0", v.Answered, err)
+	}
+	if err := p.objs.Peers.Lookup(other, &v); err != nil || v.Answered != 12345 {
+		t.Fatalf("ForgetPeers changed another peer's answer to %d (%v)", v.Answered, err)
+	}
+	if p.hasPeer("192.0.2.77") {
+		t.Fatal("ForgetPeers added a peer without a route")
 	}
 }
 

@@ -2,50 +2,109 @@ package fastpath
 
 import "fmt"
 
-// Counter indexes, as enum counter in fastpath.c.
+// counterKind says what a counter of the programs counts.
+type counterKind int
+
 const (
-	cOutPackets = iota
-	cOutBytes
-	cInPackets
-	cInBytes
-	cPassNoRoute
-	cPassTTL
-	cPassNotSimple
-	cPassPeer
-	cPassFIB
-	cPassIn
-	cDropStrict
-	cDropEncap
-	cProbesAnswered
-	cProbeAnswers
-	cCaptureLost
-	cDropHandoff
-	cHandoff
-	numCounters
+	kindTraffic counterKind = iota // packets and bytes carried
+	kindPassed                     // packets left to the userspace router
+	kindDropped                    // packets the programs dropped
+	kindEvent                      // probes, handoffs, capture records lost
 )
+
+// counterDef names one value of the programs' enum counter. counters
+// holds one per value, in the enum's order (TestCounterTable checks it):
+// a new reason is a line in the C enum and a line here, and /metrics and
+// the README's list follow.
+type counterDef struct {
+	id     bpfCounter
+	kind   counterKind
+	reason string // the metric's reason label (passed and dropped)
+	help   string
+}
+
+var counters = [...]counterDef{
+	{bpfCounterC_OUT_PACKETS, kindTraffic, "", "inner packets encapsulated and sent to peers"},
+	{bpfCounterC_OUT_BYTES, kindTraffic, "", "their bytes"},
+	{bpfCounterC_IN_PACKETS, kindTraffic, "", "inner packets decapsulated towards the TUN"},
+	{bpfCounterC_IN_BYTES, kindTraffic, "", "their bytes"},
+	{bpfCounterC_PASS_NO_ROUTE, kindPassed, "no_route", "no peer owns the destination (the router answers ICMP net unreachable)"},
+	{bpfCounterC_PASS_TTL, kindPassed, "ttl_exceeded", "the TTL or hop limit would reach 0 (the router answers time exceeded)"},
+	{bpfCounterC_PASS_NOT_SIMPLE, kindPassed, "not_simple", "IP options, a fragment, an IPv6 extension header, or not IP"},
+	{bpfCounterC_PASS_PEER, kindPassed, "peer_not_kernel", "the peer has not shown that it decapsulates in its kernel (no recent probe answer)"},
+	{bpfCounterC_PASS_NO_NEIGH, kindPassed, "no_neighbour", "the underlay has no neighbour entry for the peer or its gateway yet"},
+	{bpfCounterC_PASS_NO_UNDERLAY_ROUTE, kindPassed, "no_underlay_route", "the underlay's routing table has no usable route to the peer"},
+	{bpfCounterC_PASS_TOO_BIG, kindPassed, "too_big", "not a super-packet, and too big for the underlay's MTU once encapsulated"},
+	{bpfCounterC_PASS_OVERSIZE, kindPassed, "oversize", "a super-packet longer than the outer headers' length fields can hold"},
+	{bpfCounterC_PASS_ENCAP, kindPassed, "encap_refused", "the kernel refused to make room for the outer headers (bpf_skb_adjust_room)"},
+	{bpfCounterC_PASS_UNKNOWN_SENDER, kindPassed, "unknown_sender", "a datagram from an address that holds no lease (the router applies the sender check)"},
+	{bpfCounterC_PASS_NOT_ONE_PACKET, kindPassed, "not_one_packet", "a datagram whose payload is not one whole IPv4 or IPv6 packet (for example several datagrams merged by UDP GRO)"},
+	{bpfCounterC_PASS_DECAP, kindPassed, "decap_refused", "the kernel refused to remove or rewrite the outer headers (bpf_skb_adjust_room)"},
+	{bpfCounterC_PASS_ROUTER_PROBE, kindPassed, "router_probe", "the userspace router's own probes (IPv6 capability)"},
+	{bpfCounterC_DROP_STRICT, kindDropped, "strict_source", "--strict-source: the inner source is outside the sender's subnets"},
+	{bpfCounterC_DROP_ENCAP, kindDropped, "encap_error", "the packet could not be written after it was grown or shrunk"},
+	{bpfCounterC_PROBES_ANSWERED, kindEvent, "", "probes from peers this node answered"},
+	{bpfCounterC_PROBE_ANSWERS, kindEvent, "", "answers from peers to this node's probes"},
+	{bpfCounterC_CAPTURE_LOST, kindEvent, "", "capture records lost to a full ring"},
+	{bpfCounterC_DROP_HANDOFF, kindDropped, "handoff_port", "a datagram for the handoff device's port that the ingress program did not hand over"},
+	{bpfCounterC_HANDOFF, kindEvent, "", "packets handed to the handoff device (part of the packets in)"},
+}
+
+const numCounters = int(bpfCounterC_MAX)
+
+// Reason is a reason a program passed a packet to the userspace router or
+// dropped it, with its count.
+type Reason struct {
+	Name  string // the metric's reason label
+	Help  string
+	Count uint64
+}
 
 // Stats are the programs' counters summed over CPUs. Packets and bytes
 // count inner packets; a TSO super-packet counts once.
 type Stats struct {
 	TxPackets, TxBytes uint64 // encapsulated and sent to peers
-	RxPackets, RxBytes uint64 // decapsulated into the TUN
+	RxPackets, RxBytes uint64 // decapsulated towards the TUN
 
-	// Packets handed to the userspace router, by reason.
-	PassNoRoute   uint64 // no peer owns the destination (ICMP net unreachable is userspace's)
-	PassTTL       uint64 // TTL would reach 0 (time exceeded is userspace's)
-	PassNotSimple uint64 // IP options, fragments or not IPv4
-	PassPeer      uint64 // peer not known to decapsulate in the kernel
-	PassFIB       uint64 // no route or neighbour entry for the peer yet
-	PassIn        uint64 // datagrams to the port left to the socket
+	Passed  []Reason // left to the userspace router, by reason
+	Dropped []Reason // dropped, by reason
 
-	DropStrictSource uint64 // --strict-source
-	DropEncap        uint64 // the skb could not be grown or written
-	DropHandoff      uint64 // datagrams from outside for the handoff device's port
-	Handoff          uint64 // super-packets handed to the handoff device (part of RxPackets)
-
+	Handoff        uint64 // packets handed to the handoff device (part of RxPackets)
 	ProbesAnswered uint64 // probes from peers this node answered
 	ProbeAnswers   uint64 // answers from peers to this node's probes
 	CaptureLost    uint64 // capture records lost to a full ring
+}
+
+// PassReasons and DropReasons are the reasons the programs count, in
+// the order Stats lists them.
+func PassReasons() []Reason { return reasons(kindPassed, nil) }
+
+// DropReasons: see PassReasons.
+func DropReasons() []Reason { return reasons(kindDropped, nil) }
+
+func reasons(k counterKind, sum *[numCounters]uint64) []Reason {
+	var out []Reason
+	for _, c := range counters {
+		if c.kind != k {
+			continue
+		}
+		r := Reason{Name: c.reason, Help: c.help}
+		if sum != nil {
+			r.Count = sum[c.id]
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// PassedFor is the count of one pass reason, 0 if s has none of that name.
+func (s Stats) PassedFor(reason string) uint64 {
+	for _, r := range s.Passed {
+		if r.Name == reason {
+			return r.Count
+		}
+	}
+	return 0
 }
 
 // Stats reads the counters.
@@ -61,12 +120,13 @@ func (p *Path) Stats() (Stats, error) {
 		}
 	}
 	return Stats{
-		TxPackets: sum[cOutPackets], TxBytes: sum[cOutBytes],
-		RxPackets: sum[cInPackets], RxBytes: sum[cInBytes],
-		PassNoRoute: sum[cPassNoRoute], PassTTL: sum[cPassTTL], PassNotSimple: sum[cPassNotSimple],
-		PassPeer: sum[cPassPeer], PassFIB: sum[cPassFIB], PassIn: sum[cPassIn],
-		DropStrictSource: sum[cDropStrict], DropEncap: sum[cDropEncap], DropHandoff: sum[cDropHandoff], Handoff: sum[cHandoff],
-		ProbesAnswered: sum[cProbesAnswered], ProbeAnswers: sum[cProbeAnswers],
-		CaptureLost: sum[cCaptureLost],
+		TxPackets: sum[bpfCounterC_OUT_PACKETS], TxBytes: sum[bpfCounterC_OUT_BYTES],
+		RxPackets: sum[bpfCounterC_IN_PACKETS], RxBytes: sum[bpfCounterC_IN_BYTES],
+		Passed:         reasons(kindPassed, &sum),
+		Dropped:        reasons(kindDropped, &sum),
+		Handoff:        sum[bpfCounterC_HANDOFF],
+		ProbesAnswered: sum[bpfCounterC_PROBES_ANSWERED],
+		ProbeAnswers:   sum[bpfCounterC_PROBE_ANSWERS],
+		CaptureLost:    sum[bpfCounterC_CAPTURE_LOST],
 	}, nil
 }

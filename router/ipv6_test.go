@@ -502,3 +502,33 @@ func TestStrictSourceUnknownPeer(t *testing.T) {
 		t.Errorf("%d packets passed, strict_source %d, want 0 and 2", k, w.in.drops[dropStrictSource].Load())
 	}
 }
+
+// TestForgetPeersAsksAtOnce: a peer that took a new lease is asked at the
+// prober's next step instead of a period later; the others are not.
+func TestForgetPeersAsksAtOnce(t *testing.T) {
+	w, sent := dualWorker(t, false, false)
+	p, tab := w.r.probe, w.r.table.Load()
+	now := time.Duration(0)
+	for now < time.Second {
+		next := p.step(tab, now)
+		for _, s := range *sent {
+			a := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
+			w.ingressBatch(tab, loadUDP(t, w, []netip.Addr{s.to.Addr()}, [][]byte{a[:]}))
+		}
+		*sent = (*sent)[:0]
+		now = next
+	}
+	// Both answered; the next asks are a period away.
+	if next := p.step(tab, now); next-now < probeInterval/2 {
+		t.Fatalf("after answers the prober wants to run in %v", next-now)
+	}
+	*sent = (*sent)[:0]
+	w.r.ForgetPeers([]netip.Addr{peerA})
+	p.step(tab, now+time.Millisecond)
+	if len(*sent) != 1 || (*sent)[0].to.Addr() != peerA {
+		t.Fatalf("after ForgetPeers(A) the prober sent %v, want one ask to %s", *sent, peerA)
+	}
+	if c, k := w.r.PeerIPv6Capable(peerA); !c || !k {
+		t.Errorf("a forgotten peer lost its capability before missing an ask: capable %v known %v", c, k)
+	}
+}

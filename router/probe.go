@@ -56,6 +56,7 @@ type peerInfo struct {
 	state    atomic.Uint32
 	askNonce atomic.Uint64 // nonce of the last ask sent
 	answered atomic.Uint64 // nonce of the last answer that matched an ask
+	recheck  atomic.Bool   // ask now: the peer took a new lease (ForgetPeers)
 }
 
 // probeState is the prober's own record of a peer.
@@ -126,6 +127,9 @@ func (p *prober) step(t *table, now time.Duration) (next time.Duration) {
 			p.state[pi] = st
 		}
 		st.round = p.round
+		if pi.recheck.Swap(false) {
+			st.next = now
+		}
 		if st.nonce != 0 && st.misses == 0 && st.next-st.asked > answerWait && pi.answered.Load() != st.nonce {
 			if now < st.asked+answerWait {
 				next = min(next, st.asked+answerWait)

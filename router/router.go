@@ -259,6 +259,23 @@ func (r *Router) SetRoutes(routes []Route) {
 	}
 }
 
+// ForgetPeers asks the given peers at once whether they carry IPv6: each
+// took a lease it did not hold (a restart, a replacement at the same
+// address), so its earlier answer may no longer hold. Until it misses the
+// asks, it keeps the capability it had.
+func (r *Router) ForgetPeers(peers []netip.Addr) {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	for _, a := range peers {
+		if pi := r.peerInfo[a]; pi != nil {
+			pi.recheck.Store(true)
+		}
+	}
+	if r.probe != nil && len(peers) > 0 {
+		r.probe.poke()
+	}
+}
+
 // SetOwnSubnet changes the source address of the router's ICMP errors
 // after the node's lease moved to subnet p. The caller reconfigures the
 // TUN address.

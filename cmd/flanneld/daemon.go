@@ -114,7 +114,7 @@ func (d *daemon) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer dp.close()
+	defer dp.close(d.log)
 
 	subnetFileOK, err := d.setupHost(cfg, prev, l, dp.mtu)
 	if err != nil {
@@ -276,10 +276,13 @@ type dataPlane struct {
 }
 
 // close detaches the fast path, closes the router (its sockets, also when
-// it never ran) and then the TUN device; all closes are idempotent.
-func (dp *dataPlane) close() {
+// it never ran) and then the TUN device; all closes are idempotent. What
+// the fast path could not remove is logged: it may be left on the host.
+func (dp *dataPlane) close(log *slog.Logger) {
 	if dp.fp != nil {
-		_ = dp.fp.Close()
+		if err := dp.fp.Close(); err != nil {
+			log.Error("Fast path clean-up", "error", err)
+		}
 	}
 	if dp.rt != nil {
 		_ = dp.rt.Close()
@@ -307,7 +310,7 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 	dp := &dataPlane{dev: dev, mtu: mtu}
 	defer func() {
 		if err != nil {
-			dp.close()
+			dp.close(log)
 		}
 	}()
 	reportTUN(dev.Name, log)
@@ -534,6 +537,11 @@ func (d *daemon) moveSubnet(cfg *lease.Config, dp *dataPlane, old, subnet netip.
 		d.log.Warn("Remove the old TUN address", "addr", old.Addr(), "error", err)
 	}
 	dp.rt.SetOwnSubnet(subnet)
+	if dp.fp != nil {
+		if err := dp.fp.SetTUNAddr(subnet.Addr()); err != nil {
+			d.log.Error("Move the fast path's handoff device to the new subnet", "error", err)
+		}
+	}
 	d.moveHostState(cfg, cfg.Network, old, subnet, d.rules.Load() != nil)
 }
 

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 
 	"github.com/flannel-go/flannel-go/fastpath"
+	"github.com/flannel-go/flannel-go/internal/routesync"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -64,9 +66,7 @@ func handoffName(tunDev string) string {
 
 // routeTable returns what routesync updates: the router, and the fast path
 // when it runs.
-func (d *daemon) routeTable(rt *router.Router) interface {
-	SetRoutes([]router.Route)
-} {
+func (d *daemon) routeTable(rt *router.Router) routesync.Table {
 	if fp := d.fast.Load(); fp != nil {
 		return bothTables{rt, fp}
 	}
@@ -85,7 +85,11 @@ func (b bothTables) SetRoutes(routes []router.Route) {
 	b.rt.SetRoutes(routes)
 }
 
-func (b bothTables) LeaseEvents(events []lease.Event) { b.fp.LeaseEvents(events) }
+// ForgetPeers tells both engines which peers took a new lease.
+func (b bothTables) ForgetPeers(peers []netip.Addr) {
+	b.fp.ForgetPeers(peers)
+	b.rt.ForgetPeers(peers)
+}
 
 // writeFastPathMetrics writes flannel_fast_path_enabled and, while the fast
 // path runs, its counters.
@@ -108,14 +112,18 @@ func (d *daemon) writeFastPathMetrics(w io.Writer) (fastpath.Stats, bool) {
 	p.family("flannel_fast_path_probes_total", "counter", "Fast path probes: answered for peers (answered) and answers to this node's probes (received).")
 	p.sample("flannel_fast_path_probes_total", `kind="answered"`, s.ProbesAnswered)
 	p.sample("flannel_fast_path_probes_total", `kind="received"`, s.ProbeAnswers)
+	p.family("flannel_fast_path_capture_lost_total", "counter", "Packets the kernel fast path could not add to a running capture (/debug/pcap) because its ring was full; the packets themselves were carried.")
+	p.sample("flannel_fast_path_capture_lost_total", "", s.CaptureLost)
 	p.family("flannel_router_passed_to_userspace_total", "counter", "Packets the kernel fast path left to the userspace router, by reason.")
-	p.byReason("flannel_router_passed_to_userspace_total", "", []reasonCount{
-		{"no_route", s.PassNoRoute},
-		{"ttl_exceeded", s.PassTTL},
-		{"not_simple", s.PassNotSimple},
-		{"peer_not_kernel", s.PassPeer},
-		{"no_neighbour", s.PassFIB},
-		{"to_socket", s.PassIn},
-	})
+	p.byReason("flannel_router_passed_to_userspace_total", "", kernelReasons(s.Passed))
 	return s, true
+}
+
+// kernelReasons turns the fast path's reasons into samples.
+func kernelReasons(rs []fastpath.Reason) []reasonCount {
+	out := make([]reasonCount, len(rs))
+	for i, r := range rs {
+		out[i] = reasonCount{r.Name, r.Count}
+	}
+	return out
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
 	"github.com/flannel-go/flannel-go/internal/testbed"
@@ -184,6 +185,28 @@ func TestFastPathMixedCluster(t *testing.T) {
 			t.Errorf("%s: the handoff device received %d packets (present: %v), want the transfers' super-packets", n.Host.Name, rx, ok)
 		}
 	}
+}
+
+// linkAddrs4 lists the IPv4 addresses of device dev on host h.
+func linkAddrs4(t *testing.T, h *testbed.Host, dev string) []netip.Addr {
+	t.Helper()
+	var out []netip.Addr
+	if err := h.Do(func() error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range as {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+				out = append(out, ip)
+			}
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("addresses of %s on %s: %v", dev, h.Name, err)
+	}
+	return out
 }
 
 // handoffDev is the fast path's handoff device next to flannel0.
@@ -548,5 +571,60 @@ func TestFastPathDualStackHandoffOff(t *testing.T) {
 	}
 	if v := metricValue(t, n2, series) - before; v < 8<<20 {
 		t.Errorf("the kernel path took %v bytes in over inner IPv6, want the 8 MiB transfer", v)
+	}
+}
+
+// TestFastPathLeaseRenewal renews a peer's lease (a new etcd lease and the
+// same value, as the keeper does) in the middle of a transfer to it: the
+// sender must keep every packet of it on the kernel path, and forget
+// nothing it learnt about the peer.
+func TestFastPathLeaseRenewal(t *testing.T) {
+	requireFastPath(t)
+	c := startCluster(t, 2, "--fast-path=on")
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	waitKernelPeers(t, 1, n1, n2)
+	const passed = `flannel_router_passed_to_userspace_total{reason="peer_not_kernel"}`
+	const kernelOut = `flannel_router_bytes_total{direction="out",path="kernel"}`
+	before, sentBefore := metricValue(t, n1, passed), metricValue(t, n1, kernelOut)
+	done := make(chan error, 1)
+	go func() {
+		res, err := cluster.Transfer(ctx, n1.Container, n2.Container, n2.Container.Addr, 5601, 256<<20)
+		if err == nil && !res.Match() {
+			err = errors.New("the bytes received differ from those sent")
+		}
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the transfer under way", func() error {
+		if v := metricValue(t, n1, kernelOut); v < sentBefore+1<<20 {
+			return fmt.Errorf("%v bytes out on the kernel path", v)
+		}
+		return nil
+	})
+	key := subnetsPrefix + lease.SubnetKey(n2.Env.Subnet)
+	grant, err := c.Etcd.Grant(ctx, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Etcd.Put(ctx, key, string(lease.MarshalLeaseAttrs(n2.Host.Addr)), clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// A lease put after the renewal: once node 1 routes it, it has seen
+	// the renewal too (one watch, in order).
+	putLease(t, c.Etcd, "198.18.250.0/24", "192.0.2.250")
+	waitRoutes(t, 10*time.Second, 2, n1)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("transfer: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("transfer not done after 60 s")
+	}
+	if after := metricValue(t, n1, passed); after != before {
+		t.Errorf("the renewal sent %v packets for the peer through userspace", after-before)
+	}
+	if strings.Contains(n1.Log(), "peer took a new lease") {
+		t.Errorf("the renewal made node 1 forget the peer:\n%s", n1.Log())
 	}
 }

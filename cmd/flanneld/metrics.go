@@ -155,12 +155,7 @@ func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool
 		{"peer_no_ipv6", s.Drops.PeerNoIPv6},
 	})
 	if kernel {
-		p.byReason("flannel_router_dropped_packets_total", `path="kernel",`, []reasonCount{
-			{"strict_source", k.DropStrictSource},
-			{"encap_error", k.DropEncap},
-			{"capture_lost", k.CaptureLost},
-			{"handoff_port", k.DropHandoff},
-		})
+		p.byReason("flannel_router_dropped_packets_total", `path="kernel",`, kernelReasons(k.Dropped))
 	}
 	p.family("flannel_router_icmp_errors_sent_total", "counter", "ICMP errors (unreachable, time exceeded, fragmentation needed) the router wrote into the TUN.")
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)

@@ -110,7 +110,7 @@ func TestWriteRouterStats(t *testing.T) {
 		RxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{3},
 		RxBatchPackets: 3,
 		Offloads:       router.Offloads{TUNVnetHdr: true, UDPGRO: true},
-	}, fastpath.Stats{TxPackets: 31, TxBytes: 32, RxPackets: 33, RxBytes: 34, DropStrictSource: 35}, true)
+	}, fastpath.Stats{TxPackets: 31, TxBytes: 32, RxPackets: 33, RxBytes: 34, Dropped: []fastpath.Reason{{Name: "strict_source", Count: 35}}}, true)
 	out := b.String()
 	types := checkExposition(t, out)
 	for _, want := range []string{

@@ -807,6 +807,26 @@ func TestLeaseTakenOver(t *testing.T) {
 		return nil
 	})
 	waitRoutes(t, 10*time.Second, 2, n1) // node 2's new subnet and the taker's
+	// Every address flanneld owns moves: the TUN's and, while the fast
+	// path runs, its handoff device's.
+	devs := []string{"flannel0"}
+	if metricValue(t, n2, "flannel_fast_path_enabled") == 1 {
+		devs = append(devs, handoffDev)
+	}
+	waitFor(t, 10*time.Second, "node 2's addresses on the new subnet", func() error {
+		for _, dev := range devs {
+			addrs := linkAddrs4(t, n2.Host, dev)
+			if len(addrs) == 0 {
+				return fmt.Errorf("%s has no IPv4 address", dev)
+			}
+			for _, a := range addrs {
+				if !moved.Contains(a) {
+					return fmt.Errorf("%s has %s, outside the new subnet %s", dev, a, moved)
+				}
+			}
+		}
+		return nil
+	})
 	resp, err := c.Etcd.Get(ctx, key)
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatal(resp, err)

@@ -145,7 +145,61 @@ func TestSecurityAuthAndBind(t *testing.T) {
 			}
 		}
 		t.Logf("MEASURED %s: UDP 8285 sockets bound to %v", n.Host.Name, bound)
+		auditSockets(t, n)
 	}
+}
+
+// auditSockets finds every UDP socket and TCP listener in the node's
+// namespace (flanneld is the only program there, etcd runs elsewhere) in
+// SECURITY.md's listener table, and none on a wildcard address but the
+// fast path's handoff device.
+func auditSockets(t *testing.T, n *cluster.Node) {
+	t.Helper()
+	doc, err := os.ReadFile("../../SECURITY.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fastPath := metricValue(t, n, "flannel_fast_path_enabled") == 1
+	for _, proto := range []string{"udp", "udp6", "tcp", "tcp6"} {
+		out, err := n.Host.Run(t.Context(), "cat", "/proc/net/"+proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(out, "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 4 || strings.HasPrefix(proto, "tcp") && f[3] != "0A" { // TCP: listeners only
+				continue
+			}
+			ap, ok := parseProcNetAddr(f[1])
+			if !ok {
+				t.Fatalf("%s: cannot parse %q", proto, f[1])
+			}
+			row := socketRow(proto, ap, n, fastPath)
+			if row == "" {
+				t.Errorf("%s: %s socket %s is in no row of SECURITY.md's listener table", n.Host.Name, proto, ap)
+				continue
+			}
+			if !strings.Contains(string(doc), "| "+row+" |") {
+				t.Errorf("SECURITY.md's listener table has no row %q (for %s %s)", row, proto, ap)
+			}
+			t.Logf("MEASURED %s: %s %s: %s", n.Host.Name, proto, ap, row)
+		}
+	}
+}
+
+// socketRow names the listener-table row a socket of flanneld belongs to.
+func socketRow(proto string, ap netip.AddrPort, n *cluster.Node, fastPath bool) string {
+	switch {
+	case proto == "udp" && ap.Addr() == n.Host.Addr && ap.Port() == 8285:
+		return "UDP data plane"
+	case proto == "udp" && ap.Addr() == n.Host.Addr && fastPath:
+		return "fast-path probe socket"
+	case proto == "udp" && ap == netip.MustParseAddrPort("0.0.0.0:8286") && fastPath:
+		return "fast-path handoff device"
+	case proto == "tcp" && ap.Port() == cluster.HealthPort && ap.Addr().IsLoopback():
+		return "health listener"
+	}
+	return ""
 }
 
 // parseProcNetAddr parses a local_address of /proc/net/udp ("0102000C:205D",

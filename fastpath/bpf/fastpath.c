@@ -42,6 +42,10 @@ volatile const __u64 answer_valid_ns;  // how long a probe answer vouches for a 
 // (network order, 0 without one) with this MAC address.
 volatile const __u16 handoff_port;
 volatile const __u8 handoff_mac[6];
+// The mark of the datagrams this program hands to the device: a netfilter
+// rule on the host's input drops every datagram for handoff_port without
+// it (see guard.go), so only what passed the sender check here gets in.
+volatile const __u32 handoff_mark;
 
 struct route_key {
 	__u32 prefixlen;
@@ -86,17 +90,29 @@ struct {
 	__uint(max_entries, 65536);
 } peers SEC(".maps");
 
+// The programs' counters. Every reason a packet is passed to the
+// userspace router, dropped or counted has its own value; the Go side
+// (stats.go) names each one for /metrics.
 enum counter {
 	C_OUT_PACKETS,
 	C_OUT_BYTES,
 	C_IN_PACKETS,
 	C_IN_BYTES,
-	C_PASS_NO_ROUTE,
-	C_PASS_TTL,
+	// Egress: packets from the TUN left to the userspace router.
+	C_PASS_NO_ROUTE,   // no peer owns the destination
+	C_PASS_TTL,        // TTL or hop limit would reach 0
 	C_PASS_NOT_SIMPLE, // options, fragments, extension headers, not IP
 	C_PASS_PEER,       // peer not known to decapsulate in the kernel
-	C_PASS_FIB,        // no route or neighbour entry for the peer yet
-	C_PASS_IN,         // datagrams to the port left to the socket
+	C_PASS_NO_NEIGH,   // no neighbour entry for the peer (or its gateway) yet
+	C_PASS_NO_UNDERLAY_ROUTE, // the FIB has no usable route to the peer
+	C_PASS_TOO_BIG,    // not a super-packet and over the underlay's MTU
+	C_PASS_OVERSIZE,   // the outer length fields cannot hold it
+	C_PASS_ENCAP,      // bpf_skb_adjust_room refused to grow the packet
+	// Ingress: datagrams to the flannel port left to its socket.
+	C_PASS_UNKNOWN_SENDER, // the sender holds no lease
+	C_PASS_NOT_ONE_PACKET, // the payload is not one whole IPv4/IPv6 packet
+	C_PASS_DECAP,          // bpf_skb_adjust_room refused to shrink or grow it
+	C_PASS_ROUTER_PROBE,   // the userspace router's own probes (IPv6 capability)
 	C_DROP_STRICT,
 	C_DROP_ENCAP,
 	C_PROBES_ANSWERED,
@@ -106,6 +122,9 @@ enum counter {
 	C_HANDOFF,      // packets handed to the handoff device
 	C_MAX,
 };
+
+// Emits enum counter into the BTF, for bpf2go -type counter.
+const enum counter *unused_counter __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -269,8 +288,12 @@ static __always_inline int encap(struct __sk_buff *skb, __u32 peer, int v6)
 		.ipv4_dst = peer,
 		.ifindex = underlay_ifindex,
 	};
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS) {
-		count(C_PASS_FIB, 1);
+	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		count(rc == BPF_FIB_LKUP_RET_NO_NEIGH	    ? C_PASS_NO_NEIGH :
+		      rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? C_PASS_TOO_BIG :
+							  C_PASS_NO_UNDERLAY_ROUTE,
+		      1);
 		return TC_ACT_OK;
 	}
 
@@ -281,7 +304,7 @@ static __always_inline int encap(struct __sk_buff *skb, __u32 peer, int v6)
 	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 					BPF_F_ADJ_ROOM_FIXED_GSO)) {
-		count(C_PASS_FIB, 1);
+		count(C_PASS_ENCAP, 1);
 		return TC_ACT_OK;
 	}
 	if (bpf_skb_change_head(skb, sizeof(struct ethhdr), 0)) {
@@ -380,9 +403,12 @@ static __always_inline int egress6(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	// A zero payload length is a jumbogram; the outer lengths could not
 	// hold a packet that long either.
-	if (ip6->version != 6 || ipv6_ext(ip6->nexthdr) || !ip6->payload_len ||
-	    skb->len > 0xffff - ENCAP_LEN) {
+	if (ip6->version != 6 || ipv6_ext(ip6->nexthdr) || !ip6->payload_len) {
 		count(C_PASS_NOT_SIMPLE, 1);
+		return TC_ACT_OK;
+	}
+	if (skb->len > 0xffff - ENCAP_LEN) {
+		count(C_PASS_OVERSIZE, 1);
 		return TC_ACT_OK;
 	}
 	__u32 peer = route6(&ip6->daddr);
@@ -414,6 +440,12 @@ int flannel_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff))) {
 		count(C_PASS_NOT_SIMPLE, 1);
+		return TC_ACT_OK;
+	}
+	// A super-packet longer than the outer length fields can say (BIG
+	// TCP) is the router's to segment.
+	if (skb->len > 0xffff - ENCAP_LEN) {
+		count(C_PASS_OVERSIZE, 1);
 		return TC_ACT_OK;
 	}
 	__u32 peer = route(ip->daddr);
@@ -454,8 +486,10 @@ static __always_inline void vouch(struct peer *p)
 // hand it packets whose inner checksums are left to offload.
 static __always_inline int answer_probe(struct __sk_buff *skb)
 {
-	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + PROBE_LEN) < 0)
+	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + PROBE_LEN) < 0) {
+		count(C_PASS_NOT_ONE_PACKET, 1);
 		return TC_ACT_OK;
+	}
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct encap_hdr *h = data;
 	struct probe *pr = data + sizeof(*h);
@@ -469,8 +503,10 @@ static __always_inline int answer_probe(struct __sk_buff *skb)
 		count(C_PROBE_ANSWERS, 1);
 		return TC_ACT_SHOT;
 	}
-	if (pr->type != PROBE_ASK)
+	if (pr->type != PROBE_ASK) {
+		count(C_PASS_ROUTER_PROBE, 1);
 		return TC_ACT_OK;
+	}
 	__u8 mac[ETH_ALEN];
 	__builtin_memcpy(mac, h->eth.h_dest, ETH_ALEN);
 	__builtin_memcpy(h->eth.h_dest, h->eth.h_source, ETH_ALEN);
@@ -529,13 +565,14 @@ static __always_inline int handoff(struct __sk_buff *skb, struct encap_hdr *h, _
 	v.inner.h_proto = proto;
 	// The packet pointers die here; everything above was read before.
 	if (bpf_skb_adjust_room(skb, HANDOFF_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_DECAP, 1);
 		return TC_ACT_OK;
 	}
 	if (bpf_skb_store_bytes(skb, 0, &v, sizeof(v), 0)) {
 		count(C_DROP_ENCAP, 1);
 		return TC_ACT_SHOT;
 	}
+	skb->mark = handoff_mark;
 	count(C_IN_PACKETS, 1);
 	count(C_IN_BYTES, inner_len);
 	count(C_HANDOFF, 1);
@@ -624,7 +661,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 {
 	// The shortest inner packet is an IPv4 header; an IPv6 one needs more.
 	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + sizeof(struct iphdr)) < 0) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_NOT_ONE_PACKET, 1);
 		return TC_ACT_OK;
 	}
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -633,11 +670,11 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 		return TC_ACT_OK;
 	int v6 = (*ver >> 4) == 6;
 	if (!v6 && (*ver >> 4) != 4) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_NOT_ONE_PACKET, 1);
 		return TC_ACT_OK;
 	}
 	if (v6 && bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + sizeof(struct ipv6hdr)) < 0) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_NOT_ONE_PACKET, 1);
 		return TC_ACT_OK;
 	}
 	data = (void *)(long)skb->data;
@@ -650,7 +687,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 	if (len < 0)
 		return TC_ACT_SHOT;
 	if (len == 0) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_NOT_ONE_PACKET, 1);
 		return TC_ACT_OK;
 	}
 	__u32 inner_len = len;
@@ -660,7 +697,7 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 	if (bpf_skb_adjust_room(skb, -(__s32)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				(v6 ? BPF_F_ADJ_ROOM_DECAP_L3_IPV6 : BPF_F_ADJ_ROOM_DECAP_L3_IPV4) |
 					BPF_F_ADJ_ROOM_FIXED_GSO)) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_DECAP, 1);
 		return TC_ACT_OK;
 	}
 	count(C_IN_PACKETS, 1);
@@ -695,7 +732,7 @@ int flannel_ingress(struct __sk_buff *skb)
 	// The sender check: only lease holders get the kernel path.
 	struct peer *p = bpf_map_lookup_elem(&peers, &sender);
 	if (!p && !accept_unknown) {
-		count(C_PASS_IN, 1);
+		count(C_PASS_UNKNOWN_SENDER, 1);
 		return TC_ACT_OK;
 	}
 	if (is_probe(data + sizeof(struct ethhdr) + sizeof(struct iphdr), end))

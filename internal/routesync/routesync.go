@@ -20,13 +20,14 @@ import (
 // Table receives the full route set; *router.Router is one. Tests and
 // benchmarks wrap it to see each swap.
 type Table interface {
+	// ForgetPeers comes just before the SetRoutes of the same burst, with
+	// the peers that took a lease they did not hold before (a subnet that
+	// was not theirs, or one removed and granted again: a restart after
+	// the lease expired, a replacement node at the same address): what
+	// was learnt about them from their packets may no longer hold. A
+	// renewal, which arrives as the same lease again, is not news.
+	ForgetPeers(peers []netip.Addr)
 	SetRoutes(routes []router.Route)
-}
-
-// EventSink is a Table that also sees each burst's lease events, just
-// before the table built from them.
-type EventSink interface {
-	LeaseEvents(events []lease.Event)
 }
 
 // Syncer folds lease events into routes.
@@ -36,6 +37,8 @@ type Syncer struct {
 	peers  map[netip.Prefix]netip.Addr
 	routes atomic.Int64
 	batch  []lease.Event
+	// fresh is, per burst, the peers that took a lease.
+	fresh map[netip.Addr]bool
 }
 
 // Families says which subnets get routes, and to which of the peers'
@@ -57,7 +60,8 @@ func New(log *slog.Logger) *Syncer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Syncer{log: log, fam: Families{IPv4: true}, peers: map[netip.Prefix]netip.Addr{}}
+	return &Syncer{log: log, fam: Families{IPv4: true}, peers: map[netip.Prefix]netip.Addr{},
+		fresh: map[netip.Addr]bool{}}
 }
 
 // SetFamilies sets what the routes cover. Call it before Run: the daemon
@@ -88,15 +92,15 @@ func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t Table) 
 				break drain
 			}
 		}
-		s.apply(s.batch)
-		if es, ok := t.(EventSink); ok {
-			es.LeaseEvents(s.batch)
-		}
+		t.ForgetPeers(s.apply(s.batch))
 		t.SetRoutes(s.table())
 	}
 }
 
-func (s *Syncer) apply(events []lease.Event) {
+// apply folds a burst of events into the routes and returns the peers
+// that took a lease they did not hold (see Table.ForgetPeers).
+func (s *Syncer) apply(events []lease.Event) []netip.Addr {
+	clear(s.fresh)
 	for _, ev := range events {
 		peer := ev.Lease.PublicIP
 		if s.fam.IPv6Underlay {
@@ -110,6 +114,11 @@ func (s *Syncer) apply(events []lease.Event) {
 			s.applyOne(ev.Type, subnet, peer)
 		}
 	}
+	var out []netip.Addr
+	for ip := range s.fresh {
+		out = append(out, ip)
+	}
+	return out
 }
 
 // applyOne applies one event to one of the lease's subnets. A lease
@@ -119,9 +128,11 @@ func (s *Syncer) apply(events []lease.Event) {
 func (s *Syncer) applyOne(typ lease.EventType, subnet netip.Prefix, peer netip.Addr) {
 	switch {
 	case typ == lease.EventAdded && peer.IsValid():
-		// Renewals arrive as Added again; only a new or moved subnet is news.
+		// Renewals arrive as Added again; only a new or moved subnet is
+		// news (one removed earlier in the burst is new again).
 		if old, ok := s.peers[subnet]; !ok || old != peer {
 			s.log.Info(fmt.Sprintf("Subnet added: %s", subnet), "public_ip", peer)
+			s.fresh[peer] = true
 		}
 		s.peers[subnet] = peer
 	case typ == lease.EventAdded:

@@ -12,9 +12,24 @@ import (
 	"github.com/flannel-go/flannel-go/router"
 )
 
-type recorder struct{ swaps chan []router.Route }
+type recorder struct {
+	swaps   chan []router.Route
+	forgets chan []string // nil: not recorded
+}
 
 func (r recorder) SetRoutes(routes []router.Route) { r.swaps <- slices.Clone(routes) }
+
+func (r recorder) ForgetPeers(peers []netip.Addr) {
+	if r.forgets == nil {
+		return
+	}
+	var out []string
+	for _, p := range peers {
+		out = append(out, p.String())
+	}
+	slices.Sort(out)
+	r.forgets <- out
+}
 
 func ev(typ lease.EventType, subnet, ip string) lease.Event {
 	return lease.Event{Type: typ, Lease: lease.Lease{Subnet: netip.MustParsePrefix(subnet), PublicIP: netip.MustParseAddr(ip)}}
@@ -178,5 +193,44 @@ func TestIPv4OnlyIgnoresIPv6Subnets(t *testing.T) {
 	events <- []lease.Event{dual(lease.EventAdded, "198.18.250.0/24", "2001:db8:100:fa::/64", "192.0.2.250", "2001:db8::fa")}
 	if got, want := next(), []string{"198.18.250.0/24>192.0.2.250"}; !slices.Equal(got, want) {
 		t.Fatalf("routes %v, want %v", got, want)
+	}
+}
+
+// TestForgetPeers: the peers that take a lease they did not hold are
+// forgotten before the table that routes to them; a renewal forgets
+// nobody.
+func TestForgetPeers(t *testing.T) {
+	events := make(chan []lease.Event, 8)
+	rec := recorder{swaps: make(chan []router.Route, 8), forgets: make(chan []string, 8)}
+	s := New(slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx, events, rec); close(done) }()
+	defer func() { cancel(); <-done }()
+	for _, step := range []struct {
+		name  string
+		batch []lease.Event
+		want  []string
+	}{
+		{"first snapshot", []lease.Event{ev(lease.EventAdded, "198.18.1.0/24", "192.0.2.1"), ev(lease.EventAdded, "198.18.2.0/24", "192.0.2.2")}, []string{"192.0.2.1", "192.0.2.2"}},
+		{"renewal", []lease.Event{ev(lease.EventAdded, "198.18.1.0/24", "192.0.2.1")}, nil},
+		{"subnet moved to a known peer", []lease.Event{ev(lease.EventAdded, "198.18.2.0/24", "192.0.2.1")}, []string{"192.0.2.1"}},
+		{"lease expired and granted again in one burst", []lease.Event{ev(lease.EventRemoved, "198.18.1.0/24", "192.0.2.1"), ev(lease.EventAdded, "198.18.1.0/24", "192.0.2.1")}, []string{"192.0.2.1"}},
+		{"removal alone", []lease.Event{ev(lease.EventRemoved, "198.18.2.0/24", "192.0.2.1")}, nil},
+	} {
+		events <- step.batch
+		select {
+		case got := <-rec.forgets:
+			if !slices.Equal(got, step.want) {
+				t.Errorf("%s: forgot %v, want %v", step.name, got, step.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no ForgetPeers", step.name)
+		}
+		select {
+		case <-rec.swaps:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no table swap", step.name)
+		}
 	}
 }
