@@ -14,8 +14,9 @@ import (
 const pingSamples = 500
 
 // rttMetrics names the figures of one RTT workload: idle (streams 0) or
-// while that many TCP streams run on the same path.
-func rttMetrics(streams int) (p50, avg, p99, hi, loss Metric) {
+// while that many TCP streams run on the same path, container to
+// container, or host to host with the hostPrefix.
+func rttMetrics(host bool, streams int) (p50, avg, p99, hi, loss Metric) {
 	key, label := "rtt", "idle RTT"
 	if streams > 0 {
 		key, label = fmt.Sprintf("rtt_tcp%d", streams), fmt.Sprintf("RTT under %d TCP stream", streams)
@@ -23,6 +24,7 @@ func rttMetrics(streams int) (p50, avg, p99, hi, loss Metric) {
 			label += "s"
 		}
 	}
+	key, label = prefixed(host, key, label)
 	return Metric{key + "_p50_us", label + " p50", "us", true},
 		Metric{key + "_avg_us", label + " avg", "us", true},
 		Metric{key + "_p99_us", label + " p99", "us", true},
@@ -59,7 +61,7 @@ func (r *runner) ping(ctx context.Context) (PingResult, error) {
 // pings start once the streams had 1.5 s to fill their queues and end
 // before the streams do.
 func (r *runner) rtt(ctx context.Context, b *testing.B, path string, streams int) {
-	p50, avg, p99, hi, loss := rttMetrics(streams)
+	p50, avg, p99, hi, loss := rttMetrics(r.host, streams)
 	var iperfErr chan error
 	if streams > 0 {
 		iperfErr = make(chan error, 1)
@@ -78,7 +80,7 @@ func (r *runner) rtt(ctx context.Context, b *testing.B, path string, streams int
 	before, cpuErr := procTicks(r.env.pids)
 	start := time.Now()
 	p, err := r.ping(ctx)
-	if streams == 0 && len(r.env.pids) > 0 {
+	if streams == 0 && len(r.env.pids) > 0 && !r.host {
 		after, cpuErr2 := procTicks(r.env.pids)
 		cpu := math.NaN()
 		if cpuErr == nil && cpuErr2 == nil {
@@ -102,10 +104,10 @@ func (r *runner) rtt(ctx context.Context, b *testing.B, path string, streams int
 	results.Add(path, p50, Percentile(v, 50))
 	results.Add(path, avg, Mean(v))
 	results.Add(path, p99, Percentile(v, 99))
-	switch streams {
-	case 0:
+	switch {
+	case streams == 0:
 		r.idleP99 = Percentile(v, 99)
-	case 1:
+	case streams == 1 && !r.host:
 		results.Add(path, mLoadOverIdle, Percentile(v, 99)/r.idleP99)
 	}
 	results.Add(path, hi, v[len(v)-1])

@@ -18,7 +18,7 @@ var (
 	flanneldFlag  = flag.String("flanneld", "", "flanneld binary to benchmark (default: build ../cmd/flanneld)")
 	baselineFlag  = flag.String("baseline-flanneld", "", "also measure this flanneld binary (e.g. built from an older commit) as path \"flannel-go baseline\"")
 	pathsFlag     = flag.String("paths", "", "regexp: measure only the paths it matches (kernel VXLAN, the baseline, is always measured)")
-	workloadsFlag = flag.String("workloads", "", "comma-separated workload groups to run: rtt, tcp, udp (default all)")
+	workloadsFlag = flag.String("workloads", "", "comma-separated workload groups to run: rtt, tcp, udp, host (host-to-host TCP and RTT; default all)")
 	repsFlag      = flag.Int("reps", 0, "repetitions (default 3, or 1 with -quick)")
 	resultsDir    = flag.String("results", "results", "directory for the JSON and PNG reports")
 )

@@ -56,6 +56,23 @@ type pathEnv struct {
 	srcAddr, dstAddr netip.Addr
 	pids             []int // the path's flanneld processes
 	close            func()
+	// host is the same path host to host: a process in the first host's
+	// namespace to the second host's overlay address (flannel0's or
+	// flannel.1's); nil where the path has no such address.
+	host *pathEnv
+}
+
+// hostPaths are the paths measured host to host as well (the "host"
+// workload group): the kernel's, the fast path and the userspace router.
+// Raw veth's rows are host to host already.
+var hostPaths = []string{BaselinePath, "flannel-go fast path", "flannel-go"}
+
+// prefixed is a metric's key and label for the host-to-host rows.
+func prefixed(host bool, key, label string) (string, string) {
+	if !host {
+		return key, label
+	}
+	return "host_" + key, "host to host: " + label
 }
 
 type pathDef struct {
@@ -213,6 +230,7 @@ func setupVXLANInner(ctx context.Context, b *testing.B, ipv6 bool) (*pathEnv, er
 		cts = append(cts, ct)
 	}
 	env := &pathEnv{src: cts[0], dst: cts[1], dstAddr: cts[1].Addr, close: func() { bed.Close() }}
+	env.host = &pathEnv{src: bed.Hosts[0], dst: bed.Hosts[1], dstAddr: netip.MustParseAddr("198.18.2.0")}
 	if ipv6 {
 		env.dstAddr = vxlanIPv6(2, 2)
 	}
@@ -313,6 +331,7 @@ func flannelEnv(ctx context.Context, c *cluster.Cluster, ipv6 bool) (*pathEnv, e
 	}
 	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
 	env := &pathEnv{src: src, dst: dst, dstAddr: dst.Addr, close: func() { c.Close() }}
+	env.host = &pathEnv{src: c.Nodes[0].Host, dst: c.Nodes[1].Host, dstAddr: c.Nodes[1].Env.Subnet.Addr()}
 	if ipv6 {
 		env.dstAddr = c.Nodes[1].ContainerIPv6
 	}
@@ -386,6 +405,8 @@ type runner struct {
 	idleP99 float64
 	// groups limits the workload groups (pathDef.groups).
 	groups []string
+	// host marks the runner of the host-to-host rows (env is pathEnv.host).
+	host bool
 }
 
 // want reports whether the workload group (rtt, tcp, udp) is selected
@@ -454,11 +475,18 @@ func (r *runner) iperf(ctx context.Context, args ...string) ([]byte, error) {
 	return out, nil
 }
 
+// tcpMetrics names the throughput and retransmits of streams TCP
+// streams, container to container or host to host.
+func tcpMetrics(host bool, streams int) (gbps, retrans Metric) {
+	key, label := fmt.Sprintf("tcp%d", streams), fmt.Sprintf("TCP %d stream", streams)
+	if streams > 1 {
+		label += "s"
+	}
+	key, label = prefixed(host, key, label)
+	return Metric{key + "_gbps", label, "Gbit/s", true}, Metric{key + "_retrans", label + " retransmits", "count", false}
+}
+
 var (
-	mTCP1      = Metric{"tcp1_gbps", "TCP 1 stream", "Gbit/s", true}
-	mTCP1Retr  = Metric{"tcp1_retrans", "TCP 1 stream retransmits", "count", false}
-	mTCP4      = Metric{"tcp4_gbps", "TCP 4 streams", "Gbit/s", true}
-	mTCP4Retr  = Metric{"tcp4_retrans", "TCP 4 streams retransmits", "count", false}
 	mCPUPerGB  = Metric{"cpu_s_per_gb", "CPU per GB, TCP 1 stream (flanneld user + kernel)", "CPU-s/GB", true}
 	metricUnit = map[string]string{"Gbit/s": "Gbit/s", "count": "retrans", "CPU-s/GB": "CPU-s/GB", "us": "us", "x": "x", "kpps": "kpps", "%": "loss%"}
 )
@@ -513,51 +541,24 @@ func (r *runner) udpLoad(ctx context.Context, rate int) (UDPResult, error) {
 // run measures every workload on the path and records the figures; a
 // failed workload is logged and recorded as NaN.
 func (r *runner) run(ctx context.Context, b *testing.B, path string) {
-	fail := func(what string, err error, ms ...Metric) {
-		b.Errorf("%s, %s: %v", path, what, err)
-		for _, m := range ms {
-			results.Add(path, m, math.NaN())
-		}
-	}
-
 	if r.want("rtt") {
 		r.idleCPU(b, path)
 		for _, streams := range []int{0, 1, 4} {
 			r.rtt(ctx, b, path, streams)
 		}
 	}
-	for _, streams := range []int{1, 4} {
-		if !r.want("tcp") {
-			break
-		}
-		mg, mr := mTCP1, mTCP1Retr
-		if streams == 4 {
-			mg, mr = mTCP4, mTCP4Retr
-		}
-		out, err := r.iperf(ctx, "-P", strconv.Itoa(streams))
-		var res TCPResult
-		if err == nil {
-			res, err = ParseIperfTCP(out)
-		}
-		if err != nil {
-			ms := []Metric{mg, mr}
-			if streams == 1 {
-				ms = append(ms, mCPUPerGB)
-			}
-			fail(fmt.Sprintf("TCP %d streams", streams), err, ms...)
-			continue
-		}
-		results.Add(path, mg, res.BitsPerSecond/1e9)
-		results.Add(path, mr, float64(res.Retransmits))
-		if streams == 1 {
-			cpu := math.NaN()
-			if r.cpu.err == nil && res.Bytes > 0 {
-				cpu = CPUSeconds(r.cpu.before, r.cpu.after) / (res.Bytes / 1e9)
-			}
-			results.Add(path, mCPUPerGB, cpu)
-		}
+	if r.want("tcp") {
+		r.tcp(ctx, b, path)
 	}
-
+	if r.env.host != nil && r.want("host") && slices.Contains(hostPaths, path) {
+		hr := &runner{env: r.env.host, dur: r.dur, port: r.port + 100, exe: r.exe, host: true}
+		hr.env.pids = r.env.pids
+		for _, streams := range []int{0, 1, 4} {
+			hr.rtt(ctx, b, path, streams)
+		}
+		hr.tcp(ctx, b, path)
+		r.port = hr.port
+	}
 	for _, rate := range udpRates {
 		if !r.want("udp") {
 			break
@@ -566,12 +567,51 @@ func (r *runner) run(ctx context.Context, b *testing.B, path string) {
 		results.SetOffered(mp.Key, float64(rate)/1000, ms.Key)
 		res, err := r.udpLoad(ctx, rate)
 		if err != nil {
-			fail(fmt.Sprintf("UDP %d pps", rate), err, ms, mp, ml)
+			failed(b, path, fmt.Sprintf("UDP %d pps", rate), err, ms, mp, ml)
 			continue
 		}
 		results.Add(path, ms, res.SentPPS()/1000)
 		results.Add(path, mp, res.PPS()/1000)
 		results.Add(path, ml, res.LossPercent())
+	}
+}
+
+// failed logs a failed workload and records its figures as NaN.
+func failed(b *testing.B, path, what string, err error, ms ...Metric) {
+	b.Errorf("%s, %s: %v", path, what, err)
+	for _, m := range ms {
+		results.Add(path, m, math.NaN())
+	}
+}
+
+// tcp measures 1 and 4 TCP streams, and the CPU per GB of one stream
+// container to container.
+func (r *runner) tcp(ctx context.Context, b *testing.B, path string) {
+	for _, streams := range []int{1, 4} {
+		mg, mr := tcpMetrics(r.host, streams)
+		cpuRow := streams == 1 && !r.host
+		out, err := r.iperf(ctx, "-P", strconv.Itoa(streams))
+		var res TCPResult
+		if err == nil {
+			res, err = ParseIperfTCP(out)
+		}
+		if err != nil {
+			ms := []Metric{mg, mr}
+			if cpuRow {
+				ms = append(ms, mCPUPerGB)
+			}
+			failed(b, path, mg.Name, err, ms...)
+			continue
+		}
+		results.Add(path, mg, res.BitsPerSecond/1e9)
+		results.Add(path, mr, float64(res.Retransmits))
+		if cpuRow {
+			cpu := math.NaN()
+			if r.cpu.err == nil && res.Bytes > 0 {
+				cpu = CPUSeconds(r.cpu.before, r.cpu.after) / (res.Bytes / 1e9)
+			}
+			results.Add(path, mCPUPerGB, cpu)
+		}
 	}
 }
 
@@ -593,7 +633,7 @@ func BenchmarkDataPath(b *testing.B) {
 	}
 	results.Meta["reps"] = strconv.Itoa(reps)
 	results.Meta["duration"] = dur.String()
-	results.Meta["endpoints"] = "raw veth: host to host; other paths: container to container"
+	results.Meta["endpoints"] = "raw veth: host to host; other paths: container to container, and in the host_* rows a process in host 1's namespace to host 2's flannel0 (VXLAN: flannel.1) address"
 	results.Meta["cpu_per_gb"] = CPUPerGBCovers
 	ctx := b.Context()
 	ps := paths()
