@@ -33,19 +33,27 @@ const (
 	bpfCounterC_PASS_NOT_ONE_PACKET    bpfCounter = 14
 	bpfCounterC_PASS_DECAP             bpfCounter = 15
 	bpfCounterC_PASS_ROUTER_PROBE      bpfCounter = 16
-	bpfCounterC_DROP_STRICT            bpfCounter = 17
-	bpfCounterC_DROP_ENCAP             bpfCounter = 18
-	bpfCounterC_PROBES_ANSWERED        bpfCounter = 19
-	bpfCounterC_PROBE_ANSWERS          bpfCounter = 20
-	bpfCounterC_CAPTURE_LOST           bpfCounter = 21
-	bpfCounterC_DROP_HANDOFF           bpfCounter = 22
-	bpfCounterC_HANDOFF                bpfCounter = 23
-	bpfCounterC_MAX                    bpfCounter = 24
+	bpfCounterC_PASS_NO_KERNEL_DECAP   bpfCounter = 17
+	bpfCounterC_DROP_STRICT            bpfCounter = 18
+	bpfCounterC_DROP_ENCAP             bpfCounter = 19
+	bpfCounterC_PROBES_ANSWERED        bpfCounter = 20
+	bpfCounterC_PROBE_ANSWERS          bpfCounter = 21
+	bpfCounterC_CAPTURE_LOST           bpfCounter = 22
+	bpfCounterC_DROP_HANDOFF           bpfCounter = 23
+	bpfCounterC_HANDOFF                bpfCounter = 24
+	bpfCounterC_MAX                    bpfCounter = 25
 )
 
 type bpfPeer struct {
 	_        structs.HostLayout
 	Answered uint64
+}
+
+type bpfProbe struct {
+	_     structs.HostLayout
+	Magic [7]uint8
+	Type  uint8
+	Nonce uint64
 }
 
 type bpfRoute6Key struct {
@@ -64,26 +72,35 @@ type bpfRouteKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapCapture         = "capture"
-	bpfMapHandoffOff      = "handoff_off"
-	bpfMapPeers           = "peers"
-	bpfMapRing            = "ring"
-	bpfMapRoutes          = "routes"
-	bpfMapRoutes6         = "routes6"
-	bpfMapStats           = "stats"
-	bpfProgFlannelEgress  = "flannel_egress"
-	bpfProgFlannelIngress = "flannel_ingress"
-	bpfVarAcceptUnknown   = "accept_unknown"
-	bpfVarAnswerValidNs   = "answer_valid_ns"
-	bpfVarHandoffMac      = "handoff_mac"
-	bpfVarHandoffMark     = "handoff_mark"
-	bpfVarHandoffPort     = "handoff_port"
-	bpfVarLocalAddr       = "local_addr"
-	bpfVarStrictSource    = "strict_source"
-	bpfVarTunIfindex      = "tun_ifindex"
-	bpfVarUdpPort         = "udp_port"
-	bpfVarUnderlayIfindex = "underlay_ifindex"
-	bpfVarUnusedCounter   = "unused_counter"
+	bpfMapCapture          = "capture"
+	bpfMapHandoffOff       = "handoff_off"
+	bpfMapHeartbeat        = "heartbeat"
+	bpfMapPeers            = "peers"
+	bpfMapRing             = "ring"
+	bpfMapRoutes           = "routes"
+	bpfMapRoutes6          = "routes6"
+	bpfMapStats            = "stats"
+	bpfProgFlannelEgress   = "flannel_egress"
+	bpfProgFlannelIngress  = "flannel_ingress"
+	bpfVarAcceptUnknown    = "accept_unknown"
+	bpfVarAnswerValidNs    = "answer_valid_ns"
+	bpfVarCarryIpv6        = "carry_ipv6"
+	bpfVarHandoffMac       = "handoff_mac"
+	bpfVarHandoffMark      = "handoff_mark"
+	bpfVarHandoffPort      = "handoff_port"
+	bpfVarHaveCoarseClock  = "have_coarse_clock"
+	bpfVarHaveDecapFlags   = "have_decap_flags"
+	bpfVarHaveGsoSize      = "have_gso_size"
+	bpfVarHaveRingbuf      = "have_ringbuf"
+	bpfVarHeartbeatValidNs = "heartbeat_valid_ns"
+	bpfVarLocalAddr        = "local_addr"
+	bpfVarNeedHeartbeat    = "need_heartbeat"
+	bpfVarStrictSource     = "strict_source"
+	bpfVarTunIfindex       = "tun_ifindex"
+	bpfVarUdpPort          = "udp_port"
+	bpfVarUnderlayIfindex  = "underlay_ifindex"
+	bpfVarUnusedCounter    = "unused_counter"
+	bpfVarUnusedProbe      = "unused_probe"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -138,6 +155,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	Capture    *ebpf.MapSpec `ebpf:"capture"`
 	HandoffOff *ebpf.MapSpec `ebpf:"handoff_off"`
+	Heartbeat  *ebpf.MapSpec `ebpf:"heartbeat"`
 	Peers      *ebpf.MapSpec `ebpf:"peers"`
 	Ring       *ebpf.MapSpec `ebpf:"ring"`
 	Routes     *ebpf.MapSpec `ebpf:"routes"`
@@ -149,17 +167,25 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	AcceptUnknown   *ebpf.VariableSpec `ebpf:"accept_unknown"`
-	AnswerValidNs   *ebpf.VariableSpec `ebpf:"answer_valid_ns"`
-	HandoffMac      *ebpf.VariableSpec `ebpf:"handoff_mac"`
-	HandoffMark     *ebpf.VariableSpec `ebpf:"handoff_mark"`
-	HandoffPort     *ebpf.VariableSpec `ebpf:"handoff_port"`
-	LocalAddr       *ebpf.VariableSpec `ebpf:"local_addr"`
-	StrictSource    *ebpf.VariableSpec `ebpf:"strict_source"`
-	TunIfindex      *ebpf.VariableSpec `ebpf:"tun_ifindex"`
-	UdpPort         *ebpf.VariableSpec `ebpf:"udp_port"`
-	UnderlayIfindex *ebpf.VariableSpec `ebpf:"underlay_ifindex"`
-	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
+	AcceptUnknown    *ebpf.VariableSpec `ebpf:"accept_unknown"`
+	AnswerValidNs    *ebpf.VariableSpec `ebpf:"answer_valid_ns"`
+	CarryIpv6        *ebpf.VariableSpec `ebpf:"carry_ipv6"`
+	HandoffMac       *ebpf.VariableSpec `ebpf:"handoff_mac"`
+	HandoffMark      *ebpf.VariableSpec `ebpf:"handoff_mark"`
+	HandoffPort      *ebpf.VariableSpec `ebpf:"handoff_port"`
+	HaveCoarseClock  *ebpf.VariableSpec `ebpf:"have_coarse_clock"`
+	HaveDecapFlags   *ebpf.VariableSpec `ebpf:"have_decap_flags"`
+	HaveGsoSize      *ebpf.VariableSpec `ebpf:"have_gso_size"`
+	HaveRingbuf      *ebpf.VariableSpec `ebpf:"have_ringbuf"`
+	HeartbeatValidNs *ebpf.VariableSpec `ebpf:"heartbeat_valid_ns"`
+	LocalAddr        *ebpf.VariableSpec `ebpf:"local_addr"`
+	NeedHeartbeat    *ebpf.VariableSpec `ebpf:"need_heartbeat"`
+	StrictSource     *ebpf.VariableSpec `ebpf:"strict_source"`
+	TunIfindex       *ebpf.VariableSpec `ebpf:"tun_ifindex"`
+	UdpPort          *ebpf.VariableSpec `ebpf:"udp_port"`
+	UnderlayIfindex  *ebpf.VariableSpec `ebpf:"underlay_ifindex"`
+	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedProbe      *ebpf.VariableSpec `ebpf:"unused_probe"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -184,6 +210,7 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	Capture    *ebpf.Map `ebpf:"capture"`
 	HandoffOff *ebpf.Map `ebpf:"handoff_off"`
+	Heartbeat  *ebpf.Map `ebpf:"heartbeat"`
 	Peers      *ebpf.Map `ebpf:"peers"`
 	Ring       *ebpf.Map `ebpf:"ring"`
 	Routes     *ebpf.Map `ebpf:"routes"`
@@ -195,6 +222,7 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Capture,
 		m.HandoffOff,
+		m.Heartbeat,
 		m.Peers,
 		m.Ring,
 		m.Routes,
@@ -207,17 +235,25 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	AcceptUnknown   *ebpf.Variable `ebpf:"accept_unknown"`
-	AnswerValidNs   *ebpf.Variable `ebpf:"answer_valid_ns"`
-	HandoffMac      *ebpf.Variable `ebpf:"handoff_mac"`
-	HandoffMark     *ebpf.Variable `ebpf:"handoff_mark"`
-	HandoffPort     *ebpf.Variable `ebpf:"handoff_port"`
-	LocalAddr       *ebpf.Variable `ebpf:"local_addr"`
-	StrictSource    *ebpf.Variable `ebpf:"strict_source"`
-	TunIfindex      *ebpf.Variable `ebpf:"tun_ifindex"`
-	UdpPort         *ebpf.Variable `ebpf:"udp_port"`
-	UnderlayIfindex *ebpf.Variable `ebpf:"underlay_ifindex"`
-	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
+	AcceptUnknown    *ebpf.Variable `ebpf:"accept_unknown"`
+	AnswerValidNs    *ebpf.Variable `ebpf:"answer_valid_ns"`
+	CarryIpv6        *ebpf.Variable `ebpf:"carry_ipv6"`
+	HandoffMac       *ebpf.Variable `ebpf:"handoff_mac"`
+	HandoffMark      *ebpf.Variable `ebpf:"handoff_mark"`
+	HandoffPort      *ebpf.Variable `ebpf:"handoff_port"`
+	HaveCoarseClock  *ebpf.Variable `ebpf:"have_coarse_clock"`
+	HaveDecapFlags   *ebpf.Variable `ebpf:"have_decap_flags"`
+	HaveGsoSize      *ebpf.Variable `ebpf:"have_gso_size"`
+	HaveRingbuf      *ebpf.Variable `ebpf:"have_ringbuf"`
+	HeartbeatValidNs *ebpf.Variable `ebpf:"heartbeat_valid_ns"`
+	LocalAddr        *ebpf.Variable `ebpf:"local_addr"`
+	NeedHeartbeat    *ebpf.Variable `ebpf:"need_heartbeat"`
+	StrictSource     *ebpf.Variable `ebpf:"strict_source"`
+	TunIfindex       *ebpf.Variable `ebpf:"tun_ifindex"`
+	UdpPort          *ebpf.Variable `ebpf:"udp_port"`
+	UnderlayIfindex  *ebpf.Variable `ebpf:"underlay_ifindex"`
+	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedProbe      *ebpf.Variable `ebpf:"unused_probe"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

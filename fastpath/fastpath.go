@@ -21,14 +21,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -41,6 +43,9 @@ type Config struct {
 	Port               int        // the flannel UDP port
 	StrictSource       bool       // --strict-source
 	AcceptUnknownPeers bool       // take datagrams from senders without a lease
+	// CarryIPv6 says the network carries inner IPv6 (a dual-stack
+	// config): the node must decapsulate it in the kernel too.
+	CarryIPv6 bool
 	// Handoff names the local VXLAN device the ingress program hands TCP
 	// super-packets to (see handoff), listening on HandoffPort; empty for
 	// none: the program then decapsulates them itself.
@@ -49,14 +54,35 @@ type Config struct {
 	// ProbeInterval is how often peers are asked whether they decapsulate
 	// in the kernel; an answer vouches for three intervals. Default 2 s.
 	ProbeInterval time.Duration
-	Logger        *slog.Logger
+	// Attach is AttachAuto (default), AttachTCX or AttachClsact.
+	Attach string
+	// Without turns off features the kernel has, to run (and measure)
+	// the variant of an older kernel.
+	Without Feature
+	Logger  *slog.Logger
 }
+
+// Info says how the fast path runs: how it is attached, which variant of
+// the programs runs, and why.
+type Info struct {
+	Attach  string   // AttachTCX or AttachClsact
+	Variant string   // see Variant
+	Why     []string // the features missing or turned off, the attach fallback
+}
+
+// heartbeatEvery is how often a clsact-attached fast path says it runs;
+// the programs pass everything once it is heartbeatValid old.
+const (
+	heartbeatEvery = time.Second
+	heartbeatValid = 5 * time.Second
+)
 
 // Path is the loaded and attached fast path.
 type Path struct {
 	cfg   Config
+	info  Info
 	objs  bpfObjects
-	links []link.Link
+	links []io.Closer
 	sock  *net.UDPConn
 	hand  *handoff
 
@@ -72,10 +98,12 @@ type Path struct {
 	wg   sync.WaitGroup
 }
 
-// Start loads the programs and attaches them with tcx links. The links
-// belong to this process: when it exits, even by SIGKILL, the kernel
-// detaches them and the TUN goes with it, so nothing is left to blackhole
-// traffic and the next start attaches afresh.
+// Start loads the variant of the programs the kernel supports and
+// attaches them: with tcx links, which belong to this process (when it
+// exits, even by SIGKILL, the kernel detaches them and the TUN goes with
+// it), or, where the kernel has no tcx, with cls_bpf filters, which stay
+// after a SIGKILL but pass every packet once the heartbeat stops, and
+// which the next start removes.
 func Start(cfg Config) (*Path, error) {
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 2 * time.Second
@@ -94,47 +122,37 @@ func Start(cfg Config) (*Path, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fast path: %w", err)
 	}
-	spec, err := loadBpf()
+	info, feats, err := chooseVariant(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("fast path: parse BPF objects: %w", err)
+		return nil, err
 	}
-	var port, handPort [2]byte
-	binary.BigEndian.PutUint16(port[:], uint16(cfg.Port))
+	// Filters a previous flanneld left (clsact, or a forced clsact run
+	// before a tcx one) would run beside or before ours.
+	if n, err := removeOurFilters(underIf.Index); err != nil {
+		return nil, fmt.Errorf("fast path: %w", err)
+	} else if n > 0 {
+		cfg.Logger.Info("Fast path: removed the cls_bpf filters a previous flanneld left", "interface", cfg.Underlay, "filters", n)
+	}
 	hand, err := startHandoff(cfg, tunIf)
 	if err != nil {
 		return nil, err
 	}
-	if hand != nil {
-		binary.BigEndian.PutUint16(handPort[:], uint16(cfg.HandoffPort))
-	}
-	for name, v := range map[string]any{
-		"handoff_port":     binary.NativeEndian.Uint16(handPort[:]),
-		"handoff_mac":      [6]byte(handoffMAC),
-		"handoff_mark":     uint32(handoffMark),
-		"local_addr":       be32(cfg.LocalAddr),
-		"udp_port":         binary.NativeEndian.Uint16(port[:]),
-		"underlay_ifindex": uint32(underIf.Index),
-		"tun_ifindex":      uint32(tunIf.Index),
-		"strict_source":    boolByte(cfg.StrictSource),
-		"accept_unknown":   boolByte(cfg.AcceptUnknownPeers),
-		"answer_valid_ns":  uint64(3 * cfg.ProbeInterval),
-	} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			hand.Close()
-			return nil, fmt.Errorf("fast path: set %s: %w", name, err)
-		}
+	if cfg.CarryIPv6 && feats&DecapFlags == 0 && hand == nil {
+		return nil, errors.New("fast path: inner IPv6 cannot be decapsulated in the kernel: the programs run without " +
+			"bpf_skb_adjust_room's BPF_F_ADJ_ROOM_DECAP_L3 flags (Linux 6.3), and the handoff device that would do it instead is missing")
 	}
 	p := &Path{
 		cfg:    cfg,
+		info:   info,
 		hand:   hand,
 		routes: map[netip.Prefix]netip.Addr{},
 		peers:  map[netip.Addr]int{},
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+	if err := p.load(feats, tunIf.Index, underIf.Index); err != nil {
 		hand.Close()
-		return nil, fmt.Errorf("fast path: load BPF programs: %w", err)
+		return nil, err
 	}
 	if err := p.attach(tunIf.Index, underIf.Index); err != nil {
 		p.Close()
@@ -147,26 +165,196 @@ func Start(cfg Config) (*Path, error) {
 	}
 	p.wg.Go(p.probeLoop)
 	p.wg.Go(p.watchHandoff)
+	if p.info.Attach == AttachClsact {
+		p.wg.Go(p.heartbeatLoop)
+	}
 	return p, nil
 }
 
-func (p *Path) attach(tunIndex, underIndex int) error {
-	for _, a := range []struct {
-		prog  *ebpf.Program
-		index int
-		typ   ebpf.AttachType
-		what  string
-	}{
-		{p.objs.FlannelIngress, underIndex, ebpf.AttachTCXIngress, "ingress of " + p.cfg.Underlay},
-		{p.objs.FlannelEgress, tunIndex, ebpf.AttachTCXEgress, "egress of " + p.cfg.TUN},
-	} {
-		l, err := link.AttachTCX(link.TCXOptions{Interface: a.index, Program: a.prog, Attach: a.typ})
-		if err != nil {
-			return fmt.Errorf("fast path: attach tcx program to the %s: %w", a.what, err)
+// Info says how the fast path runs.
+func (p *Path) Info() Info { return p.info }
+
+// chooseVariant probes the kernel and applies cfg's overrides: the
+// attach mode and the features the programs may use.
+func chooseVariant(cfg Config) (Info, Feature, error) {
+	feats, err := ProbeFeatures()
+	if err != nil {
+		return Info{}, 0, fmt.Errorf("fast path: %w", err)
+	}
+	info := Info{Why: missing(feats)}
+	if off := cfg.Without & feats; off != 0 {
+		feats &^= off
+		for _, m := range missing(AllFeatures &^ off) {
+			info.Why = append(info.Why, strings.Replace(m, "no ", "turned off: ", 1))
 		}
-		p.links = append(p.links, l)
+	}
+	info.Variant = Variant(feats)
+	tcx, err := probeTCX()
+	if err != nil {
+		return Info{}, 0, fmt.Errorf("fast path: %w", err)
+	}
+	switch cfg.Attach {
+	case AttachAuto:
+		info.Attach = AttachTCX
+		if !tcx {
+			info.Attach = AttachClsact
+			info.Why = append(info.Why, "no tcx links (Linux 6.6): clsact")
+		}
+	case AttachTCX:
+		if !tcx {
+			return Info{}, 0, errors.New("fast path: tcx attach asked for, and this kernel has no tcx links (Linux 6.6)")
+		}
+		info.Attach = AttachTCX
+	case AttachClsact:
+		info.Attach = AttachClsact
+		info.Why = append(info.Why, "clsact attach asked for")
+	default:
+		return Info{}, 0, fmt.Errorf("fast path: unknown attach mode %q: want %s or %s", cfg.Attach, AttachTCX, AttachClsact)
+	}
+	return info, feats, nil
+}
+
+// settings are what the loader tells the programs.
+type settings struct {
+	localAddr         netip.Addr
+	port, handoffPort uint16 // handoffPort 0: no handoff device
+	underIndex        int
+	tunIndex          int
+	strict            bool
+	acceptUnknown     bool
+	carryIPv6         bool
+	answerValid       time.Duration
+	heartbeat         bool // attached as cls_bpf filters
+	features          Feature
+}
+
+// load loads the programs with cfg's settings and the features' variant.
+func (p *Path) load(feats Feature, tunIndex, underIndex int) error {
+	cfg := p.cfg
+	s := settings{
+		localAddr:     cfg.LocalAddr,
+		port:          uint16(cfg.Port),
+		underIndex:    underIndex,
+		tunIndex:      tunIndex,
+		strict:        cfg.StrictSource,
+		acceptUnknown: cfg.AcceptUnknownPeers,
+		carryIPv6:     cfg.CarryIPv6,
+		answerValid:   3 * cfg.ProbeInterval,
+		heartbeat:     p.info.Attach == AttachClsact,
+		features:      feats,
+	}
+	if p.hand != nil {
+		s.handoffPort = uint16(cfg.HandoffPort)
+	}
+	if err := loadObjects(s, &p.objs); err != nil {
+		return fmt.Errorf("fast path: %w (variant %s)", err, p.info.Variant)
+	}
+	// The programs act only with a fresh heartbeat (clsact): from now.
+	return p.beat()
+}
+
+// loadObjects loads the programs and maps into objs.
+func loadObjects(s settings, objs *bpfObjects) error {
+	if err := liftMemlock(); err != nil {
+		return err
+	}
+	spec, err := loadBpf()
+	if err != nil {
+		return fmt.Errorf("parse BPF objects: %w", err)
+	}
+	var specs bpfSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return fmt.Errorf("BPF objects: %w", err)
+	}
+	v := specs.bpfVariableSpecs
+	for _, set := range []struct {
+		v   *ebpf.VariableSpec
+		val any
+	}{
+		{v.HandoffPort, netOrder16(s.handoffPort)},
+		{v.HandoffMac, [6]byte(handoffMAC)},
+		{v.HandoffMark, uint32(handoffMark)},
+		{v.LocalAddr, be32(s.localAddr)},
+		{v.UdpPort, netOrder16(s.port)},
+		{v.UnderlayIfindex, uint32(s.underIndex)},
+		{v.TunIfindex, uint32(s.tunIndex)},
+		{v.StrictSource, boolByte(s.strict)},
+		{v.AcceptUnknown, boolByte(s.acceptUnknown)},
+		{v.CarryIpv6, boolByte(s.carryIPv6)},
+		{v.AnswerValidNs, uint64(s.answerValid)},
+		{v.HaveCoarseClock, boolByte(s.features&CoarseClock != 0)},
+		{v.HaveDecapFlags, boolByte(s.features&DecapFlags != 0)},
+		{v.HaveGsoSize, boolByte(s.features&GSOSize != 0)},
+		{v.HaveRingbuf, boolByte(s.features&RingBuf != 0)},
+		{v.NeedHeartbeat, boolByte(s.heartbeat)},
+		{v.HeartbeatValidNs, uint64(heartbeatValid)},
+	} {
+		if err := set.v.Set(set.val); err != nil {
+			return fmt.Errorf("set %s: %w", set.v.Name, err)
+		}
+	}
+	if s.features&RingBuf == 0 {
+		// The ring's calls are unreachable; the map only has to load.
+		*specs.Ring = ebpf.MapSpec{Name: specs.Ring.Name, Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	}
+	// Loaded for no attach type in particular: tcx takes such programs
+	// as well as cls_bpf does.
+	for _, ps := range []*ebpf.ProgramSpec{specs.FlannelEgress, specs.FlannelIngress} {
+		ps.AttachType = ebpf.AttachNone
+	}
+	if err := spec.LoadAndAssign(objs, nil); err != nil {
+		return fmt.Errorf("load BPF programs: %w", err)
 	}
 	return nil
+}
+
+func (p *Path) attach(tunIndex, underIndex int) error {
+	for _, h := range []hook{
+		{p.objs.FlannelIngress, "flannel_ingress", underIndex, true, "ingress of " + p.cfg.Underlay},
+		{p.objs.FlannelEgress, "flannel_egress", tunIndex, false, "egress of " + p.cfg.TUN},
+	} {
+		var c io.Closer
+		var err error
+		if p.info.Attach == AttachClsact {
+			c, err = attachClsact(h)
+		} else {
+			c, err = attachTCX(h)
+		}
+		if err != nil {
+			return err
+		}
+		p.links = append(p.links, c)
+	}
+	return nil
+}
+
+// beat writes the heartbeat: the daemon runs.
+func (p *Path) beat() error {
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
+	if err := p.objs.Heartbeat.Put(uint32(0), now); err != nil {
+		return fmt.Errorf("fast path: heartbeat: %w", err)
+	}
+	return nil
+}
+
+// heartbeatLoop keeps the clsact-attached programs acting while the
+// process runs.
+func (p *Path) heartbeatLoop() {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+		if err := p.beat(); err != nil {
+			p.cfg.Logger.Error("Fast path heartbeat; the programs pass every packet once it is 5 s old", "error", err)
+		}
+	}
 }
 
 // Close detaches the programs and frees the maps.
@@ -334,7 +522,11 @@ func (p *Path) poke() {
 // Probe payload: probeMagic, a type byte, a nonce.
 var probeMagic = [7]byte{0x00, 'f', 'l', 'g', 'o', 'f', 'p'}
 
-const probeAsk = 1
+// Probe types (struct probe's type in probe.h).
+const (
+	probeAsk    = 1
+	probeAnswer = 2
+)
 
 // firstProbeBackoff is the first retry for a peer that has not answered:
 // right after start the peer may not have our lease yet and drops the
@@ -498,6 +690,22 @@ func route6Key(p netip.Prefix) bpfRoute6Key {
 func be32(ip netip.Addr) uint32 {
 	b := ip.As4()
 	return binary.NativeEndian.Uint32(b[:])
+}
+
+// liftMemlock lifts the memlock rlimit where the kernel still charges BPF
+// memory to it (before 5.11); elsewhere it does nothing.
+func liftMemlock() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("lift the memlock rlimit for BPF maps: %w", err)
+	}
+	return nil
+}
+
+// netOrder16 is port as the programs read it from a packet.
+func netOrder16(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
 }
 
 func boolByte(b bool) uint8 {

@@ -41,6 +41,7 @@ var counters = [...]counterDef{
 	{bpfCounterC_PASS_NOT_ONE_PACKET, kindPassed, "not_one_packet", "a datagram whose payload is not one whole IPv4 or IPv6 packet (for example several datagrams merged by UDP GRO)"},
 	{bpfCounterC_PASS_DECAP, kindPassed, "decap_refused", "the kernel refused to remove or rewrite the outer headers (bpf_skb_adjust_room)"},
 	{bpfCounterC_PASS_ROUTER_PROBE, kindPassed, "router_probe", "the userspace router's own probes (IPv6 capability)"},
+	{bpfCounterC_PASS_NO_KERNEL_DECAP, kindPassed, "no_kernel_decap", "this node cannot decapsulate inner IPv6 in the kernel (no BPF_F_ADJ_ROOM_DECAP_L3 flags, no handoff device), so it neither answers probes nor sends from the kernel"},
 	{bpfCounterC_DROP_STRICT, kindDropped, "strict_source", "--strict-source: the inner source is outside the sender's subnets"},
 	{bpfCounterC_DROP_ENCAP, kindDropped, "encap_error", "the packet could not be written after it was grown or shrunk"},
 	{bpfCounterC_PROBES_ANSWERED, kindEvent, "", "probes from peers this node answered"},

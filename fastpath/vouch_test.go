@@ -35,7 +35,7 @@ func clock(t *testing.T) uint64 {
 // answer, also one never given or reset; one with a checksum does not,
 // and a fresh answer is not rewritten for every packet.
 func TestIngressVouches(t *testing.T) {
-	objs := loadPrograms(t, map[string]any{"answer_valid_ns": uint64(testValidity)})
+	objs := loadPrograms(t, func(s *settings) { s.answerValid = testValidity })
 	const sender = "192.0.2.1"
 	key := be32(netip.MustParseAddr(sender))
 	second := uint64(time.Second)
@@ -77,9 +77,9 @@ func TestIngressVouches(t *testing.T) {
 // is older than its validity. The test run has no underlay, so a packet
 // the program takes ends at the FIB lookup.
 func TestEgressAnswerAge(t *testing.T) {
-	objs := loadPrograms(t, map[string]any{
-		"local_addr":      be32(netip.MustParseAddr("192.0.2.1")),
-		"answer_valid_ns": uint64(testValidity),
+	objs := loadPrograms(t, func(s *settings) {
+		s.localAddr = netip.MustParseAddr("192.0.2.1")
+		s.answerValid = testValidity
 	})
 	putRoute6(t, objs, "2001:db8:100:2::/64", "192.0.2.2")
 	key := be32(netip.MustParseAddr("192.0.2.2"))

@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -39,6 +40,31 @@ func metricValue(t *testing.T, n *cluster.Node, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// fastPathOn tells whether the node's kernel fast path runs
+// (flannel_fast_path_enabled, whatever its attach and variant labels).
+func fastPathOn(t *testing.T, n *cluster.Node) bool {
+	t.Helper()
+	attach, _ := fastPathInfo(t, n)
+	return attach != ""
+}
+
+// fastPathInfo is the attach and variant labels of the node's running
+// fast path, empty when none runs.
+func fastPathInfo(t *testing.T, n *cluster.Node) (attach, variant string) {
+	t.Helper()
+	code, body, err := n.HTTPGet(context.Background(), "/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics on %s: %d %v", n.Host.Name, code, err)
+	}
+	for line := range strings.Lines(body) {
+		var a, v string
+		if _, err := fmt.Sscanf(line, "flannel_fast_path_enabled{attach=%q,variant=%q} 1", &a, &v); err == nil {
+			return a, v
+		}
+	}
+	return "", ""
 }
 
 // udpPacket builds an inner IPv4/UDP packet with valid checksums.

@@ -167,7 +167,7 @@ func TestClusterEndToEnd(t *testing.T) {
 				t.Errorf("offload %s = %v, want 1", f, v)
 			}
 		}
-		if metricValue(t, n1, "flannel_fast_path_enabled") == 1 {
+		if fastPathOn(t, n1) {
 			// Both ends run the fast path (the default where the kernel
 			// has it): the kernel carried the transfer, not the router.
 			if v := metricValue(t, n1, `flannel_router_bytes_total{direction="out",path="kernel"}`); v < 100<<20 {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"strings"
 
 	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/internal/routesync"
@@ -30,17 +32,22 @@ func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, 
 		log.Info("Kernel fast path off (--fast-path=auto): it needs an IPv4 underlay and this network is IPv6-only; the userspace router carries all packets")
 		return nil, nil
 	}
-	fp, err := fastpath.Start(fastpath.Config{
+	fcfg := fastpath.Config{
 		TUN:                tunDev,
 		Underlay:           ext.Name,
 		LocalAddr:          ext.IfaceAddr,
 		Port:               port,
 		StrictSource:       o.strictSource,
 		AcceptUnknownPeers: o.acceptUnknownPeers,
+		CarryIPv6:          cfg.EnableIPv6,
 		Handoff:            handoffName(tunDev),
 		HandoffPort:        port + 1,
 		Logger:             log,
-	})
+	}
+	if err := forcedVariant(&fcfg, os.Getenv); err != nil {
+		return nil, err
+	}
+	fp, err := fastpath.Start(fcfg)
 	if err != nil {
 		if o.fastPath == "on" {
 			return nil, fmt.Errorf("--fast-path=on: %w", err)
@@ -48,10 +55,29 @@ func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, 
 		log.Warn("Kernel fast path unavailable (--fast-path=auto): the userspace router carries all packets", "reason", err)
 		return nil, nil
 	}
+	info := fp.Info()
 	log.Info("Kernel fast path on: TC eBPF carries packets to peers that answer its probes, the userspace router the rest",
-		"mode", o.fastPath, "tun", tunDev, "underlay", ext.Name)
+		"mode", o.fastPath, "attach", info.Attach, "variant", info.Variant, "why", strings.Join(info.Why, "; "),
+		"tun", tunDev, "underlay", ext.Name)
 	d.fast.Store(fp)
 	return fp, nil
+}
+
+// forcedVariant applies FLANNEL_FASTPATH_ATTACH (tcx or clsact) and
+// FLANNEL_FASTPATH_VARIANT (a variant's name: full, or features turned
+// off such as no-coarse-clock,no-decap-flags) from getenv: hidden
+// settings that run, on one kernel, what older kernels get, for the
+// benchmarks and the tests. A variant cannot add what the kernel lacks.
+func forcedVariant(c *fastpath.Config, getenv func(string) string) error {
+	c.Attach = getenv("FLANNEL_FASTPATH_ATTACH")
+	if v := getenv("FLANNEL_FASTPATH_VARIANT"); v != "" {
+		f, err := fastpath.ParseVariant(v)
+		if err != nil {
+			return fmt.Errorf("FLANNEL_FASTPATH_VARIANT: %w", err)
+		}
+		c.Without = fastpath.AllFeatures &^ f
+	}
+	return nil
 }
 
 // handoffName names the fast path's handoff device after the TUN:
@@ -95,13 +121,14 @@ func (b bothTables) ForgetPeers(peers []netip.Addr) {
 // path runs, its counters.
 func (d *daemon) writeFastPathMetrics(w io.Writer) (fastpath.Stats, bool) {
 	p := promWriter{w}
-	p.family("flannel_fast_path_enabled", "gauge", "1 when the kernel TC eBPF fast path is attached (see --fast-path).")
+	p.family("flannel_fast_path_enabled", "gauge", "1 when the kernel TC eBPF fast path is attached (see --fast-path), with how (attach: tcx or clsact) and which variant of the programs runs.")
 	fp := d.fast.Load()
 	if fp == nil {
-		p.sample("flannel_fast_path_enabled", "", 0)
+		p.sample("flannel_fast_path_enabled", `attach="none",variant="none"`, 0)
 		return fastpath.Stats{}, false
 	}
-	p.sample("flannel_fast_path_enabled", "", 1)
+	info := fp.Info()
+	p.sample("flannel_fast_path_enabled", fmt.Sprintf("attach=%q,variant=%q", info.Attach, info.Variant), 1)
 	s, err := fp.Stats()
 	if err != nil {
 		d.log.Warn("Read the fast path counters", "error", err)

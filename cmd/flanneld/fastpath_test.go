@@ -99,6 +99,20 @@ func startUpstreamProxy(t *testing.T, h *testbed.Host, subnet netip.Prefix, peer
 // checksums.
 func TestFastPathMixedCluster(t *testing.T) {
 	requireFastPath(t)
+	mixedCluster(t, "")
+}
+
+// TestFastPathMixedClusterClsact is TestFastPathMixedCluster with the
+// fast path attached as cls_bpf filters, as on kernels without tcx.
+func TestFastPathMixedClusterClsact(t *testing.T) {
+	requireFastPath(t)
+	t.Setenv("FLANNEL_FASTPATH_ATTACH", "clsact")
+	mixedCluster(t, "clsact")
+}
+
+// mixedCluster runs the mixed cluster; attach is the attach mode the
+// fast-path nodes must report ("" for any).
+func mixedCluster(t *testing.T, attach string) {
 	c := startWith(t, cluster.Options{Hosts: 4, Idle: 2, Args: []string{"--fast-path=on", "--metrics-addr=:9102"}})
 	ctx := t.Context()
 	// Host 1 and 2 run the fast path, host 3 is the upstream stand-in,
@@ -130,12 +144,12 @@ func TestFastPathMixedCluster(t *testing.T) {
 	}
 
 	for _, n := range []*cluster.Node{n1, n4} {
-		if v := metricValue(t, n, "flannel_fast_path_enabled"); v != 1 {
-			t.Fatalf("flannel_fast_path_enabled on %s = %v, want 1", n.Host.Name, v)
+		if a, v := fastPathInfo(t, n); a == "" || attach != "" && a != attach {
+			t.Fatalf("flannel_fast_path_enabled on %s: attach %q variant %q, want 1 with attach %q", n.Host.Name, a, v, attach)
 		}
 	}
-	if v := metricValue(t, n2, "flannel_fast_path_enabled"); v != 0 {
-		t.Fatalf("flannel_fast_path_enabled on the --fast-path=off node = %v, want 0", v)
+	if v := metricValue(t, n2, `flannel_fast_path_enabled{attach="none",variant="none"}`); v != 0 || fastPathOn(t, n2) {
+		t.Fatalf("flannel_fast_path_enabled on the --fast-path=off node is not 0")
 	}
 	// Node 1 and 4 find each other through probes; nobody else answers.
 	waitKernelPeers(t, 1, n1, n4)
@@ -283,6 +297,90 @@ func tcxPrograms(t *testing.T, h *testbed.Host) int {
 		t.Fatalf("query tcx programs on %s: %v", h.Name, err)
 	}
 	return n
+}
+
+// ourFilters counts this project's cls_bpf filters on h's eth0 ingress.
+func ourFilters(t *testing.T, h *testbed.Host) int {
+	t.Helper()
+	n := 0
+	if err := h.Do(func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return nil // no clsact qdisc
+		}
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, "flannel-go:") {
+				n++
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("cls_bpf filters on %s: %v", h.Name, err)
+	}
+	return n
+}
+
+// TestFastPathClsactSIGKILL kills a flanneld whose fast path is attached
+// as cls_bpf filters, which outlive the process: once its heartbeat is
+// stale (5 s) the filter passes every datagram to the stack and answers
+// no probe, so a plain socket on the flannel port receives them; the
+// next start replaces the filter (one left, its own) and takes the
+// kernel path again.
+func TestFastPathClsactSIGKILL(t *testing.T) {
+	requireFastPath(t)
+	t.Setenv("FLANNEL_FASTPATH_ATTACH", "clsact")
+	c := startCluster(t, 2, "--fast-path=on")
+	ctx := t.Context()
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	if got, tcx := ourFilters(t, n2.Host), tcxPrograms(t, n2.Host); got != 1 || tcx != 0 {
+		t.Fatalf("%s's eth0 has %d filters of ours and %d tcx programs, want 1 and 0", n2.Host.Name, got, tcx)
+	}
+	waitKernelPeers(t, 1, n1, n2)
+	n2.Stop(syscall.SIGKILL, 10*time.Second)
+	if got := ourFilters(t, n2.Host); got != 1 {
+		t.Fatalf("%d filters of ours after SIGKILL, want the one left behind", got)
+	}
+	// A datagram from the lease holder n1 (the filter's peer) and a probe
+	// reach a plain socket once the heartbeat is stale.
+	for _, payload := range [][]byte{[]byte("after-kill-from-a-peer"), probeAsk()} {
+		if _, err := cluster.UDPReach(ctx, n1.Host, n2.Host, n2.Host.Addr, 8285, payload, 15*time.Second); err != nil {
+			t.Fatalf("after SIGKILL, %q to %s:8285 does not reach a socket: %v", payload, n2.Host.Addr, err)
+		}
+	}
+	if err := n2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := ourFilters(t, n2.Host); got != 1 {
+		t.Fatalf("%d filters of ours after the restart, want 1", got)
+	}
+	if !strings.Contains(n2.Log(), "removed the cls_bpf filters a previous flanneld left") {
+		t.Errorf("the restart did not say it removed the old filter:\n%s", n2.Log())
+	}
+	waitKernelPeers(t, 1, n1, n2)
+	res, err := cluster.Transfer(ctx, n1.Container, n2.Container, n2.Container.Addr, 5311, 8<<20)
+	if err != nil || !res.Match() {
+		t.Fatalf("transfer after the restart: %v (intact: %v)", err, err == nil && res.Match())
+	}
+	if v := metricValue(t, n2, `flannel_router_bytes_total{direction="in",path="kernel"}`); v < 8<<20 {
+		t.Fatalf("restarted node took %v bytes in on the kernel path, want the 8 MiB transfer", v)
+	}
+	n2.Stop(syscall.SIGTERM, 10*time.Second)
+	if got := ourFilters(t, n2.Host); got != 0 {
+		t.Errorf("%d filters of ours after a clean exit, want 0", got)
+	}
+}
+
+// probeAsk is a fast-path probe ask (fastpath's wire format).
+func probeAsk() []byte {
+	b := []byte{0x00, 'f', 'l', 'g', 'o', 'f', 'p', 1, 0, 0, 0, 0, 0, 0, 0, 42}
+	return b
 }
 
 // TestFastPathSIGKILL kills a fast-path flanneld: the kernel must detach

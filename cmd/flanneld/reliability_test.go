@@ -810,7 +810,7 @@ func TestLeaseTakenOver(t *testing.T) {
 	// Every address flanneld owns moves: the TUN's and, while the fast
 	// path runs, its handoff device's.
 	devs := []string{"flannel0"}
-	if metricValue(t, n2, "flannel_fast_path_enabled") == 1 {
+	if fastPathOn(t, n2) {
 		devs = append(devs, handoffDev)
 	}
 	waitFor(t, 10*time.Second, "node 2's addresses on the new subnet", func() error {

@@ -159,7 +159,7 @@ func auditSockets(t *testing.T, n *cluster.Node) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fastPath := metricValue(t, n, "flannel_fast_path_enabled") == 1
+	fastPath := fastPathOn(t, n)
 	for _, proto := range []string{"udp", "udp6", "tcp", "tcp6"} {
 		out, err := n.Host.Run(t.Context(), "cat", "/proc/net/"+proto)
 		if err != nil {
