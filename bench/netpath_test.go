@@ -40,6 +40,17 @@ var flannelVariants = []struct {
 	{"no offloads", []string{"--fast-path=off", "--offloads=false"}},
 }
 
+// fastPathVariants are the fast path as older kernels run it, forced on
+// this kernel through flanneld's hidden FLANNEL_FASTPATH_* settings.
+var fastPathVariants = []struct {
+	name string
+	env  []string
+}{
+	{"fast path, clsact", []string{"FLANNEL_FASTPATH_ATTACH=clsact"}},
+	{"fast path, 6.1's variant", []string{"FLANNEL_FASTPATH_ATTACH=clsact", "FLANNEL_FASTPATH_VARIANT=no-decap-flags"}},
+	{"fast path, 5.10's variant", []string{"FLANNEL_FASTPATH_ATTACH=clsact", "FLANNEL_FASTPATH_VARIANT=no-coarse-clock,no-decap-flags"}},
+}
+
 // udpRates are the offered rates of the 64-byte UDP workload, in packets/s.
 var udpRates = []int{25_000, 50_000, 100_000, 200_000}
 
@@ -95,6 +106,13 @@ func paths() []pathDef {
 		ps = append(ps, pathDef{v.name, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
 			return setupFlannel(ctx, b, flanneld(b), v.args)
 		}, nil})
+	}
+	// What older kernels get, forced on this one: the attach and the
+	// variant of the programs each runs (see the README's kernel table).
+	for _, v := range fastPathVariants {
+		ps = append(ps, pathDef{v.name, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
+			return setupFlannelEnv(ctx, b, flanneld(b), []string{"--fast-path=on"}, v.env)
+		}, []string{"tcp"}})
 	}
 	ps = append(ps,
 		pathDef{VXLANIPv6Path, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
@@ -309,17 +327,43 @@ func setupFlannelIPv6(ctx context.Context, b *testing.B, bin string) (*pathEnv, 
 // plus args) on two hosts with one container each; traffic goes container to
 // container, as in a deployment.
 func setupFlannel(ctx context.Context, b *testing.B, bin string, args []string) (*pathEnv, error) {
+	return setupFlannelEnv(ctx, b, bin, args, nil)
+}
+
+// setupFlannelEnv is setupFlannel with environ added to flanneld's
+// environment.
+func setupFlannelEnv(ctx context.Context, b *testing.B, bin string, args, environ []string) (*pathEnv, error) {
 	c, err := cluster.Start(ctx, cluster.Options{
 		Flanneld: bin,
 		Hosts:    2,
 		Bed:      testbed.Options{Direct: true, Prefix: bedPrefix},
 		Args:     args,
+		Environ:  environ,
 	})
 	if err != nil {
 		return nil, err
 	}
+	if err := checkForced(c, environ); err != nil {
+		c.Close()
+		return nil, err
+	}
 	b.Cleanup(func() { c.Close() })
 	return flannelEnv(ctx, c, false)
+}
+
+// checkForced makes sure every node runs the attach and variant environ
+// forces: a typo would measure the default instead.
+func checkForced(c *cluster.Cluster, environ []string) error {
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		want := map[string]string{"FLANNEL_FASTPATH_ATTACH": "attach=", "FLANNEL_FASTPATH_VARIANT": "variant="}[k]
+		for _, n := range c.Nodes {
+			if want != "" && !strings.Contains(n.Log(), want+v+" ") {
+				return fmt.Errorf("%s: flanneld does not run with %s:\n%s", n.Host.Name, kv, n.Log())
+			}
+		}
+	}
+	return nil
 }
 
 // flannelEnv adds a container on each node of c and returns the path

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ type Options struct {
 	Bed      testbed.Options // testbed shape; Hosts is taken from above
 	Config   string          // network config JSON; default {"Network":"198.18.0.0/16","Backend":{"Type":"udp"}}
 	Args     []string        // extra flanneld flags for every node
+	Environ  []string        // added to every flanneld's environment, e.g. FLANNEL_FASTPATH_ATTACH=clsact
 	Dir      string          // working directory for etcd data, subnet files and logs (default: a new temp dir)
 	Log      io.Writer       // flanneld output is copied here too when set
 	// EtcdMembers > 0 runs etcd as separate processes (the etcd binary, one
@@ -267,8 +269,8 @@ func (n *Node) Start(ctx context.Context) error {
 		out = io.MultiWriter(n.logBuf, &prefixWriter{w: c.opts.Log, prefix: fmt.Sprintf("[h%d] ", n.Index)})
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	if len(n.Environ) > 0 {
-		cmd.Env = append(os.Environ(), n.Environ...)
+	if env := append(slices.Clone(c.opts.Environ), n.Environ...); len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
 	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Host.Name, err)
