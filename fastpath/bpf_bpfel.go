@@ -41,7 +41,8 @@ const (
 	bpfCounterC_CAPTURE_LOST           bpfCounter = 22
 	bpfCounterC_DROP_HANDOFF           bpfCounter = 23
 	bpfCounterC_HANDOFF                bpfCounter = 24
-	bpfCounterC_MAX                    bpfCounter = 25
+	bpfCounterC_DROP_PROBE_ANSWER      bpfCounter = 25
+	bpfCounterC_MAX                    bpfCounter = 26
 )
 
 type bpfPeer struct {
@@ -72,6 +73,7 @@ type bpfRouteKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapAsks             = "asks"
 	bpfMapCapture          = "capture"
 	bpfMapHandoffOff       = "handoff_off"
 	bpfMapHeartbeat        = "heartbeat"
@@ -153,6 +155,7 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
+	Asks       *ebpf.MapSpec `ebpf:"asks"`
 	Capture    *ebpf.MapSpec `ebpf:"capture"`
 	HandoffOff *ebpf.MapSpec `ebpf:"handoff_off"`
 	Heartbeat  *ebpf.MapSpec `ebpf:"heartbeat"`
@@ -208,6 +211,7 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
+	Asks       *ebpf.Map `ebpf:"asks"`
 	Capture    *ebpf.Map `ebpf:"capture"`
 	HandoffOff *ebpf.Map `ebpf:"handoff_off"`
 	Heartbeat  *ebpf.Map `ebpf:"heartbeat"`
@@ -220,6 +224,7 @@ type bpfMaps struct {
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.Asks,
 		m.Capture,
 		m.HandoffOff,
 		m.Heartbeat,

@@ -27,10 +27,13 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/flannel-go/flannel-go/internal/probe"
 
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -89,8 +92,10 @@ type Path struct {
 	mu     sync.Mutex
 	routes map[netip.Prefix]netip.Addr
 	peers  map[netip.Addr]int // routes per peer
-	nonce  uint64
-	tap    *capture
+	// askedAt is when each peer was last asked (the program's clock).
+	askedAt map[netip.Addr]uint64
+	probe   atomic.Pointer[probe.Schedule]
+	tap     *capture
 
 	wake chan struct{}
 	done chan struct{}
@@ -145,8 +150,9 @@ func Start(cfg Config) (*Path, error) {
 		cfg:    cfg,
 		info:   info,
 		hand:   hand,
-		routes: map[netip.Prefix]netip.Addr{},
-		peers:  map[netip.Addr]int{},
+		routes:  map[netip.Prefix]netip.Addr{},
+		peers:   map[netip.Addr]int{},
+		askedAt: map[netip.Addr]uint64{},
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
@@ -163,7 +169,7 @@ func Start(cfg Config) (*Path, error) {
 		p.Close()
 		return nil, fmt.Errorf("fast path: probe socket on %s: %w", cfg.LocalAddr, err)
 	}
-	p.wg.Go(p.probeLoop)
+	p.wg.Go(p.runProbes)
 	p.wg.Go(p.watchHandoff)
 	if p.info.Attach == AttachClsact {
 		p.wg.Go(p.heartbeatLoop)
@@ -486,6 +492,9 @@ func (p *Path) ForgetPeers(peers []netip.Addr) {
 		}
 		p.cfg.Logger.Info("Fast path: peer took a new lease; its packets go through userspace until it answers a probe again", "peer", ip)
 	}
+	if s := p.probe.Load(); s != nil {
+		s.Recheck(peers)
+	}
 	p.poke()
 }
 
@@ -506,8 +515,11 @@ func (p *Path) delPeer(ip netip.Addr) {
 		return
 	}
 	delete(p.peers, ip)
-	if err := p.objs.Peers.Delete(be32(ip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		p.cfg.Logger.Error("Fast path: remove peer", "peer", ip, "error", err)
+	delete(p.askedAt, ip)
+	for _, m := range []*ebpf.Map{p.objs.Peers, p.objs.Asks} {
+		if err := m.Delete(be32(ip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			p.cfg.Logger.Error("Fast path: remove peer", "peer", ip, "map", m, "error", err)
+		}
 	}
 }
 
@@ -519,98 +531,70 @@ func (p *Path) poke() {
 	}
 }
 
-// Probe payload: probeMagic, a type byte, a nonce.
-var probeMagic = [7]byte{0x00, 'f', 'l', 'g', 'o', 'f', 'p'}
+// probeStore is the fast-path probe's probe.Store: the asks map tells
+// the ingress program which nonce each peer's answer must carry, and the
+// program stamps the peer's entry when it does (or when the peer vouches
+// for itself, see vouch in probe.h).
+type probeStore struct{ p *Path }
 
-// Probe types (struct probe's type in probe.h).
-const (
-	probeAsk    = 1
-	probeAnswer = 2
-)
-
-// firstProbeBackoff is the first retry for a peer that has not answered:
-// right after start the peer may not have our lease yet and drops the
-// probe, so it is asked again soon, then at doubling intervals up to
-// ProbeInterval (upstream and userspace-only peers never answer).
-const firstProbeBackoff = 100 * time.Millisecond
-
-// probeState is when a peer is asked next and the current retry interval.
-type probeState struct {
-	next    time.Time
-	backoff time.Duration
-	round   uint64 // the last round the peer was in the table
-}
-
-func (p *Path) probeLoop() {
-	var msg [16]byte
-	copy(msg[:], probeMagic[:])
-	msg[7] = probeAsk
-	state := map[netip.Addr]*probeState{}
-	var targets []netip.Addr
-	var round uint64
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-p.done:
-			return
-		case <-timer.C:
-		case <-p.wake:
-			// New peers or reset answers: ask them from the first backoff.
-			for _, st := range state {
-				st.next = time.Time{}
-			}
-		}
-		now := time.Now()
-		p.mu.Lock()
-		targets = targets[:0]
-		for ip := range p.peers {
-			targets = append(targets, ip)
-		}
-		p.nonce++
-		binary.BigEndian.PutUint64(msg[8:], p.nonce)
-		p.mu.Unlock()
-		next := now.Add(p.cfg.ProbeInterval)
-		round++
-		for _, ip := range targets {
-			st := state[ip]
-			if st == nil {
-				st = &probeState{}
-				state[ip] = st
-			}
-			st.round = round
-			if now.Before(st.next) {
-				next = minTime(next, st.next)
-				continue
-			}
-			age, ok := p.answerAge(ip)
-			st.backoff = probeBackoff(ok, age, st.backoff, st.next.IsZero(), p.cfg.ProbeInterval)
-			st.next = now.Add(st.backoff)
-			next = minTime(next, st.next)
-			// A lost probe only delays the fast path; the next one retries.
-			p.sock.WriteToUDPAddrPort(msg[:], netip.AddrPortFrom(ip, uint16(p.cfg.Port)))
-		}
-		for ip, st := range state {
-			if st.round != round {
-				delete(state, ip)
-			}
-		}
-		timer.Reset(time.Until(next))
+func (s probeStore) Asked(peer netip.Addr, nonce uint64) {
+	p := s.p
+	now, _ := monotonicNow()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.peers[peer] == 0 {
+		return // its routes went while it was being asked
+	}
+	p.askedAt[peer] = now
+	if err := p.objs.Asks.Put(be32(peer), probe.WireNonce(nonce)); err != nil {
+		p.cfg.Logger.Error("Fast path: record a probe", "peer", peer, "error", err)
 	}
 }
 
-// answerAge is how long ago ip's last answer arrived; ok is false when
-// no answer vouches for it (none yet, or older than its validity).
-func (p *Path) answerAge(ip netip.Addr) (age time.Duration, ok bool) {
+// Answered tells whether the peer's entry was stamped since the ask.
+func (s probeStore) Answered(peer netip.Addr, nonce uint64) bool {
+	p := s.p
 	var v bpfPeer
-	if p.objs.Peers.Lookup(be32(ip), &v) != nil {
-		return 0, false
+	if p.objs.Peers.Lookup(be32(peer), &v) != nil {
+		return false
 	}
-	now, err := monotonicNow()
-	if err != nil {
-		return 0, false
+	p.mu.Lock()
+	at, ok := p.askedAt[peer]
+	p.mu.Unlock()
+	return ok && v.Answered >= at
+}
+
+func (probeStore) Missed(netip.Addr, int) {}
+
+// probeTiming is the fast path's schedule: a peer that answers is asked
+// every interval, its answer vouching for three; an unanswered ask is
+// repeated from 100 ms on, doubling, because under load a full veth
+// backlog drops probes like any packet, and two lost asks would let the
+// answer expire and the peer's packets fall back to userspace (seen:
+// 1,631 packets in one 4-stream run).
+func probeTiming(interval time.Duration) probe.Timing {
+	return probe.Timing{Interval: interval, AnswerWait: 100 * time.Millisecond, FirstRetry: 100 * time.Millisecond}
+}
+
+// runProbes asks the peers, from the probe socket, until Close.
+func (p *Path) runProbes() {
+	s := probe.NewSchedule(probe.FastPathAsk, probeTiming(p.cfg.ProbeInterval), probeStore{p}, func(peer netip.Addr, msg [probe.Len]byte) {
+		// A lost probe only delays the fast path; the next one retries.
+		p.sock.WriteToUDPAddrPort(msg[:], netip.AddrPortFrom(peer, uint16(p.cfg.Port)))
+	})
+	p.probe.Store(s)
+	s.Run(p.done, p.wake, p.probeTargets)
+}
+
+// probeTargets lists the peers: those the routes point at.
+func (p *Path) probeTargets() []netip.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]netip.Addr, 0, len(p.peers))
+	for ip := range p.peers {
+		out = append(out, ip)
 	}
-	return answerFresh(v.Answered, now, p.cfg.ProbeInterval)
+	return out
 }
 
 // answerFresh is the age of an answer given at answered (0: never) at time
@@ -626,35 +610,6 @@ func answerFresh(answered, now uint64, interval time.Duration) (age time.Duratio
 		return 0, false
 	}
 	return time.Duration(now - answered), true
-}
-
-// probeBackoff is how long to wait before asking a peer again, given
-// whether an answer vouches for it and how old that answer is, the
-// previous wait and whether this is the first ask. A peer with a fresh
-// answer (younger than one and a half intervals: the answer to the last
-// periodic ask) is asked once per interval. One whose last ask went
-// unanswered is asked again from firstProbeBackoff on, doubling, while
-// its answer is still valid (three intervals): under load a full veth
-// backlog drops probes like any packet, and waiting a whole interval
-// twice let the answer expire and its packets fall back to userspace
-// (seen: 1,631 packets in one 4-stream run). A peer that never answers
-// (upstream, userspace-only) stays at one ask per interval.
-func probeBackoff(answered bool, age, prev time.Duration, first bool, interval time.Duration) time.Duration {
-	switch {
-	case answered && age < interval+interval/2:
-		return interval
-	case first || prev == 0 || (answered && prev >= interval):
-		return firstProbeBackoff
-	default:
-		return min(2*prev, interval)
-	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
 }
 
 // KernelPeers lists the peers whose answers currently vouch for them.

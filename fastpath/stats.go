@@ -49,6 +49,7 @@ var counters = [...]counterDef{
 	{bpfCounterC_CAPTURE_LOST, kindEvent, "", "capture records lost to a full ring"},
 	{bpfCounterC_DROP_HANDOFF, kindDropped, "handoff_port", "a datagram for the handoff device's port that the ingress program did not hand over"},
 	{bpfCounterC_HANDOFF, kindEvent, "", "packets handed to the handoff device (part of the packets in)"},
+	{bpfCounterC_DROP_PROBE_ANSWER, kindDropped, "stale_probe_answer", "a probe answer that does not carry the nonce of this node's last ask to its sender (late, or forged)"},
 }
 
 const numCounters = int(bpfCounterC_MAX)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 
 	"github.com/flannel-go/flannel-go/internal/inet"
+	"github.com/flannel-go/flannel-go/internal/probe"
 	"net/netip"
 	"testing"
 	"unsafe"
@@ -146,7 +147,7 @@ func FuzzEgress6(f *testing.F) {
 // datagram.
 func FuzzIngress6(f *testing.F) {
 	f.Add(fuzzIPv6Seed)
-	ask := probeMsg(probeIPv6Ask, 42)
+	ask := probeMsg(probe.IPv6Ask, 42)
 	f.Add(ask[:])
 	w, _ := dualWorker(f, true, false)
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel-go/internal/inet"
+	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/tun"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -30,7 +31,7 @@ var (
 
 // sentProbe is a probe datagram the prober's stub sender recorded.
 type sentProbe struct {
-	msg [probeLen]byte
+	msg [probe.Len]byte
 	to  netip.AddrPort
 }
 
@@ -55,8 +56,8 @@ func dualWorker(t testing.TB, underlay6, noV4 bool) (*worker, *[]sentProbe) {
 		t.Fatal(err)
 	}
 	var sent []sentProbe
-	r.probe.send = func(m []byte, to netip.AddrPort) error {
-		sent = append(sent, sentProbe{[probeLen]byte(m), to})
+	r.sendProbe = func(m []byte, to netip.AddrPort) error {
+		sent = append(sent, sentProbe{[probe.Len]byte(m), to})
 		return nil
 	}
 	r.SetRoutes([]Route{
@@ -247,7 +248,7 @@ func TestIngressIPv6OnIPv4OnlyRouter(t *testing.T) {
 		t.Errorf("%d packets, not_ipv4 %d: an IPv4-only router drops IPv6 as not_ipv4", k, w.in.drops[dropNotIPv4].Load())
 	}
 	// Nor does it answer IPv6 probes: it carries no IPv6.
-	ask := probeMsg(probeIPv6Ask, 7)
+	ask := probeMsg(probe.IPv6Ask, 7)
 	n = loadUDP(t, w, []netip.Addr{peerA}, [][]byte{ask[:]})
 	if k := w.ingressBatch(w.r.table.Load(), n); k != 0 || w.in.drops[dropMalformed].Load() != 1 {
 		t.Errorf("probe on an IPv4-only router: %d packets, malformed %d, want dropped as malformed", k, w.in.drops[dropMalformed].Load())
@@ -305,14 +306,14 @@ func TestZeroAllocsIPv6(t *testing.T) {
 // capable; asks and answers from strangers do nothing.
 func TestIPv6ProbeAnswer(t *testing.T) {
 	w, sent := dualWorker(t, true, false)
-	ask := probeMsg(probeIPv6Ask, 0x1122334455667788)
+	ask := probeMsg(probe.IPv6Ask, 0x1122334455667788)
 	stranger := netip.MustParseAddr("2001:db8:1::99")
 	n := loadUDP(t, w, []netip.Addr{peerA6, stranger}, [][]byte{ask[:], ask[:]})
 	if k := w.ingressBatch(w.r.table.Load(), n); k != 0 {
 		t.Fatalf("%d probes reached the TUN", k)
 	}
 	if len(*sent) != 1 || (*sent)[0].to != netip.AddrPortFrom(peerA6, DefaultPort) ||
-		(*sent)[0].msg != probeMsg(probeIPv6Answer, 0x1122334455667788) {
+		(*sent)[0].msg != probeMsg(probe.IPv6Answer, 0x1122334455667788) {
 		t.Fatalf("sent %v, want one answer to %s", *sent, peerA6)
 	}
 	if w.in.drops[dropUnknownPeer].Load() != 1 {
@@ -321,21 +322,21 @@ func TestIPv6ProbeAnswer(t *testing.T) {
 
 	// The prober asks A and B (the peers with IPv6 subnets).
 	*sent = (*sent)[:0]
-	w.r.probe.step(w.r.table.Load(), 0)
+	w.r.probe.Step(w.r.ipv6Targets(), 0)
 	if len(*sent) != 2 {
 		t.Fatalf("first step sent %d asks, want 2", len(*sent))
 	}
 	var nonceA uint64
 	for _, s := range *sent {
-		if s.msg[7] != probeIPv6Ask || s.to.Port() != DefaultPort {
+		if probe.Type(s.msg[7]) != probe.IPv6Ask || s.to.Port() != DefaultPort {
 			t.Fatalf("ask %x to %s", s.msg, s.to)
 		}
 		if s.to.Addr() == peerA6 {
 			nonceA = binary.BigEndian.Uint64(s.msg[8:])
 		}
 	}
-	wrong := probeMsg(probeIPv6Answer, nonceA+1)
-	right := probeMsg(probeIPv6Answer, nonceA)
+	wrong := probeMsg(probe.IPv6Answer, nonceA+1)
+	right := probeMsg(probe.IPv6Answer, nonceA)
 	n = loadUDP(t, w, []netip.Addr{peerA6, stranger}, [][]byte{wrong[:], right[:]})
 	w.ingressBatch(w.r.table.Load(), n)
 	if c, k := w.r.PeerIPv6Capable(peerA6); c || k {
@@ -351,21 +352,21 @@ func TestIPv6ProbeAnswer(t *testing.T) {
 // TestIPv6ProbeTiming drives the prober with its clock: a silent peer is
 // asked at doubling intervals, refused IPv6 after probeMisses asks (with an
 // ICMPv6 unreachable and a peer_no_ipv6 drop), asked on at most every
-// probeInterval, and carries IPv6 again once it answers.
+// ipv6Timing.Interval, and carries IPv6 again once it answers.
 func TestIPv6ProbeTiming(t *testing.T) {
 	w, sent := dualWorker(t, false, false)
 	p, tab := w.r.probe, w.r.table.Load()
 	var asks []time.Duration // asks to A
 	now, incapableAt := time.Duration(0), time.Duration(-1)
 	for now < 30*time.Second {
-		next := p.step(tab, now)
+		next := p.Step(w.r.ipv6Targets(), now)
 		for _, s := range *sent {
 			if s.to.Addr() == peerA {
 				asks = append(asks, now)
 			} else {
 				// B answers every ask.
 				n := loadUDP(t, w, []netip.Addr{peerB}, [][]byte{func() []byte {
-					a := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
+					a := probeMsg(probe.IPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
 					return a[:]
 				}()})
 				w.ingressBatch(tab, n)
@@ -384,12 +385,12 @@ func TestIPv6ProbeTiming(t *testing.T) {
 		t.Errorf("silent peer refused after %v, want about a second", incapableAt)
 	}
 	for i := 1; i < len(asks); i++ {
-		if gap := asks[i] - asks[i-1]; gap < firstProbeBackoff || gap > probeInterval {
+		if gap := asks[i] - asks[i-1]; gap < ipv6Timing.FirstRetry || gap > ipv6Timing.Interval {
 			t.Errorf("asks %d and %d to the silent peer %v apart", i-1, i, gap)
 		}
 	}
-	if last := asks[len(asks)-1] - asks[len(asks)-2]; last != probeInterval {
-		t.Errorf("silent peer asked every %v in the end, want %v", last, probeInterval)
+	if last := asks[len(asks)-1] - asks[len(asks)-2]; last != ipv6Timing.Interval {
+		t.Errorf("silent peer asked every %v in the end, want %v", last, ipv6Timing.Interval)
 	}
 	if c, k := w.r.PeerIPv6Capable(peerB); !c || !k {
 		t.Errorf("answering peer: capable %v known %v", c, k)
@@ -414,12 +415,12 @@ func TestIPv6ProbeTiming(t *testing.T) {
 		t.Error("Stats misses the peer_no_ipv6 drop")
 	}
 
-	// A upgrades: it answers its next ask (within probeInterval) and
+	// A upgrades: it answers its next ask (within ipv6Timing.Interval) and
 	// carries IPv6 again.
-	for end := now + probeInterval; now <= end && incapable(w, peerA); {
-		next := p.step(tab, now)
+	for end := now + ipv6Timing.Interval; now <= end && incapable(w, peerA); {
+		next := p.Step(w.r.ipv6Targets(), now)
 		for _, s := range *sent {
-			a := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
+			a := probeMsg(probe.IPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
 			w.ingressBatch(tab, loadUDP(t, w, []netip.Addr{s.to.Addr()}, [][]byte{a[:]}))
 		}
 		*sent = (*sent)[:0]
@@ -436,11 +437,11 @@ func TestIPv6ProbeTiming(t *testing.T) {
 	// address): refused at most a period and about 2 s later, when its
 	// next ask goes unanswered, not a period after that.
 	silentFrom := now
-	for now < silentFrom+2*probeInterval && !incapable(w, peerA) {
-		now = p.step(tab, now)
+	for now < silentFrom+2*ipv6Timing.Interval && !incapable(w, peerA) {
+		now = p.Step(w.r.ipv6Targets(), now)
 		*sent = (*sent)[:0]
 	}
-	if d := now - silentFrom; !incapable(w, peerA) || d > probeInterval+3*time.Second {
+	if d := now - silentFrom; !incapable(w, peerA) || d > ipv6Timing.Interval+3*time.Second {
 		t.Errorf("peer that stopped answering still carried IPv6 %v later", d)
 	}
 }
@@ -482,7 +483,7 @@ func TestTapSeesIPv6(t *testing.T) {
 	out := ipv6Packet(t, src6, dstA6, layers.IPProtocolUDP, 64, 0, []byte("out"))
 	in := ipv6Packet(t, dstA6, src6, layers.IPProtocolUDP, 63, 0, []byte("in"))
 	w.egressBatch(w.r.table.Load(), loadTUN(w, [][]byte{out}))
-	ask := probeMsg(probeIPv6Ask, 1)
+	ask := probeMsg(probe.IPv6Ask, 1)
 	w.ingressBatch(w.r.table.Load(), loadUDP(t, w, []netip.Addr{peerA, peerA}, [][]byte{in, ask[:]}))
 	if len(tap.got) != 2 || tap.got[0] != "out "+string(out) || tap.got[1] != "in "+string(in) {
 		t.Errorf("tap got %q", tap.got)
@@ -510,25 +511,36 @@ func TestForgetPeersAsksAtOnce(t *testing.T) {
 	p, tab := w.r.probe, w.r.table.Load()
 	now := time.Duration(0)
 	for now < time.Second {
-		next := p.step(tab, now)
+		next := p.Step(w.r.ipv6Targets(), now)
 		for _, s := range *sent {
-			a := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
+			a := probeMsg(probe.IPv6Answer, binary.BigEndian.Uint64(s.msg[8:]))
 			w.ingressBatch(tab, loadUDP(t, w, []netip.Addr{s.to.Addr()}, [][]byte{a[:]}))
 		}
 		*sent = (*sent)[:0]
 		now = next
 	}
 	// Both answered; the next asks are a period away.
-	if next := p.step(tab, now); next-now < probeInterval/2 {
+	if next := p.Step(w.r.ipv6Targets(), now); next-now < ipv6Timing.Interval/2 {
 		t.Fatalf("after answers the prober wants to run in %v", next-now)
 	}
 	*sent = (*sent)[:0]
 	w.r.ForgetPeers([]netip.Addr{peerA})
-	p.step(tab, now+time.Millisecond)
+	p.Step(w.r.ipv6Targets(), now+time.Millisecond)
 	if len(*sent) != 1 || (*sent)[0].to.Addr() != peerA {
 		t.Fatalf("after ForgetPeers(A) the prober sent %v, want one ask to %s", *sent, peerA)
 	}
 	if c, k := w.r.PeerIPv6Capable(peerA); !c || !k {
 		t.Errorf("a forgotten peer lost its capability before missing an ask: capable %v known %v", c, k)
 	}
+}
+
+// probeMsg is a probe on the wire.
+func probeMsg(typ probe.Type, nonce uint64) [probe.Len]byte {
+	return probe.Message{Type: typ, Nonce: nonce}.Marshal()
+}
+
+// isProbe tells whether d is a probe.
+func isProbe(d []byte) bool {
+	_, ok := probe.Parse(d)
+	return ok
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/tun"
 )
@@ -52,10 +53,10 @@ func testIPv6ProbeNetns(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no ask reached the peer: %v", err)
 	}
-	if n != probeLen || !isProbe(buf[:n]) || buf[7] != probeIPv6Ask || from.Addr() != netip.MustParseAddr("192.0.2.1") {
+	if n != probe.Len || !isProbe(buf[:n]) || probe.Type(buf[7]) != probe.IPv6Ask || from.Addr() != netip.MustParseAddr("192.0.2.1") {
 		t.Fatalf("peer got %x from %s, want an IPv6 ask from 192.0.2.1", buf[:n], from)
 	}
-	ans := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(buf[8:16]))
+	ans := probeMsg(probe.IPv6Answer, binary.BigEndian.Uint64(buf[8:16]))
 	if _, err := peer.WriteToUDPAddrPort(ans[:], netip.MustParseAddrPort("192.0.2.1:8285")); err != nil {
 		t.Fatal(err)
 	}
@@ -69,22 +70,22 @@ func testIPv6ProbeNetns(t *testing.T) {
 	})
 
 	// A's ask gets an answer with its nonce at A's cluster port.
-	ask := probeMsg(probeIPv6Ask, 0xfeedface)
+	ask := probeMsg(probe.IPv6Ask, 0xfeedface)
 	if _, err := peer.WriteToUDPAddrPort(ask[:], netip.MustParseAddrPort("192.0.2.1:8285")); err != nil {
 		t.Fatal(err)
 	}
-	want := probeMsg(probeIPv6Answer, 0xfeedface)
+	want := probeMsg(probe.IPv6Answer, 0xfeedface)
 	for {
 		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 		n, _, err := peer.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			t.Fatalf("no answer to the peer's ask: %v", err)
 		}
-		if n == probeLen && [probeLen]byte(buf[:n]) == want {
+		if n == probe.Len && [probe.Len]byte(buf[:n]) == want {
 			break
 		}
 		// The router's own asks arrive in between.
-		if n != probeLen || buf[7] != probeIPv6Ask {
+		if n != probe.Len || probe.Type(buf[7]) != probe.IPv6Ask {
 			t.Fatalf("peer got %x", buf[:n])
 		}
 	}

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/flannel-go/flannel-go/internal/probe"
 )
 
 // Defaults for zero Config fields.
@@ -124,8 +126,11 @@ type Router struct {
 	ownAddr   atomic.Uint32            // OwnSubnet.Addr(), big-endian
 	ownAddr6  atomic.Pointer[[16]byte] // OwnIPv6Subnet.Addr()
 	peerInfo  map[netip.Addr]*peerInfo // the current peers' probe state; setMu
-	probe     *prober                  // asks peers whether they carry IPv6; nil without IPv6
-	probeSock *net.UDPConn             // the prober's socket, once New opened it
+	probe     *probe.Schedule          // asks peers whether they carry IPv6; nil without IPv6
+	probeWake chan struct{}
+	probeSock *net.UDPConn // the probe's socket, once New opened it
+	// sendProbe sends a probe or an answer; New sets it to probeSock's.
+	sendProbe func(b []byte, to netip.AddrPort) error
 
 	setMu   sync.Mutex // serialises SetRoutes
 	workers []*worker
@@ -218,13 +223,14 @@ func newRouter(cfg Config) (*Router, error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("router config: %w", err)
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, peerInfo: map[netip.Addr]*peerInfo{}}
+	r := &Router{cfg: cfg, log: cfg.Logger, peerInfo: map[netip.Addr]*peerInfo{}, probeWake: make(chan struct{}, 1),
+		sendProbe: func([]byte, netip.AddrPort) error { return nil }}
 	t, _ := newTable(cfg.tableConfig(), nil, nil)
 	r.table.Store(t)
 	r.SetOwnSubnet(cfg.OwnSubnet)
 	r.SetOwnIPv6Subnet(cfg.OwnIPv6Subnet)
 	if cfg.IPv6Network.IsValid() {
-		r.probe = newProber(r)
+		r.probe = newIPv6Probe(r)
 	}
 	return r, nil
 }
@@ -254,9 +260,7 @@ func (r *Router) SetRoutes(routes []Route) {
 			"underlay", r.cfg.LocalAddr)
 	}
 	r.table.Store(t)
-	if r.probe != nil {
-		r.probe.poke()
-	}
+	r.pokeProbe()
 }
 
 // ForgetPeers asks the given peers at once whether they carry IPv6: each
@@ -264,15 +268,9 @@ func (r *Router) SetRoutes(routes []Route) {
 // address), so its earlier answer may no longer hold. Until it misses the
 // asks, it keeps the capability it had.
 func (r *Router) ForgetPeers(peers []netip.Addr) {
-	r.setMu.Lock()
-	defer r.setMu.Unlock()
-	for _, a := range peers {
-		if pi := r.peerInfo[a]; pi != nil {
-			pi.recheck.Store(true)
-		}
-	}
 	if r.probe != nil && len(peers) > 0 {
-		r.probe.poke()
+		r.probe.Recheck(peers)
+		r.pokeProbe()
 	}
 }
 

@@ -76,7 +76,7 @@ func (r *Router) openProbeSocket() error {
 		return fmt.Errorf("IPv6 probe socket on %s: %w", r.cfg.LocalAddr, err)
 	}
 	r.probeSock = sock
-	r.probe.send = func(b []byte, to netip.AddrPort) error {
+	r.sendProbe = func(b []byte, to netip.AddrPort) error {
 		_, err := sock.WriteToUDPAddrPort(b, to)
 		return err
 	}
@@ -111,7 +111,7 @@ func (r *Router) Run(ctx context.Context) error {
 		"udp_gso", o.UDPGSO, "udp_gro", o.UDPGRO, "gomaxprocs", runtime.GOMAXPROCS(0))
 
 	if r.probe != nil {
-		r.loops.Go(func() { r.probe.run(ctx.Done()) })
+		r.loops.Go(func() { r.probe.Run(ctx.Done(), r.probeWake, r.ipv6Targets) })
 	}
 	errc := make(chan error, 2*len(r.workers))
 	for _, w := range r.workers {

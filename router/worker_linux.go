@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/tun"
 	"github.com/flannel-go/flannel-go/udp"
 	"golang.org/x/sys/unix"
@@ -376,24 +377,24 @@ func (w *worker) check6(t *table, pkt []byte, sender uint32) (int, bool) {
 // peer records that the peer does. Other probes (the fast path's, when it
 // is not running) are left to the packet checks, which drop them.
 func (w *worker) probe(t *table, m *udp.Message, d []byte, sender uint32) bool {
-	p := w.r.probe
-	if p == nil {
+	msg, ok := probe.Parse(d)
+	if w.r.probe == nil || !ok {
 		return false
 	}
-	switch d[7] {
-	case probeIPv6Ask:
+	switch msg.Type {
+	case probe.IPv6Ask:
 		if !w.probeLim.allow(int64(w.clock())) {
 			return true
 		}
-		ans := probeMsg(probeIPv6Answer, binary.BigEndian.Uint64(d[8:]))
+		ans := probe.Message{Type: probe.IPv6Answer, Nonce: msg.Nonce}.Marshal()
 		to := netip.AddrPortFrom(m.Addr.Addr().Unmap(), uint16(w.r.cfg.Port))
-		if err := p.send(ans[:], to); err != nil {
+		if err := w.r.sendProbe(ans[:], to); err != nil {
 			w.r.log.Debug("Answering an IPv6 probe failed", "peer", to, "error", err)
 		}
 		return true
-	case probeIPv6Answer:
+	case probe.IPv6Answer:
 		if sender != 0 {
-			t.info[sender-1].answer(binary.BigEndian.Uint64(d[8:]))
+			t.info[sender-1].answer(msg.Nonce)
 		}
 		return true
 	}
@@ -487,7 +488,7 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 		w.in.drop(dropMalformed)
 		return nil
 	}
-	if l == probeLen && isProbe(buf[off:off+l]) && w.probe(t, m, buf[off:off+l], sender) {
+	if l == probe.Len && w.probe(t, m, buf[off:off+l], sender) {
 		return nil
 	}
 	tap := w.r.tap.Load()

@@ -281,7 +281,14 @@ func TestDualStackUpstreamPeer(t *testing.T) {
 	ctx := t.Context()
 	ours, up := c.Nodes[0], c.Nodes[2]
 
-	key := subnetsPrefix + "198.18.77.0-24&2001:db8:100:4d::-64"
+	// Subnets the running nodes did not lease (they pick at random).
+	k := 77
+	for slices.ContainsFunc(c.Nodes[:2], func(n *cluster.Node) bool {
+		return n.Env.Subnet.Addr().As4()[2] == byte(k) || n.Env.IPv6Subnet.Addr().As16()[7] == byte(k)
+	}) {
+		k++
+	}
+	key := subnetsPrefix + fmt.Sprintf("198.18.%d.0-24&2001:db8:100:%x::-64", k, k)
 	if _, err := c.Etcd.Put(ctx, key, `{"PublicIP":"`+up.Host.Addr.String()+`","PublicIPv6":null}`); err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +303,7 @@ func TestDualStackUpstreamPeer(t *testing.T) {
 
 	series := `flannel_router_dropped_packets_total{path="user",reason="peer_no_ipv6"}`
 	before := metricValue(t, ours, series)
-	dst := netip.MustParseAddr("2001:db8:100:4d::2")
+	dst := netip.MustParseAddr(fmt.Sprintf("2001:db8:100:%x::2", k))
 	waitUnreachable(t, 15*time.Second, ours.Container, dst)
 	if v := metricValue(t, ours, series); v <= before {
 		t.Errorf("%s = %v, was %v: the refused packets are not counted", series, v, before)

@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
+	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/tun"
@@ -377,10 +378,10 @@ func TestFastPathClsactSIGKILL(t *testing.T) {
 	}
 }
 
-// probeAsk is a fast-path probe ask (fastpath's wire format).
+// probeAsk is a fast-path probe ask.
 func probeAsk() []byte {
-	b := []byte{0x00, 'f', 'l', 'g', 'o', 'f', 'p', 1, 0, 0, 0, 0, 0, 0, 0, 42}
-	return b
+	b := probe.Message{Type: probe.FastPathAsk, Nonce: 42}.Marshal()
+	return b[:]
 }
 
 // TestFastPathSIGKILL kills a fast-path flanneld: the kernel must detach

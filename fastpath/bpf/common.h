@@ -131,6 +131,7 @@ enum counter {
 	C_CAPTURE_LOST,
 	C_DROP_HANDOFF, // datagrams for the handoff device's port from outside
 	C_HANDOFF,      // packets handed to the handoff device
+	C_DROP_PROBE_ANSWER, // an answer without the nonce of this node's last ask
 	C_MAX,
 };
 

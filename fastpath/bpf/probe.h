@@ -26,6 +26,16 @@ const struct probe *unused_probe __attribute__((unused));
 
 static const __u8 probe_magic[7] = {0x00, 'f', 'l', 'g', 'o', 'f', 'p'};
 
+// The nonce of the last ask this node sent each peer, as it appears in
+// the packet: an answer must carry it, so an off-path host cannot make a
+// peer look like a fast-path node by answering for it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} asks SEC(".maps");
+
 // peer_ready tells whether peer answered a probe recently enough to take
 // packets whose inner checksums are left to offload.
 static __always_inline int peer_ready(__u32 peer)
@@ -88,9 +98,13 @@ static __always_inline int answer_probe(struct __sk_buff *skb)
 	if (pr->type == PROBE_ANSWER) {
 		__u32 from = h->ip.saddr;
 		struct peer *p = bpf_map_lookup_elem(&peers, &from);
-		if (p)
+		__u64 *want = bpf_map_lookup_elem(&asks, &from);
+		if (p && want && *want == pr->nonce) {
 			p->answered = now();
-		count(C_PROBE_ANSWERS, 1);
+			count(C_PROBE_ANSWERS, 1);
+		} else {
+			count(C_DROP_PROBE_ANSWER, 1);
+		}
 		return TC_ACT_SHOT;
 	}
 	if (pr->type != PROBE_ASK) {
