@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test vet lint check-repo bench bench-quick fuzz demo clean
+.PHONY: all build test vet lint check-repo licenses bench bench-quick fuzz demo clean
 
 all: build
 
@@ -23,6 +23,11 @@ vet:
 lint: vet
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+
+# THIRD_PARTY_LICENSES: the licence texts of every module linked into
+# flanneld; internal/licenses' test fails when it is stale.
+licenses:
+	$(GO) run ./internal/licenses/cmd/thirdparty -o THIRD_PARTY_LICENSES
 
 # Nothing built may be committed: no tracked ELF file, no tracked file over 1 MiB.
 # The one exception is bpf2go's BPF objects in fastpath/ (go build embeds
