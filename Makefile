@@ -1,13 +1,14 @@
 # flannel-go build, test, benchmark and demo targets.
 GO        ?= go
 BIN       := bin
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION)
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # Packages whose tests run under the race detector (fast, logic-heavy).
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test vet lint check-repo licenses bench bench-quick fuzz demo clean
+.PHONY: all build test vet lint check-repo licenses release release-check bench bench-quick fuzz demo clean
 
 all: build
 
@@ -28,6 +29,19 @@ lint: vet
 # flanneld; internal/licenses' test fails when it is stale.
 licenses:
 	$(GO) run ./internal/licenses/cmd/thirdparty -o THIRD_PARTY_LICENSES
+
+# Release tarballs of HEAD (bin/release/): flanneld for linux/amd64 and
+# linux/arm64 with the units, licences and INSTALL, and SHA256SUMS. Refuses
+# a work tree with uncommitted changes.
+release:
+	$(GO) run ./internal/release/cmd/mkrelease -out $(BIN)/release
+
+# make release, then the same again in a fresh Go build cache into
+# bin/release-check/: fails unless every byte is the same. .ci/run runs it
+# after make test (two cold builds per architecture are too slow for it).
+release-check:
+	rm -rf $(BIN)/release $(BIN)/release-check
+	$(GO) run ./internal/release/cmd/mkrelease -out $(BIN)/release -check $(BIN)/release-check
 
 # Nothing built may be committed: no tracked ELF file, no tracked file over 1 MiB.
 # The one exception is bpf2go's BPF objects in fastpath/ (go build embeds
