@@ -20,8 +20,8 @@ var execPaths = []string{"/usr/local/bin/flanneld", "/usr/bin/etcdctl", "/usr/bi
 // unitFiles are the files under test, relative to dist/.
 var unitFiles = []string{
 	"flanneld.service",
-	"flanneld.service.d/40-etcd-ssl.conf",
-	"flanneld.service.d/50-network-config.conf",
+	"examples/flanneld.service.d/40-etcd-ssl.conf",
+	"examples/flanneld.service.d/50-network-config.conf",
 	"docker.service.d/40-flannel.conf",
 	"example-app.service",
 }
@@ -68,7 +68,8 @@ func stage(t *testing.T, edit func(name, content string) string) string {
 		if edit != nil {
 			content = edit(f, content)
 		}
-		dst := filepath.Join(units, f)
+		// The opt-in examples are verified as installed: beside the unit.
+		dst := filepath.Join(units, strings.TrimPrefix(f, "examples/"))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -112,7 +113,7 @@ func TestUnitsVerifyCatchesErrors(t *testing.T) {
 	analyze := requireTool(t, "systemd-analyze", "systemd")
 	for name, edit := range map[string]func(f, c string) string{
 		"missing ExecStartPre binary": func(f, c string) string {
-			if f == "flanneld.service.d/50-network-config.conf" {
+			if f == "examples/flanneld.service.d/50-network-config.conf" {
 				return regexp.MustCompile(`ExecStartPre=\S+`).ReplaceAllString(c, "ExecStartPre=/nonexistent/etcdctl")
 			}
 			return c
@@ -158,7 +159,7 @@ func TestUnitContract(t *testing.T) {
 		{"example-app.service", "Requires", "flanneld.service docker.service"},
 		{"example-app.service", "After", "flanneld.service docker.service"},
 		{"example-app.service", "Restart", "always"},
-		{"flanneld.service.d/40-etcd-ssl.conf", "Environment", "ETCD_SSL_DIR=/etc/ssl/etcd"},
+		{"examples/flanneld.service.d/40-etcd-ssl.conf", "Environment", "ETCD_SSL_DIR=/etc/ssl/etcd"},
 	}
 	for _, w := range want {
 		found := false
@@ -174,9 +175,13 @@ func TestUnitContract(t *testing.T) {
 	if !strings.Contains(post, "mk-docker-opts") || !strings.Contains(post, "-d /run/flannel/flannel_docker_opts.env") {
 		t.Errorf("flanneld.service ExecStartPost %q does not write /run/flannel/flannel_docker_opts.env", post)
 	}
-	pre := strings.Join(directives(t, "flanneld.service.d/50-network-config.conf", "ExecStartPre"), "\n")
-	if !strings.Contains(pre, "etcdctl put /coreos.com/network/config '{") {
-		t.Errorf("50-network-config.conf ExecStartPre %q does not put the config with etcdctl v3", pre)
+	// Publishing the config is opt-in, and never over an existing one.
+	pre := strings.Join(directives(t, "examples/flanneld.service.d/50-network-config.conf", "ExecStartPre"), "\n")
+	if !strings.Contains(pre, "etcdctl txn </etc/flannel/network-config.txn") || strings.Contains(pre, "etcdctl put") {
+		t.Errorf("50-network-config.conf ExecStartPre %q does not publish through etcdctl txn", pre)
+	}
+	if _, err := os.Stat("flanneld.service.d"); err == nil {
+		t.Error("dist/flanneld.service.d exists: drop-ins that publish the config or need certificates are opt-in, under examples/")
 	}
 }
 

@@ -98,7 +98,7 @@ func Build(ctx context.Context, o Options) ([]string, error) {
 	if err := export(ctx, o.Repo, o.Commit, src); err != nil {
 		return nil, err
 	}
-	files, err := packageFiles(src)
+	files, err := PackageFiles(src)
 	if err != nil {
 		return nil, err
 	}
@@ -175,10 +175,10 @@ func (o *Options) goBuild(ctx context.Context, src, arch, out string) error {
 	return nil
 }
 
-// packageFiles reads what goes beside flanneld, from the exported tree:
+// PackageFiles reads what goes beside flanneld, from the exported tree:
 // LICENSE, THIRD_PARTY_LICENSES, INSTALL, mk-docker-opts.sh and the
 // systemd units of dist/ (under systemd/, keeping dist/'s layout).
-func packageFiles(src string) ([]Entry, error) {
+func PackageFiles(src string) ([]Entry, error) {
 	read := func(rel, name string, exec bool) (Entry, error) {
 		b, err := os.ReadFile(filepath.Join(src, rel))
 		return Entry{Name: name, Data: b, Exec: exec}, err
@@ -219,9 +219,10 @@ func packageFiles(src string) ([]Entry, error) {
 	return entries, nil
 }
 
-// isUnit reports whether a file of dist/ is a systemd unit or drop-in.
+// isUnit reports whether a file of dist/ is a systemd unit or drop-in, or
+// the etcdctl txn input of the example drop-in.
 func isUnit(rel string) bool {
-	return strings.HasSuffix(rel, ".service") || strings.HasSuffix(rel, ".conf")
+	return strings.HasSuffix(rel, ".service") || strings.HasSuffix(rel, ".conf") || strings.HasSuffix(rel, ".txn")
 }
 
 // ErrMismatch is returned by Compare when two release directories differ.
