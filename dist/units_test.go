@@ -9,13 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
 
 // execPaths are the programs the units run; the test replaces them with
 // stubs so that systemd-analyze verify checks that every command exists.
-var execPaths = []string{"/usr/local/bin/flanneld", "/usr/bin/etcdctl", "/usr/bin/dockerd", "/usr/bin/docker"}
+var execPaths = []string{"/usr/local/bin/flanneld", "/usr/bin/etcdctl", "/usr/bin/dockerd", "/usr/bin/docker", "/usr/bin/podman"}
 
 // unitFiles are the files under test, relative to dist/.
 var unitFiles = []string{
@@ -104,6 +105,45 @@ func TestUnitsVerify(t *testing.T) {
 	units := stage(t, nil)
 	if out, err := verify(t, analyze, units); err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestContainerUnitVerify checks the podman variant in place of
+// flanneld.service, with the Docker drop-in, and its contract with the
+// image: host network, privileged, /run/flannel shared, the image's own
+// entrypoint with FLANNEL_OPTS as arguments, READY=1 passed on.
+func TestContainerUnitVerify(t *testing.T) {
+	analyze := requireTool(t, "systemd-analyze", "systemd")
+	units := stage(t, nil)
+	b, err := os.ReadFile("container/flanneld.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := strings.ReplaceAll(string(b), "/usr/bin/podman", filepath.Join(filepath.Dir(units), "bin", "podman"))
+	if err := os.WriteFile(filepath.Join(units, "flanneld.service"), []byte(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := verify(t, analyze, units); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	start := strings.Join(directives(t, "container/flanneld.service", "ExecStart"), "\n")
+	for _, want := range []string{"podman run ", " --net=host ", " --privileged ", " --sdnotify=container ",
+		" --volume /run/flannel:/run/flannel ", " --env FLANNELD_* ", " ${FLANNEL_IMAGE} $FLANNEL_OPTS"} {
+		if !strings.Contains(start+" ", want) {
+			t.Errorf("container unit ExecStart %q lacks %q", start, want)
+		}
+	}
+	if strings.Contains(start, "--entrypoint") {
+		t.Error("the container unit overrides the image's entrypoint")
+	}
+	for _, w := range []struct{ key, value string }{{"Type", "notify"}, {"NotifyAccess", "all"}, {"Restart", "always"},
+		{"EnvironmentFile", "-/etc/flannel/options.env"}, {"RequiredBy", "docker.service"}} {
+		if !slices.Contains(directives(t, "container/flanneld.service", w.key), w.value) {
+			t.Errorf("container unit: no %s=%s", w.key, w.value)
+		}
+	}
+	if after := strings.Join(directives(t, "container/flanneld.service", "After"), " "); !strings.Contains(after, "etcd.service") {
+		t.Errorf("container unit After=%q: not ordered after etcd", after)
 	}
 }
 

@@ -31,7 +31,15 @@ func WriteTarball(w io.Writer, top string, entries []Entry, mtime time.Time) err
 	if err != nil {
 		return err
 	}
-	tw := tar.NewWriter(zw)
+	if err := WriteTar(zw, top, entries, mtime); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+// WriteTar is WriteTarball without the compression; top may be empty.
+func WriteTar(w io.Writer, top string, entries []Entry, mtime time.Time) error {
+	tw := tar.NewWriter(w)
 	sorted := append([]Entry(nil), entries...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	dirs := map[string]bool{}
@@ -75,8 +83,5 @@ func WriteTarball(w io.Writer, top string, entries []Entry, mtime time.Time) err
 			return err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return zw.Close()
+	return tw.Close()
 }
