@@ -50,17 +50,19 @@ release-check:
 # downloads those into IMAGE_DEBS (apt-get download; .ci/run does it before
 # make test, which then needs no network); image-lock re-pins them.
 IMAGE_DEBS ?= $(HOME)/.cache/flannel-go/debs
+IMAGE_LOCK ?= dist/image/debs.lock
+export IMAGE_DEBS IMAGE_LOCK
 IMAGE_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 image-lock:
-	$(GO) run ./internal/image/cmd/debs -resolve -lock dist/image/debs.lock
+	$(GO) run ./internal/image/cmd/debs -resolve -lock $(IMAGE_LOCK)
 
 image-debs:
-	$(GO) run ./internal/image/cmd/debs -lock dist/image/debs.lock -fetch $(IMAGE_DEBS)
+	$(GO) run ./internal/image/cmd/debs -lock $(IMAGE_LOCK) -fetch $(IMAGE_DEBS)
 
 image: image-debs
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false -ldflags '$(IMAGE_LDFLAGS)' -o $(BIN)/image/flanneld ./cmd/flanneld
-	$(GO) run ./internal/image/cmd/mkimage -flanneld $(BIN)/image/flanneld -debs $(IMAGE_DEBS) -out $(BIN)/image -version $(VERSION) -commit $(COMMIT)
+	$(GO) run ./internal/image/cmd/mkimage -flanneld $(BIN)/image/flanneld -debs $(IMAGE_DEBS) -lock $(IMAGE_LOCK) -out $(BIN)/image -version $(VERSION) -commit $(COMMIT)
 
 # Nothing built may be committed: no tracked ELF file, no tracked file over 1 MiB.
 # The one exception is bpf2go's BPF objects in fastpath/ (go build embeds

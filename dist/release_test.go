@@ -145,7 +145,11 @@ func listTarball(t *testing.T, data []byte) string {
 // fills, skipping (failing in CI) when the packages are not there.
 func lockedDebs(t *testing.T) ([]image.Deb, string) {
 	t.Helper()
-	f, err := os.Open("image/debs.lock")
+	lock := os.Getenv("IMAGE_LOCK") // make exports the one make image used
+	if lock == "" {
+		lock = "dist/image/debs.lock"
+	}
+	f, err := os.Open(filepath.Join(doccmd.ModuleRoot(t), lock))
 	if err != nil {
 		t.Fatal(err)
 	}
