@@ -1,13 +1,14 @@
 # flannel-go build, test, benchmark and demo targets.
 GO        ?= go
 BIN       := bin
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION)
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # Packages whose tests run under the race detector (fast, logic-heavy).
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test vet lint check-repo bench bench-quick fuzz demo clean
+.PHONY: all build test vet lint check-repo licenses release release-check image image-debs image-lock bench bench-quick fuzz demo clean
 
 all: build
 
@@ -24,6 +25,45 @@ lint: vet
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
 
+# THIRD_PARTY_LICENSES: the licence texts of every module linked into
+# flanneld; internal/licenses' test fails when it is stale.
+licenses:
+	$(GO) run ./internal/licenses/cmd/thirdparty -o THIRD_PARTY_LICENSES
+
+# Release tarballs of HEAD (bin/release/): flanneld for linux/amd64 and
+# linux/arm64 with the units, licences and INSTALL, and SHA256SUMS. Refuses
+# a work tree with uncommitted changes.
+release:
+	$(GO) run ./internal/release/cmd/mkrelease -out $(BIN)/release
+
+# make release, then the same again in a fresh Go build cache into
+# bin/release-check/: fails unless every byte is the same. .ci/run runs it
+# after make test (two cold builds per architecture are too slow for it).
+release-check:
+	rm -rf $(BIN)/release $(BIN)/release-check
+	$(GO) run ./internal/release/cmd/mkrelease -out $(BIN)/release -check $(BIN)/release-check
+
+# The container image (bin/image/oci, an OCI layout, and
+# bin/image/flannel-go-image-$(VERSION).tar, an OCI archive), tagged
+# $(VERSION), built without a container runtime from the static flanneld
+# and the Debian packages pinned in dist/image/debs.lock. image-debs
+# downloads those into IMAGE_DEBS (apt-get download; .ci/run does it before
+# make test, which then needs no network); image-lock re-pins them.
+IMAGE_DEBS ?= $(HOME)/.cache/flannel-go/debs
+IMAGE_LOCK ?= dist/image/debs.lock
+export IMAGE_DEBS IMAGE_LOCK
+IMAGE_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+image-lock:
+	$(GO) run ./internal/image/cmd/debs -resolve -lock $(IMAGE_LOCK)
+
+image-debs:
+	$(GO) run ./internal/image/cmd/debs -lock $(IMAGE_LOCK) -fetch $(IMAGE_DEBS)
+
+image: image-debs
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false -ldflags '$(IMAGE_LDFLAGS)' -o $(BIN)/image/flanneld ./cmd/flanneld
+	$(GO) run ./internal/image/cmd/mkimage -flanneld $(BIN)/image/flanneld -debs $(IMAGE_DEBS) -lock $(IMAGE_LOCK) -out $(BIN)/image -version $(VERSION) -commit $(COMMIT)
+
 # Nothing built may be committed: no tracked ELF file, no tracked file over 1 MiB.
 # The one exception is bpf2go's BPF objects in fastpath/ (go build embeds
 # them; TestObjectsMatchSources checks them against their C sources).
@@ -36,6 +76,10 @@ check-repo:
 	done; exit $$bad
 
 # All tests: repository checks, unit tests (race detector on), root/netns tests, integration tests.
+# dist/'s tests run the container image that make image builds (they skip
+# without it, fail under CI=true): run make image test. .ci/run builds the
+# image before make test, so that its cold static build of flanneld (about
+# 2 minutes on 2 cores) is not counted in make test's 10 minutes.
 test: check-repo lint
 	$(GO) test -count=1 -race -timeout 300s $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 480s ./cmd/... ./bench/... ./dist/...

@@ -9,19 +9,20 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
 
 // execPaths are the programs the units run; the test replaces them with
 // stubs so that systemd-analyze verify checks that every command exists.
-var execPaths = []string{"/usr/local/bin/flanneld", "/usr/bin/etcdctl", "/usr/bin/dockerd", "/usr/bin/docker"}
+var execPaths = []string{"/usr/local/bin/flanneld", "/usr/bin/etcdctl", "/usr/bin/dockerd", "/usr/bin/docker", "/usr/bin/podman"}
 
 // unitFiles are the files under test, relative to dist/.
 var unitFiles = []string{
 	"flanneld.service",
-	"flanneld.service.d/40-etcd-ssl.conf",
-	"flanneld.service.d/50-network-config.conf",
+	"examples/flanneld.service.d/40-etcd-ssl.conf",
+	"examples/flanneld.service.d/50-network-config.conf",
 	"docker.service.d/40-flannel.conf",
 	"example-app.service",
 }
@@ -68,7 +69,8 @@ func stage(t *testing.T, edit func(name, content string) string) string {
 		if edit != nil {
 			content = edit(f, content)
 		}
-		dst := filepath.Join(units, f)
+		// The opt-in examples are verified as installed: beside the unit.
+		dst := filepath.Join(units, strings.TrimPrefix(f, "examples/"))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -106,13 +108,52 @@ func TestUnitsVerify(t *testing.T) {
 	}
 }
 
+// TestContainerUnitVerify checks the podman variant in place of
+// flanneld.service, with the Docker drop-in, and its contract with the
+// image: host network, privileged, /run/flannel shared, the image's own
+// entrypoint with FLANNEL_OPTS as arguments, READY=1 passed on.
+func TestContainerUnitVerify(t *testing.T) {
+	analyze := requireTool(t, "systemd-analyze", "systemd")
+	units := stage(t, nil)
+	b, err := os.ReadFile("container/flanneld.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := strings.ReplaceAll(string(b), "/usr/bin/podman", filepath.Join(filepath.Dir(units), "bin", "podman"))
+	if err := os.WriteFile(filepath.Join(units, "flanneld.service"), []byte(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := verify(t, analyze, units); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	start := strings.Join(directives(t, "container/flanneld.service", "ExecStart"), "\n")
+	for _, want := range []string{"podman run ", " --net=host ", " --privileged ", " --sdnotify=container ",
+		" --volume /run/flannel:/run/flannel ", " --env FLANNELD_* ", " ${FLANNEL_IMAGE} $FLANNEL_OPTS"} {
+		if !strings.Contains(start+" ", want) {
+			t.Errorf("container unit ExecStart %q lacks %q", start, want)
+		}
+	}
+	if strings.Contains(start, "--entrypoint") {
+		t.Error("the container unit overrides the image's entrypoint")
+	}
+	for _, w := range []struct{ key, value string }{{"Type", "notify"}, {"NotifyAccess", "all"}, {"Restart", "always"},
+		{"EnvironmentFile", "-/etc/flannel/options.env"}, {"RequiredBy", "docker.service"}} {
+		if !slices.Contains(directives(t, "container/flanneld.service", w.key), w.value) {
+			t.Errorf("container unit: no %s=%s", w.key, w.value)
+		}
+	}
+	if after := strings.Join(directives(t, "container/flanneld.service", "After"), " "); !strings.Contains(after, "etcd.service") {
+		t.Errorf("container unit After=%q: not ordered after etcd", after)
+	}
+}
+
 // TestUnitsVerifyCatchesErrors makes sure the check above could fail: a
 // missing command and an unknown directive must both be reported.
 func TestUnitsVerifyCatchesErrors(t *testing.T) {
 	analyze := requireTool(t, "systemd-analyze", "systemd")
 	for name, edit := range map[string]func(f, c string) string{
 		"missing ExecStartPre binary": func(f, c string) string {
-			if f == "flanneld.service.d/50-network-config.conf" {
+			if f == "examples/flanneld.service.d/50-network-config.conf" {
 				return regexp.MustCompile(`ExecStartPre=\S+`).ReplaceAllString(c, "ExecStartPre=/nonexistent/etcdctl")
 			}
 			return c
@@ -158,7 +199,7 @@ func TestUnitContract(t *testing.T) {
 		{"example-app.service", "Requires", "flanneld.service docker.service"},
 		{"example-app.service", "After", "flanneld.service docker.service"},
 		{"example-app.service", "Restart", "always"},
-		{"flanneld.service.d/40-etcd-ssl.conf", "Environment", "ETCD_SSL_DIR=/etc/ssl/etcd"},
+		{"examples/flanneld.service.d/40-etcd-ssl.conf", "Environment", "ETCD_SSL_DIR=/etc/ssl/etcd"},
 	}
 	for _, w := range want {
 		found := false
@@ -174,9 +215,13 @@ func TestUnitContract(t *testing.T) {
 	if !strings.Contains(post, "mk-docker-opts") || !strings.Contains(post, "-d /run/flannel/flannel_docker_opts.env") {
 		t.Errorf("flanneld.service ExecStartPost %q does not write /run/flannel/flannel_docker_opts.env", post)
 	}
-	pre := strings.Join(directives(t, "flanneld.service.d/50-network-config.conf", "ExecStartPre"), "\n")
-	if !strings.Contains(pre, "etcdctl put /coreos.com/network/config '{") {
-		t.Errorf("50-network-config.conf ExecStartPre %q does not put the config with etcdctl v3", pre)
+	// Publishing the config is opt-in, and never over an existing one.
+	pre := strings.Join(directives(t, "examples/flanneld.service.d/50-network-config.conf", "ExecStartPre"), "\n")
+	if !strings.Contains(pre, "etcdctl txn </etc/flannel/network-config.txn") || strings.Contains(pre, "etcdctl put") {
+		t.Errorf("50-network-config.conf ExecStartPre %q does not publish through etcdctl txn", pre)
+	}
+	if _, err := os.Stat("flanneld.service.d"); err == nil {
+		t.Error("dist/flanneld.service.d exists: drop-ins that publish the config or need certificates are opt-in, under examples/")
 	}
 }
 

@@ -128,12 +128,9 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.verifyChecksums, "verify-checksums", false, "re-verify inner TCP/UDP checksums of received packets instead of trusting the outer UDP checksum")
 
 	fs.IntVar(&o.verbosity, "v", 0, "log verbosity: 0 logs Info and above, 1 or more also Debug")
-	fs.BoolVar(&o.version, "version", false, "print version and exit")
+	fs.BoolVar(&o.version, "version", false, "print the version, commit, Go version and whether the fast path is built in, and exit")
 	addForeignFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s [OPTION]...\n", name)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() { printUsage(fs.Output(), name, fs) }
 	return fs
 }
 

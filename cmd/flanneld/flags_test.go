@@ -92,7 +92,7 @@ func TestRangesNameTheFlag(t *testing.T) {
 
 func TestVersionAndHelpExitZero(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"flanneld", "--version"}, func(string) string { return "" }, &out, &errb); code != 0 || strings.TrimSpace(errb.String()) != version {
+	if code := run([]string{"flanneld", "--version"}, func(string) string { return "" }, &out, &errb); code != 0 || strings.Split(errb.String(), "\n")[0] != version {
 		t.Fatalf("--version: code %d, stderr %q", code, errb.String())
 	}
 	errb.Reset()

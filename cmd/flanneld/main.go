@@ -52,7 +52,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 1
 	}
 	if o.version {
-		fmt.Fprintln(stderr, version)
+		printVersion(stderr)
 		return 0
 	}
 	log = newLogger(stderr, o.verbosity)

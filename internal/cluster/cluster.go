@@ -94,6 +94,10 @@ type Node struct {
 	ContainerIPv6 netip.Addr
 	// Addr6 is the host's IPv6 underlay address (Options.IPv6Underlay).
 	Addr6 netip.Addr
+	// Launch, when set, makes the command that runs flanneld with args
+	// in the node's namespace, instead of running Options.Flanneld there
+	// (the image test runs the container image's entrypoint).
+	Launch func(ctx context.Context, args []string) *exec.Cmd
 
 	cluster *Cluster
 	cmd     *exec.Cmd
@@ -261,6 +265,9 @@ func (n *Node) Start(ctx context.Context) error {
 	args = append(args, n.Args...)
 	// The process must outlive the caller's context: it is stopped by Stop.
 	cmd := n.Host.Command(context.WithoutCancel(ctx), c.opts.Flanneld, args...)
+	if n.Launch != nil {
+		cmd = n.Launch(context.WithoutCancel(ctx), args)
+	}
 	if n.logBuf == nil {
 		n.logBuf = &syncbuf.Buffer{}
 	}
@@ -270,7 +277,10 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if env := append(slices.Clone(c.opts.Environ), n.Environ...); len(env) > 0 {
-		cmd.Env = append(os.Environ(), env...)
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, env...)
 	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start flanneld on %s: %w", n.Host.Name, err)
