@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
 	"github.com/flannel-go/flannel-go/internal/routesync"
 	"github.com/flannel-go/flannel-go/lease"
@@ -67,18 +68,18 @@ type appliedEvent struct {
 	at     time.Time
 }
 
-// liveTable is the route table seam (routesync.Table): it passes each swap
+// liveTable is the route table seam (dataplane.Routes): it passes each swap
 // on to next, when set, and then reports every route that is new or moved
 // to another peer, that is, live in the table just swapped in.
 type liveTable struct {
-	next   routesync.Table
+	next   dataplane.Routes
 	peers  map[netip.Prefix]netip.Addr
 	first  chan struct{} // closed after the first swap: the snapshot
 	once   sync.Once
 	onLive func(subnet netip.Prefix, at time.Time)
 }
 
-func newLiveTable(next routesync.Table, onLive func(netip.Prefix, time.Time)) *liveTable {
+func newLiveTable(next dataplane.Routes, onLive func(netip.Prefix, time.Time)) *liveTable {
 	return &liveTable{next: next, peers: map[netip.Prefix]netip.Addr{}, first: make(chan struct{}), onLive: onLive}
 }
 
@@ -90,7 +91,7 @@ func (t *liveTable) ForgetPeers(peers []netip.Addr) {
 }
 
 // SetRoutes is called from the Syncer's goroutine only.
-func (t *liveTable) SetRoutes(routes []router.Route) {
+func (t *liveTable) SetRoutes(routes []dataplane.Route) {
 	if t.next != nil {
 		t.next.SetRoutes(routes)
 	}
@@ -106,7 +107,7 @@ func (t *liveTable) SetRoutes(routes []router.Route) {
 
 // runWatcher runs one node's control plane as flanneld wires it: the lease
 // manager's watch feeding routesync, which swaps tables into t.
-func runWatcher(ctx context.Context, wg *sync.WaitGroup, cli *clientv3.Client, t routesync.Table) {
+func runWatcher(ctx context.Context, wg *sync.WaitGroup, cli *clientv3.Client, t dataplane.Routes) {
 	mgr := lease.NewManager(cli, lease.Options{PublicIP: netip.MustParseAddr("192.0.2.1"), Logger: discard})
 	events := make(chan []lease.Event, 16)
 	wg.Go(func() { mgr.Watch(ctx, events) })

@@ -7,7 +7,7 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 
-	"github.com/flannel-go/flannel-go/router"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 // capture is a running reader of the programs' capture ring.
@@ -24,7 +24,7 @@ const capHdrLen = 8
 // into the ring only while a tap is set, so an idle capture costs nothing
 // else. Packets longer than 1500 bytes (TSO super-packets) are captured
 // truncated to their first 1500 bytes.
-func (p *Path) SetTap(t router.Tap) error {
+func (p *Path) SetTap(t dataplane.Tap) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.tap != nil {
@@ -53,7 +53,7 @@ func (p *Path) SetTap(t router.Tap) error {
 	return nil
 }
 
-func (c *capture) run(t router.Tap) {
+func (c *capture) run(t dataplane.Tap) {
 	defer close(c.done)
 	var rec ringbuf.Record
 	for {
@@ -68,9 +68,9 @@ func (c *capture) run(t router.Tap) {
 			continue
 		}
 		caplen := int(binary.NativeEndian.Uint16(raw[4:6]))
-		dir := router.Out
+		dir := dataplane.Out
 		if raw[6] == 1 {
-			dir = router.In
+			dir = dataplane.In
 		}
 		if capHdrLen+caplen > len(raw) || caplen == 0 {
 			continue

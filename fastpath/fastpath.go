@@ -35,7 +35,7 @@ import (
 
 	"github.com/flannel-go/flannel-go/internal/probe"
 
-	"github.com/flannel-go/flannel-go/router"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 // Config describes where the programs attach and what they check.
@@ -147,14 +147,14 @@ func Start(cfg Config) (*Path, error) {
 			"bpf_skb_adjust_room's BPF_F_ADJ_ROOM_DECAP_L3 flags (Linux 6.3), and the handoff device that would do it instead is missing")
 	}
 	p := &Path{
-		cfg:    cfg,
-		info:   info,
-		hand:   hand,
+		cfg:     cfg,
+		info:    info,
+		hand:    hand,
 		routes:  map[netip.Prefix]netip.Addr{},
 		peers:   map[netip.Addr]int{},
 		askedAt: map[netip.Addr]uint64{},
-		wake:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 	if err := p.load(feats, tunIf.Index, underIf.Index); err != nil {
 		hand.Close()
@@ -421,8 +421,8 @@ func (p *Path) SetTUNAddr(a netip.Addr) error {
 // to routes, with one map update per changed subnet: a moved subnet is
 // replaced in one update, so no packet sees a stale peer. Routes to a peer
 // without an IPv4 address are left to the router: the fast path crosses an
-// IPv4 underlay only. It implements routesync.Table.
-func (p *Path) SetRoutes(routes []router.Route) {
+// IPv4 underlay only. It implements dataplane.Engine.
+func (p *Path) SetRoutes(routes []dataplane.Route) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	next := make(map[netip.Prefix]netip.Addr, len(routes))
@@ -669,3 +669,5 @@ func boolByte(b bool) uint8 {
 	}
 	return 0
 }
+
+var _ dataplane.Engine = (*Path)(nil)

@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/testbed"
-	"github.com/flannel-go/flannel-go/router"
 )
 
 // loadedPath loads the programs without attaching them: enough to check
@@ -47,10 +47,10 @@ func (p *Path) hasPeer(ip string) bool {
 
 func TestSetRoutesFollowsTable(t *testing.T) {
 	p := loadedPath(t)
-	r := func(subnet, peer string) router.Route {
-		return router.Route{Subnet: netip.MustParsePrefix(subnet), Peer: netip.MustParseAddr(peer)}
+	r := func(subnet, peer string) dataplane.Route {
+		return dataplane.Route{Subnet: netip.MustParsePrefix(subnet), Peer: netip.MustParseAddr(peer)}
 	}
-	p.SetRoutes([]router.Route{r("198.18.1.0/24", "192.0.2.1"), r("198.18.2.0/24", "192.0.2.2"), r("198.18.3.0/24", "192.0.2.2")})
+	p.SetRoutes([]dataplane.Route{r("198.18.1.0/24", "192.0.2.1"), r("198.18.2.0/24", "192.0.2.2"), r("198.18.3.0/24", "192.0.2.2")})
 	if got, ok := p.lookupRoute(t, "198.18.2.77"); !ok || got != netip.MustParseAddr("192.0.2.2") {
 		t.Fatalf("198.18.2.77 routes to %v (%v), want 192.0.2.2", got, ok)
 	}
@@ -59,7 +59,7 @@ func TestSetRoutesFollowsTable(t *testing.T) {
 	}
 	// Subnet 2 moves to a new peer, subnet 1 goes: peer 192.0.2.1 leaves
 	// the sender set, 192.0.2.2 stays for subnet 3.
-	p.SetRoutes([]router.Route{r("198.18.2.0/24", "192.0.2.9"), r("198.18.3.0/24", "192.0.2.2")})
+	p.SetRoutes([]dataplane.Route{r("198.18.2.0/24", "192.0.2.9"), r("198.18.3.0/24", "192.0.2.2")})
 	if got, _ := p.lookupRoute(t, "198.18.2.77"); got != netip.MustParseAddr("192.0.2.9") {
 		t.Fatalf("moved subnet routes to %v, want 192.0.2.9", got)
 	}
@@ -108,10 +108,10 @@ func (p *Path) lookupRoute6(t *testing.T, addr string) (netip.Addr, bool) {
 // a peer without an IPv4 address is left to the router.
 func TestSetRoutesIPv6(t *testing.T) {
 	p := loadedPath(t)
-	r := func(subnet, peer string) router.Route {
-		return router.Route{Subnet: netip.MustParsePrefix(subnet), Peer: netip.MustParseAddr(peer)}
+	r := func(subnet, peer string) dataplane.Route {
+		return dataplane.Route{Subnet: netip.MustParsePrefix(subnet), Peer: netip.MustParseAddr(peer)}
 	}
-	p.SetRoutes([]router.Route{r("198.18.1.0/24", "192.0.2.1"), r("2001:db8:100:1::/64", "192.0.2.1"),
+	p.SetRoutes([]dataplane.Route{r("198.18.1.0/24", "192.0.2.1"), r("2001:db8:100:1::/64", "192.0.2.1"),
 		r("2001:db8:100:2::/64", "192.0.2.2"), r("2001:db8:100:3::/64", "2001:db8:ffff::3")})
 	if got, ok := p.lookupRoute6(t, "2001:db8:100:2::77"); !ok || got != netip.MustParseAddr("192.0.2.2") {
 		t.Fatalf("2001:db8:100:2::77 routes to %v (%v), want 192.0.2.2", got, ok)
@@ -119,7 +119,7 @@ func TestSetRoutesIPv6(t *testing.T) {
 	if got, ok := p.lookupRoute6(t, "2001:db8:100:3::1"); ok {
 		t.Fatalf("a subnet of a peer without IPv4 routes to %v, want no route", got)
 	}
-	p.SetRoutes([]router.Route{r("198.18.1.0/24", "192.0.2.1"), r("2001:db8:100:2::/64", "192.0.2.9")})
+	p.SetRoutes([]dataplane.Route{r("198.18.1.0/24", "192.0.2.1"), r("2001:db8:100:2::/64", "192.0.2.9")})
 	if got, _ := p.lookupRoute6(t, "2001:db8:100:2::77"); got != netip.MustParseAddr("192.0.2.9") {
 		t.Fatalf("moved IPv6 subnet routes to %v, want 192.0.2.9", got)
 	}

@@ -1,6 +1,10 @@
 package fastpath
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/flannel-go/flannel-go/internal/dataplane"
+)
 
 // counterKind says what a counter of the programs counts.
 type counterKind int
@@ -56,11 +60,7 @@ const numCounters = int(bpfCounterC_MAX)
 
 // Reason is a reason a program passed a packet to the userspace router or
 // dropped it, with its count.
-type Reason struct {
-	Name  string // the metric's reason label
-	Help  string
-	Count uint64
-}
+type Reason = dataplane.Reason
 
 // Stats are the programs' counters summed over CPUs. Packets and bytes
 // count inner packets; a TSO super-packet counts once.
@@ -107,6 +107,19 @@ func (s Stats) PassedFor(reason string) uint64 {
 		}
 	}
 	return 0
+}
+
+// PathStats returns the kernel path's counters (dataplane.Engine).
+func (p *Path) PathStats() []dataplane.PathStats {
+	s, err := p.Stats()
+	if err != nil {
+		p.cfg.Logger.Warn("Read the fast path counters", "error", err)
+		return nil
+	}
+	ps := dataplane.PathStats{Path: "kernel", Dropped: s.Dropped, Passed: s.Passed}
+	ps.Packets[dataplane.Out], ps.Bytes[dataplane.Out] = s.TxPackets, s.TxBytes
+	ps.Packets[dataplane.In], ps.Bytes[dataplane.In] = s.RxPackets, s.RxBytes
+	return []dataplane.PathStats{ps}
 }
 
 // Stats reads the counters.

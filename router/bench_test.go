@@ -10,20 +10,22 @@ import (
 	"testing"
 
 	"github.com/google/gopacket/layers"
+
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 // routesFor returns n /24 routes in 198.0.0.0/8 (n <= 65,536).
-func routesFor(n int) []Route { return routesIn(netip.MustParsePrefix("198.0.0.0/8"), 24, n) }
+func routesFor(n int) []dataplane.Route { return routesIn(netip.MustParsePrefix("198.0.0.0/8"), 24, n) }
 
 // routesIn returns the first n subnets of length bits in network, each with
 // a peer.
-func routesIn(network netip.Prefix, bits, n int) []Route {
-	routes := make([]Route, n)
+func routesIn(network netip.Prefix, bits, n int) []dataplane.Route {
+	routes := make([]dataplane.Route, n)
 	base := be32(network.Addr().As4())
 	for i := range routes {
 		var a [4]byte
 		binary.BigEndian.PutUint32(a[:], base|uint32(i)<<(32-bits))
-		routes[i] = Route{
+		routes[i] = dataplane.Route{
 			Subnet: netip.PrefixFrom(netip.AddrFrom4(a), bits),
 			Peer:   netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i%254)}),
 		}
@@ -120,8 +122,8 @@ func BenchmarkIngressBatch(b *testing.B) {
 
 // routes6In returns the first n subnets of length bits in the IPv6 network
 // network, each with a peer.
-func routes6In(network netip.Prefix, bits, n int) []Route {
-	routes := make([]Route, n)
+func routes6In(network netip.Prefix, bits, n int) []dataplane.Route {
+	routes := make([]dataplane.Route, n)
 	hi, lo := words(network.Addr().As16())
 	for i := range routes {
 		h, l := hi, lo
@@ -134,7 +136,7 @@ func routes6In(network netip.Prefix, bits, n int) []Route {
 		var a [16]byte
 		binary.BigEndian.PutUint64(a[:8], h)
 		binary.BigEndian.PutUint64(a[8:], l)
-		routes[i] = Route{
+		routes[i] = dataplane.Route{
 			Subnet: netip.PrefixFrom(netip.AddrFrom16(a), bits),
 			Peer:   netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i%254)}),
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/inet"
 	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/tun"
@@ -60,11 +61,11 @@ func dualWorker(t testing.TB, underlay6, noV4 bool) (*worker, *[]sentProbe) {
 		sent = append(sent, sentProbe{[probe.Len]byte(m), to})
 		return nil
 	}
-	r.SetRoutes([]Route{
-		{netip.MustParsePrefix("198.18.5.0/24"), a},
-		{netip.MustParsePrefix("198.18.68.0/24"), b},
-		{netip.MustParsePrefix("2001:db8:100:5::/64"), a},
-		{netip.MustParsePrefix("2001:db8:100:44::/64"), b},
+	r.SetRoutes([]dataplane.Route{
+		{Subnet: netip.MustParsePrefix("198.18.5.0/24"), Peer: a},
+		{Subnet: netip.MustParsePrefix("198.18.68.0/24"), Peer: b},
+		{Subnet: netip.MustParsePrefix("2001:db8:100:5::/64"), Peer: a},
+		{Subnet: netip.MustParsePrefix("2001:db8:100:44::/64"), Peer: b},
 	})
 	w := newWorker(r, 0, memQueue{batch: tun.OffloadBatchSize})
 	w.conn = &memConn{}
@@ -411,7 +412,7 @@ func TestIPv6ProbeTiming(t *testing.T) {
 	if got, want := w.icmpOut[0][off:], wantICMPv6(t, ownSubnet6.Addr(), 1, 0, toA); !bytes.Equal(got, want) {
 		t.Errorf("ICMPv6 = %x, want %x", got, want)
 	}
-	if w.r.Stats().Drops.PeerNoIPv6 != 1 {
+	if w.r.Stats().Drops[dropPeerNoIPv6] != 1 {
 		t.Error("Stats misses the peer_no_ipv6 drop")
 	}
 
@@ -458,7 +459,7 @@ func TestPeerStateSurvivesSetRoutes(t *testing.T) {
 	r := w.r
 	tab := r.table.Load()
 	tab.info[tab.sender(peerA)-1].state.Store(ipv6Incapable)
-	routes := []Route{{netip.MustParsePrefix("2001:db8:100:5::/64"), peerA}, {netip.MustParsePrefix("2001:db8:100:6::/64"), peerB}}
+	routes := []dataplane.Route{{Subnet: netip.MustParsePrefix("2001:db8:100:5::/64"), Peer: peerA}, {Subnet: netip.MustParsePrefix("2001:db8:100:6::/64"), Peer: peerB}}
 	r.SetRoutes(routes)
 	if c, k := r.PeerIPv6Capable(peerA); c || !k {
 		t.Errorf("after SetRoutes: capable %v known %v, want known incapable", c, k)
@@ -472,7 +473,7 @@ func TestPeerStateSurvivesSetRoutes(t *testing.T) {
 
 type recTap struct{ got []string }
 
-func (r *recTap) Capture(dir Direction, pkt []byte) {
+func (r *recTap) Capture(dir dataplane.Direction, pkt []byte) {
 	r.got = append(r.got, dir.String()+" "+string(pkt))
 }
 

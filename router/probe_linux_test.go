@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/internal/testbed"
 	"github.com/flannel-go/flannel-go/tun"
@@ -39,9 +40,9 @@ func testIPv6ProbeNetns(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 	peer := listenUDP(t, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 2), Port: DefaultPort})
-	r.SetRoutes([]Route{
-		{netip.MustParsePrefix("2001:db8:100:5::/64"), peerA},
-		{netip.MustParsePrefix("2001:db8:100:44::/64"), peerB}, // 192.0.2.3: nobody listens
+	r.SetRoutes([]dataplane.Route{
+		{Subnet: netip.MustParsePrefix("2001:db8:100:5::/64"), Peer: peerA},
+		{Subnet: netip.MustParsePrefix("2001:db8:100:44::/64"), Peer: peerB}, // 192.0.2.3: nobody listens
 	})
 	stop := runRouter(t, r)
 	defer stop()

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/probe"
 )
 
@@ -39,15 +40,6 @@ const (
 	icmpRate  = 100 // per second
 	icmpBurst = 100
 )
-
-// Route sends packets for Subnet to the node whose public address is Peer,
-// at the cluster-wide port. Subnet is an IPv4 subnet of Network or an IPv6
-// subnet of IPv6Network; Peer is the node's underlay address in
-// LocalAddr's family (its PublicIP, or its PublicIPv6 on an IPv6 underlay).
-type Route struct {
-	Subnet netip.Prefix
-	Peer   netip.Addr
-}
 
 // Config configures a Router.
 type Config struct {
@@ -240,7 +232,7 @@ func newRouter(cfg Config) (*Router, error) {
 // Routes outside both networks or whose peer is not an address of the
 // underlay's family are logged and left out. A peer's IPv6 capability
 // (PeerIPv6Capable) survives as long as it keeps a route.
-func (r *Router) SetRoutes(routes []Route) {
+func (r *Router) SetRoutes(routes []dataplane.Route) {
 	r.setMu.Lock()
 	defer r.setMu.Unlock()
 	old := r.peerInfo
@@ -323,6 +315,19 @@ func (r *Router) Offloads() Offloads {
 	return o
 }
 
+// PathStats returns the userspace path's counters (dataplane.Engine).
+func (r *Router) PathStats() []dataplane.PathStats {
+	s := r.Stats()
+	ps := dataplane.PathStats{Path: "user"}
+	ps.Packets[dataplane.Out], ps.Bytes[dataplane.Out] = s.TxPackets, s.TxBytes
+	ps.Packets[dataplane.In], ps.Bytes[dataplane.In] = s.RxPackets, s.RxBytes
+	for r := dropNone + 1; r < numDropReasons; r++ {
+		d := dropTable[r]
+		ps.Dropped = append(ps.Dropped, dataplane.Reason{Name: d.name, Help: d.help, Count: s.Drops[r]})
+	}
+	return []dataplane.PathStats{ps}
+}
+
 // Stats returns the counters summed over all workers.
 func (r *Router) Stats() Stats {
 	s := Stats{Offloads: r.Offloads()}
@@ -361,3 +366,5 @@ func (r *Router) Stats() Stats {
 
 // errStopped is returned by a worker loop whose queue or socket was closed.
 var errStopped = errors.New("stopped")
+
+var _ dataplane.Engine = (*Router)(nil)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/inet"
 	"net"
 	"net/netip"
@@ -134,7 +135,7 @@ func testRouterNetns(t *testing.T) {
 	if _, err := stranger.WriteToUDP(in, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: DefaultPort}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "UnknownPeer drop", func() bool { return r.Stats().Drops.UnknownPeer == 1 })
+	waitFor(t, "UnknownPeer drop", func() bool { return r.Stats().Drops[dropUnknownPeer] == 1 })
 
 	// No route: dropped, counted, and an ICMP net unreachable goes into
 	// the TUN (the kernel then drops it as a martian: its source is ours).
@@ -143,7 +144,7 @@ func testRouterNetns(t *testing.T) {
 	}
 	waitFor(t, "NoRoute drop and ICMP", func() bool {
 		s := r.Stats()
-		return s.Drops.NoRoute == 1 && s.ICMPSent == 1
+		return s.Drops[dropNoRoute] == 1 && s.ICMPSent == 1
 	})
 
 	s := r.Stats()
@@ -246,14 +247,14 @@ func TestRouterWireFormat(t *testing.T) {
 		if o.TUNUSO && o.UDPGSO {
 			// Other batches are the kernel's IPv6 chatter on the new
 			// link, which a batch with the burst may also carry.
-			if s := r.Stats(); s.TxPackets != n || s.TxBatches == 0 || s.TxBatches > 1+s.Drops.NotIPv4 {
-				t.Errorf("USO burst: %d packets in %d TUN reads (%d not IPv4), want %d in 1", s.TxPackets, s.TxBatches, s.Drops.NotIPv4, n)
+			if s := r.Stats(); s.TxPackets != n || s.TxBatches == 0 || s.TxBatches > 1+s.Drops[dropNotIPv4] {
+				t.Errorf("USO burst: %d packets in %d TUN reads (%d not IPv4), want %d in 1", s.TxPackets, s.TxBatches, s.Drops[dropNotIPv4], n)
 			}
 		}
 		burst(2)
 		waitTxPackets(r, 2*n)
-		if s := r.Stats(); s.Drops.SendError != 0 || s.TxPackets != 2*n {
-			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops.SendError, 2*n)
+		if s := r.Stats(); s.Drops[dropSendError] != 0 || s.TxPackets != 2*n {
+			t.Errorf("%d packets sent, %d send errors; want %d and 0", s.TxPackets, s.Drops[dropSendError], 2*n)
 		}
 		stop()
 	})
@@ -301,7 +302,7 @@ func newTestRouter(t *testing.T, tunAddr netip.Addr, queues int) (*tun.Device, *
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), peerA}})
+	r.SetRoutes([]dataplane.Route{{Subnet: netip.MustParsePrefix("198.18.5.0/24"), Peer: peerA}})
 	return dev, r
 }
 

@@ -26,21 +26,24 @@ const (
 	numDropReasons
 )
 
-// Drops counts dropped packets by reason.
-type Drops struct {
-	NoRoute       uint64 // TUN packet for a destination no peer owns
-	UnknownPeer   uint64 // datagram whose source is not a current peer's PublicIP
-	TTLExceeded   uint64 // TUN packet whose TTL (IPv4) or hop limit (IPv6) would reach 0 on the way out
-	Malformed     uint64 // too short, bad header length or bad total length; on a dual-stack router also an IP version neither 4 nor 6
-	Oversize      uint64 // datagram truncated by the receive buffer
-	NotIPv4       uint64 // inner packet of another IP version than 4 on a router without IPv6
-	NotIPv6       uint64 // inner packet of another IP version than 6 on a router without IPv4
-	SendError     uint64 // sendmmsg refused the datagram
-	TunWriteError uint64 // the TUN refused the packet
-	TunRead       uint64 // the TUN queue returned a malformed (super-)packet
-	StrictSource  uint64 // inner source outside the sender's subnets (Config.StrictSource)
-	CoDel         uint64 // a bulk flow's packet dropped because the queue in front of the router stood above the AQM target
-	PeerNoIPv6    uint64 // TUN IPv6 packet for a peer that does not answer the IPv6 probe (an upstream node's udp backend drops IPv6)
+// dropTable names each drop reason: the /metrics label, the direction of
+// the packets it drops and what it means (also the README's list, checked
+// by TestReadmeDropReasons). A new reason is a constant above and a line
+// here.
+var dropTable = [numDropReasons]struct{ name, dir, help string }{
+	dropNoRoute:       {"no_route", "out", "destination inside the overlay network but in no node's subnet (no lease, or the lease expired)"},
+	dropUnknownPeer:   {"unknown_peer", "in", "datagram from an address that holds no lease; see `--accept-unknown-peers`"},
+	dropTTLExceeded:   {"ttl_exceeded", "out", "TTL (IPv4) or hop limit (IPv6) would reach 0; an ICMP or ICMPv6 time exceeded is sent back (subject to the rate limit)"},
+	dropMalformed:     {"malformed", "both", "too short, bad IPv4 header length or total length, bad IPv6 payload length; with both families on, an IP version neither 4 nor 6"},
+	dropOversize:      {"oversize", "in", "datagram larger than the receive buffer (a peer with a larger MTU)"},
+	dropNotIPv4:       {"not_ipv4", "both", "inner packet of another IP version on a node whose network carries IPv4 only"},
+	dropSendError:     {"send_error", "out", "the UDP socket refused the datagram, mostly its send queue being full (ENOBUFS/EAGAIN)"},
+	dropTunWriteError: {"tun_write_error", "in", "flannel0 refused the packet, mostly its queue being full"},
+	dropTunRead:       {"tun_read", "out", "flannel0 returned a super-packet flanneld could not split (malformed virtio-net header)"},
+	dropStrictSource:  {"strict_source", "in", "inner source outside the sending node's subnet, with `--strict-source`"},
+	dropCoDel:         {"codel", "both", "a bulk flow's packet dropped by the AQM because the queue in front of flanneld stood above `--aqm-target`"},
+	dropNotIPv6:       {"not_ipv6", "both", "inner IPv4 packet on a node whose network carries IPv6 only"},
+	dropPeerNoIPv6:    {"peer_no_ipv6", "out", "IPv6 packet for a node that does not answer the IPv6 probe (an upstream flanneld, whose udp backend carries IPv4 only); an ICMPv6 unreachable is sent back (subject to the rate limit)"},
 }
 
 // Stats are the router's counters, summed over its workers. Packets and
@@ -60,7 +63,8 @@ type Stats struct {
 	// Congestion Experienced instead of a CoDel drop.
 	TxCEMarked, RxCEMarked uint64
 
-	Drops Drops
+	// Drops counts dropped packets by reason (dropTable).
+	Drops [numDropReasons]uint64
 
 	// TxBatchSizes and RxBatchSizes count batches by size: bucket i holds
 	// the batches of more than BatchSizeBounds[i-1] and at most
@@ -112,19 +116,9 @@ func sumBatches(sizes *[len(BatchSizeBounds) + 1]uint64, c *counters) {
 }
 
 func (s *Stats) addDrops(c *counters) {
-	s.Drops.NoRoute += c.drops[dropNoRoute].Load()
-	s.Drops.UnknownPeer += c.drops[dropUnknownPeer].Load()
-	s.Drops.TTLExceeded += c.drops[dropTTLExceeded].Load()
-	s.Drops.Malformed += c.drops[dropMalformed].Load()
-	s.Drops.Oversize += c.drops[dropOversize].Load()
-	s.Drops.NotIPv4 += c.drops[dropNotIPv4].Load()
-	s.Drops.SendError += c.drops[dropSendError].Load()
-	s.Drops.TunWriteError += c.drops[dropTunWriteError].Load()
-	s.Drops.TunRead += c.drops[dropTunRead].Load()
-	s.Drops.StrictSource += c.drops[dropStrictSource].Load()
-	s.Drops.CoDel += c.drops[dropCoDel].Load()
-	s.Drops.NotIPv6 += c.drops[dropNotIPv6].Load()
-	s.Drops.PeerNoIPv6 += c.drops[dropPeerNoIPv6].Load()
+	for r := range s.Drops {
+		s.Drops[r] += c.drops[r].Load()
+	}
 	s.ICMPSent += c.icmpSent.Load()
 	s.ICMPRateLimited += c.icmpLimited.Load()
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 // maxDenseBits is the largest number of subnet-index bits (SubnetLen minus
@@ -120,7 +122,7 @@ func mask128(bits int) (hi, lo uint64) {
 // whose peer is not a usable address of the underlay family are returned
 // as rejected and left out. info returns the shared probe state of a peer
 // (nil: fresh state per table, for tests).
-func newTable(c tableConfig, routes []Route, info func(netip.Addr) *peerInfo) (t *table, rejected []Route) {
+func newTable(c tableConfig, routes []dataplane.Route, info func(netip.Addr) *peerInfo) (t *table, rejected []dataplane.Route) {
 	t = &table{byAddr4: make(map[uint32]uint32), byAddr6: make(map[[16]byte]uint32)}
 	t.init4(c.net4, c.len4)
 	t.v6.init(c.net6, c.len6)

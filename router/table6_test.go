@@ -5,10 +5,12 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 // linearLookup6 is linearLookup for IPv6.
-func linearLookup6(network netip.Prefix, routes []Route, dst netip.Addr) netip.Addr {
+func linearLookup6(network netip.Prefix, routes []dataplane.Route, dst netip.Addr) netip.Addr {
 	var best netip.Addr
 	bestBits := -1
 	for _, r := range routes {
@@ -60,7 +62,7 @@ func TestTable6RandomAgainstLinear(t *testing.T) {
 		{"2001:db8:100:5::/64", 100, 500, true},
 	} {
 		network := netip.MustParsePrefix(tc.network)
-		var routes []Route
+		var routes []dataplane.Route
 		for range tc.nroutes {
 			bits := tc.subnetLen
 			if tc.odd && rng.IntN(4) == 0 {
@@ -68,7 +70,7 @@ func TestTable6RandomAgainstLinear(t *testing.T) {
 			}
 			sub := netip.PrefixFrom(randIn(rng, network), bits).Masked()
 			peer := netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + rng.IntN(254))})
-			routes = append(routes, Route{Subnet: sub, Peer: peer})
+			routes = append(routes, dataplane.Route{Subnet: sub, Peer: peer})
 		}
 		tab, rejected := newTable(tableConfig{net6: network, len6: tc.subnetLen, port: DefaultPort}, routes, nil)
 		if len(rejected) != 0 {
@@ -99,14 +101,14 @@ func TestTableDualStack(t *testing.T) {
 		net6: netip.MustParsePrefix("2001:db8:100::/48"), len6: 64,
 		underlay6: true, port: 8285,
 	}
-	tab, rejected := newTable(c, []Route{
-		{netip.MustParsePrefix("198.18.5.0/24"), p1},
-		{netip.MustParsePrefix("2001:db8:100:5::/64"), p1},
-		{netip.MustParsePrefix("2001:db8:100:6::/64"), p2},
-		{netip.MustParsePrefix("198.18.6.0/24"), netip.MustParseAddr("192.0.2.3")},        // IPv4 peer on an IPv6 underlay
-		{netip.MustParsePrefix("2001:db8:200::/64"), p2},                                  // outside
-		{netip.MustParsePrefix("2001:db8:100:7::/64"), netip.MustParseAddr("fe80::1%e0")}, // zoned
-		{netip.MustParsePrefix("2001:db8:100:8::/64"), netip.IPv6Unspecified()},
+	tab, rejected := newTable(c, []dataplane.Route{
+		{Subnet: netip.MustParsePrefix("198.18.5.0/24"), Peer: p1},
+		{Subnet: netip.MustParsePrefix("2001:db8:100:5::/64"), Peer: p1},
+		{Subnet: netip.MustParsePrefix("2001:db8:100:6::/64"), Peer: p2},
+		{Subnet: netip.MustParsePrefix("198.18.6.0/24"), Peer: netip.MustParseAddr("192.0.2.3")},        // IPv4 peer on an IPv6 underlay
+		{Subnet: netip.MustParsePrefix("2001:db8:200::/64"), Peer: p2},                                  // outside
+		{Subnet: netip.MustParsePrefix("2001:db8:100:7::/64"), Peer: netip.MustParseAddr("fe80::1%e0")}, // zoned
+		{Subnet: netip.MustParsePrefix("2001:db8:100:8::/64"), Peer: netip.IPv6Unspecified()},
 	}, nil)
 	if len(rejected) != 4 {
 		t.Errorf("rejected %v, want the 4 unusable routes", rejected)

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 func addr(a uint32) netip.Addr {
@@ -16,7 +18,7 @@ func addr(a uint32) netip.Addr {
 // linearLookup is the obviously-correct reference: the longest prefix that
 // contains dst wins; among routes for the same prefix the last one does,
 // as SetRoutes is an upsert by subnet.
-func linearLookup(network netip.Prefix, routes []Route, dst uint32) uint32 {
+func linearLookup(network netip.Prefix, routes []dataplane.Route, dst uint32) uint32 {
 	best, bestBits := uint32(0), -1
 	d := addr(dst)
 	for _, r := range routes {
@@ -31,7 +33,7 @@ func linearLookup(network netip.Prefix, routes []Route, dst uint32) uint32 {
 }
 
 // newTable4 builds an IPv4-only table on an IPv4 underlay.
-func newTable4(network netip.Prefix, subnetLen int, routes []Route) (*table, []Route) {
+func newTable4(network netip.Prefix, subnetLen int, routes []dataplane.Route) (*table, []dataplane.Route) {
 	return newTable(tableConfig{net4: network, len4: subnetLen, port: DefaultPort}, routes, nil)
 }
 
@@ -70,7 +72,7 @@ func TestTableRandomAgainstLinear(t *testing.T) {
 		network := netip.MustParsePrefix(tc.network)
 		base := be32(network.Addr().As4())
 		span := uint32(1)<<(32-network.Bits()) - 1
-		var routes []Route
+		var routes []dataplane.Route
 		for range tc.nroutes {
 			bits := tc.subnetLen
 			if tc.odd && rng.IntN(4) == 0 {
@@ -78,7 +80,7 @@ func TestTableRandomAgainstLinear(t *testing.T) {
 			}
 			sub := netip.PrefixFrom(addr(base+rng.Uint32()&span), bits).Masked()
 			peer := addr(0xc0000200 | rng.Uint32N(254) + 1) // 192.0.2.1-254
-			routes = append(routes, Route{Subnet: sub, Peer: peer})
+			routes = append(routes, dataplane.Route{Subnet: sub, Peer: peer})
 		}
 		tab, rejected := newTable4(network, tc.subnetLen, routes)
 		if len(rejected) != 0 {
@@ -105,13 +107,13 @@ func TestTableRandomAgainstLinear(t *testing.T) {
 func TestTableLookup(t *testing.T) {
 	network := netip.MustParsePrefix("198.18.0.0/16")
 	p1, p2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	tab, rejected := newTable4(network, 24, []Route{
-		{netip.MustParsePrefix("198.18.68.0/24"), p1},
-		{netip.MustParsePrefix("198.18.5.0/24"), p2},
-		{netip.MustParsePrefix("198.19.5.0/24"), p2},           // outside the network
-		{netip.MustParsePrefix("198.18.6.0/24"), netip.Addr{}}, // no peer
-		{netip.MustParsePrefix("198.18.7.0/24"), netip.IPv4Unspecified()},
-		{netip.MustParsePrefix("2001:db8::/64"), p1},
+	tab, rejected := newTable4(network, 24, []dataplane.Route{
+		{Subnet: netip.MustParsePrefix("198.18.68.0/24"), Peer: p1},
+		{Subnet: netip.MustParsePrefix("198.18.5.0/24"), Peer: p2},
+		{Subnet: netip.MustParsePrefix("198.19.5.0/24"), Peer: p2},           // outside the network
+		{Subnet: netip.MustParsePrefix("198.18.6.0/24"), Peer: netip.Addr{}}, // no peer
+		{Subnet: netip.MustParsePrefix("198.18.7.0/24"), Peer: netip.IPv4Unspecified()},
+		{Subnet: netip.MustParsePrefix("2001:db8::/64"), Peer: p1},
 	})
 	if len(rejected) != 4 {
 		t.Errorf("rejected %v, want the 4 unusable routes", rejected)
@@ -147,7 +149,7 @@ func TestSetRoutesSwaps(t *testing.T) {
 		t.Fatal("route before SetRoutes")
 	}
 	old := r.table.Load()
-	r.SetRoutes([]Route{{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParseAddr("192.0.2.2")}})
+	r.SetRoutes([]dataplane.Route{{Subnet: netip.MustParsePrefix("198.18.5.0/24"), Peer: netip.MustParseAddr("192.0.2.2")}})
 	if got := r.table.Load().lookup(dst); r.table.Load().peerAt(got) != netip.MustParseAddr("192.0.2.2") {
 		t.Errorf("after SetRoutes lookup = %d", got)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/probe"
 	"github.com/flannel-go/flannel-go/tun"
 	"github.com/flannel-go/flannel-go/udp"
@@ -166,7 +167,7 @@ func (w *worker) egressBatch(t *table, n int) (nout, nicmp int) {
 	for i := range n {
 		pkt := w.tunBufs[i][off : off+w.tunSizes[i]]
 		if tap != nil {
-			tap.t.Capture(Out, pkt)
+			tap.t.Capture(dataplane.Out, pkt)
 		}
 		if v6 && len(pkt) > 0 && pkt[0]>>4 == 6 {
 			var peer uint32
@@ -497,7 +498,7 @@ func (w *worker) ingressMsg(t *table, i int, signal bool) error {
 	for at := 0; at < l; at += seg {
 		pkt := buf[off+at : off+min(at+seg, l)]
 		if tap != nil {
-			tap.t.Capture(In, pkt)
+			tap.t.Capture(dataplane.In, pkt)
 		}
 		var total int
 		if v6 && len(pkt) > 0 && pkt[0]>>4 == 6 {

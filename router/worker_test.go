@@ -5,6 +5,7 @@ package router
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/inet"
 	"net/netip"
 	"testing"
@@ -40,10 +41,7 @@ func testWorker(t testing.TB, accept bool) *worker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.SetRoutes([]Route{
-		{netip.MustParsePrefix("198.18.5.0/24"), peerA},
-		{netip.MustParsePrefix("198.18.68.0/24"), peerB},
-	})
+	r.SetRoutes([]dataplane.Route{{Subnet: netip.MustParsePrefix("198.18.5.0/24"), Peer: peerA}, {Subnet: netip.MustParsePrefix("198.18.68.0/24"), Peer: peerB}})
 	w := newWorker(r, 0, memQueue{batch: tun.OffloadBatchSize})
 	w.conn = &memConn{}
 	r.workers = append(r.workers, w)
@@ -225,7 +223,7 @@ func TestStatsSum(t *testing.T) {
 	w2.eg.drop(dropSendError)
 	w2.in.drop(dropTunWriteError)
 	s := w.r.Stats()
-	if s.TxPackets != 7 || s.RxBytes != 100 || s.Drops.UnknownPeer != 1 || s.Drops.SendError != 1 || s.Drops.TunWriteError != 1 {
+	if s.TxPackets != 7 || s.RxBytes != 100 || s.Drops[dropUnknownPeer] != 1 || s.Drops[dropSendError] != 1 || s.Drops[dropTunWriteError] != 1 {
 		t.Errorf("Stats = %+v", s)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flannel-go/flannel-go/fastpath"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/ipmasq"
 	"github.com/flannel-go/flannel-go/internal/routesync"
@@ -50,6 +51,7 @@ type daemon struct {
 	ready    atomic.Bool
 	router   atomic.Pointer[router.Router]
 	fast     atomic.Pointer[fastpath.Path]
+	engines  atomic.Pointer[dataplane.Engines] // the fast path (when it runs) and the router
 	routes   *routesync.Syncer
 	rules    atomic.Pointer[ipmasq.Rules]
 	rules6   atomic.Pointer[ipmasq.Rules]
@@ -267,12 +269,13 @@ func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager, cfg *leas
 }
 
 // dataPlane is the TUN device, the router on it and, when it runs, the
-// kernel fast path beside the router.
+// kernel fast path beside the router; engines is both, as one.
 type dataPlane struct {
-	dev *tun.Device
-	rt  *router.Router
-	fp  *fastpath.Path
-	mtu int
+	dev     *tun.Device
+	rt      *router.Router
+	fp      *fastpath.Path
+	engines dataplane.Engines
+	mtu     int
 }
 
 // close detaches the fast path, closes the router (its sockets, also when
@@ -344,6 +347,11 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 	if dp.fp, err = d.startFastPath(cfg, ext, dev.Name, cfg.Port); err != nil {
 		return nil, err
 	}
+	if dp.fp != nil {
+		dp.engines = append(dp.engines, dp.fp)
+	}
+	dp.engines = append(dp.engines, dp.rt)
+	d.engines.Store(&dp.engines)
 	return dp, nil
 }
 
@@ -440,7 +448,7 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 			errc <- fmt.Errorf("watch subnets: %w", err)
 		}
 	})
-	wg.Go(func() { d.routes.Run(runCtx, events, d.routeTable(dp.rt)) })
+	wg.Go(func() { d.routes.Run(runCtx, events, dp.engines) })
 	if d.rules.Load() != nil || d.rules6.Load() != nil || d.o.ipBlackholeRoute {
 		wg.Go(func() { d.resync(runCtx) })
 	}

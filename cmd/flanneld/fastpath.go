@@ -6,14 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/flannel-go/flannel-go/fastpath"
-	"github.com/flannel-go/flannel-go/internal/routesync"
 	"github.com/flannel-go/flannel-go/lease"
-	"github.com/flannel-go/flannel-go/router"
 )
 
 // startFastPath applies --fast-path once the TUN and the router exist. It
@@ -90,49 +87,22 @@ func handoffName(tunDev string) string {
 	return name
 }
 
-// routeTable returns what routesync updates: the router, and the fast path
-// when it runs.
-func (d *daemon) routeTable(rt *router.Router) routesync.Table {
-	if fp := d.fast.Load(); fp != nil {
-		return bothTables{rt, fp}
-	}
-	return rt
-}
-
-// bothTables keeps the router's and the fast path's route tables in step.
-type bothTables struct {
-	rt *router.Router
-	fp *fastpath.Path
-}
-
-// SetRoutes gives the fast path and the router all routes, IPv4 and IPv6.
-func (b bothTables) SetRoutes(routes []router.Route) {
-	b.fp.SetRoutes(routes)
-	b.rt.SetRoutes(routes)
-}
-
-// ForgetPeers tells both engines which peers took a new lease.
-func (b bothTables) ForgetPeers(peers []netip.Addr) {
-	b.fp.ForgetPeers(peers)
-	b.rt.ForgetPeers(peers)
-}
-
 // writeFastPathMetrics writes flannel_fast_path_enabled and, while the fast
 // path runs, its counters.
-func (d *daemon) writeFastPathMetrics(w io.Writer) (fastpath.Stats, bool) {
+func (d *daemon) writeFastPathMetrics(w io.Writer) {
 	p := promWriter{w}
 	p.family("flannel_fast_path_enabled", "gauge", "1 when the kernel TC eBPF fast path is attached (see --fast-path), with how (attach: tcx or clsact) and which variant of the programs runs.")
 	fp := d.fast.Load()
 	if fp == nil {
 		p.sample("flannel_fast_path_enabled", `attach="none",variant="none"`, 0)
-		return fastpath.Stats{}, false
+		return
 	}
 	info := fp.Info()
 	p.sample("flannel_fast_path_enabled", fmt.Sprintf("attach=%q,variant=%q", info.Attach, info.Variant), 1)
 	s, err := fp.Stats()
 	if err != nil {
 		d.log.Warn("Read the fast path counters", "error", err)
-		return fastpath.Stats{}, false
+		return
 	}
 	p.family("flannel_fast_path_kernel_peers", "gauge", "Peers that answered the fast path's probe recently: packets to them stay in the kernel.")
 	p.sample("flannel_fast_path_kernel_peers", "", uint64(len(fp.KernelPeers())))
@@ -141,16 +111,4 @@ func (d *daemon) writeFastPathMetrics(w io.Writer) (fastpath.Stats, bool) {
 	p.sample("flannel_fast_path_probes_total", `kind="received"`, s.ProbeAnswers)
 	p.family("flannel_fast_path_capture_lost_total", "counter", "Packets the kernel fast path could not add to a running capture (/debug/pcap) because its ring was full; the packets themselves were carried.")
 	p.sample("flannel_fast_path_capture_lost_total", "", s.CaptureLost)
-	p.family("flannel_router_passed_to_userspace_total", "counter", "Packets the kernel fast path left to the userspace router, by reason.")
-	p.byReason("flannel_router_passed_to_userspace_total", "", kernelReasons(s.Passed))
-	return s, true
-}
-
-// kernelReasons turns the fast path's reasons into samples.
-func kernelReasons(rs []fastpath.Reason) []reasonCount {
-	out := make([]reasonCount, len(rs))
-	for i, r := range rs {
-		out[i] = reasonCount{r.Name, r.Count}
-	}
-	return out
 }

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/flannel-go/flannel-go/fastpath"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
 )
@@ -32,16 +32,10 @@ func (p promWriter) family(name, typ, help string) {
 	fmt.Fprintf(p.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
 }
 
-// reasonCount is one sample of a family labelled by reason.
-type reasonCount struct {
-	reason string
-	n      uint64
-}
-
 // byReason writes one sample per reason, after the labels in prefix.
-func (p promWriter) byReason(name, prefix string, counts []reasonCount) {
+func (p promWriter) byReason(name, prefix string, counts []dataplane.Reason) {
 	for _, c := range counts {
-		p.sample(name, prefix+`reason="`+c.reason+`"`, c.n)
+		p.sample(name, prefix+`reason="`+c.Name+`"`, c.Count)
 	}
 }
 
@@ -105,58 +99,58 @@ func (d *daemon) writeMetrics(w io.Writer) {
 		ready = 1
 	}
 	p.sample("flannel_ready", "", ready)
-	rt := d.router.Load()
-	if rt == nil {
+	rt, es := d.router.Load(), d.engines.Load()
+	if rt == nil || es == nil {
 		return
 	}
 	p.family("flannel_routes", "gauge", "Routes to other nodes' subnets in the router's table; a dual-stack lease gives two.")
 	p.sample("flannel_routes", "", uint64(d.routes.Routes()))
-	k, kernel := d.writeFastPathMetrics(w)
-	writeRouterStats(w, rt.Stats(), k, kernel)
+	d.writeFastPathMetrics(w)
+	writePathStats(w, es.PathStats())
+	writeRouterStats(w, rt.Stats())
 }
 
-// writeRouterStats writes the router's counters, and the kernel fast
-// path's (k) into the same families when it runs. Direction "in" is from
-// peers into the TUN, "out" from the TUN to peers; path "user" is the
-// userspace router, "kernel" the fast path.
-func writeRouterStats(w io.Writer, s router.Stats, k fastpath.Stats, kernel bool) {
+// writePathStats writes every engine's packets, bytes, drops and passes
+// by path: "user" is the userspace router, "kernel" the fast path.
+// Direction "in" is from peers into the TUN, "out" from the TUN to peers.
+func writePathStats(w io.Writer, paths []dataplane.PathStats) {
 	p := promWriter{w}
-	p.family("flannel_router_packets_total", "counter", "Inner packets forwarded, by direction and path (a TSO super-packet on the kernel path counts once).")
-	p.sample("flannel_router_packets_total", `direction="in",path="user"`, s.RxPackets)
-	p.sample("flannel_router_packets_total", `direction="out",path="user"`, s.TxPackets)
-	if kernel {
-		p.sample("flannel_router_packets_total", `direction="in",path="kernel"`, k.RxPackets)
-		p.sample("flannel_router_packets_total", `direction="out",path="kernel"`, k.TxPackets)
+	for _, f := range []struct {
+		name, help string
+		v          func(dataplane.PathStats, dataplane.Direction) uint64
+	}{
+		{"flannel_router_packets_total", "Inner packets forwarded, by direction and path (a TSO super-packet on the kernel path counts once).",
+			func(s dataplane.PathStats, d dataplane.Direction) uint64 { return s.Packets[d] }},
+		{"flannel_router_bytes_total", "Bytes of inner packets forwarded (outer headers excluded), by direction and path.",
+			func(s dataplane.PathStats, d dataplane.Direction) uint64 { return s.Bytes[d] }},
+	} {
+		p.family(f.name, "counter", f.help)
+		for _, s := range paths {
+			for _, d := range []dataplane.Direction{dataplane.In, dataplane.Out} {
+				p.sample(f.name, fmt.Sprintf("direction=%q,path=%q", d, s.Path), f.v(s, d))
+			}
+		}
 	}
-	p.family("flannel_router_bytes_total", "counter", "Bytes of inner packets forwarded (outer headers excluded), by direction and path.")
-	p.sample("flannel_router_bytes_total", `direction="in",path="user"`, s.RxBytes)
-	p.sample("flannel_router_bytes_total", `direction="out",path="user"`, s.TxBytes)
-	if kernel {
-		p.sample("flannel_router_bytes_total", `direction="in",path="kernel"`, k.RxBytes)
-		p.sample("flannel_router_bytes_total", `direction="out",path="kernel"`, k.TxBytes)
+	p.family("flannel_router_dropped_packets_total", "counter", "Packets dropped, by path and reason.")
+	for _, s := range paths {
+		p.byReason("flannel_router_dropped_packets_total", fmt.Sprintf("path=%q,", s.Path), s.Dropped)
 	}
+	for _, s := range paths {
+		if len(s.Passed) > 0 {
+			p.family("flannel_router_passed_to_userspace_total", "counter", "Packets the kernel fast path left to the userspace router, by reason.")
+			p.byReason("flannel_router_passed_to_userspace_total", "", s.Passed)
+		}
+	}
+}
+
+// writeRouterStats writes the userspace router's own counters: batches,
+// ICMP errors, stage times, syscall errors, ECN marks, batch sizes and
+// offloads.
+func writeRouterStats(w io.Writer, s router.Stats) {
+	p := promWriter{w}
 	p.family("flannel_router_batches_total", "counter", "Batches read: recvmmsg calls (in) and TUN reads (out).")
 	p.sample("flannel_router_batches_total", `direction="in"`, s.RxBatches)
 	p.sample("flannel_router_batches_total", `direction="out"`, s.TxBatches)
-	p.family("flannel_router_dropped_packets_total", "counter", "Packets dropped by the router, by reason.")
-	p.byReason("flannel_router_dropped_packets_total", `path="user",`, []reasonCount{
-		{"no_route", s.Drops.NoRoute},
-		{"unknown_peer", s.Drops.UnknownPeer},
-		{"ttl_exceeded", s.Drops.TTLExceeded},
-		{"malformed", s.Drops.Malformed},
-		{"oversize", s.Drops.Oversize},
-		{"not_ipv4", s.Drops.NotIPv4},
-		{"send_error", s.Drops.SendError},
-		{"tun_write_error", s.Drops.TunWriteError},
-		{"tun_read", s.Drops.TunRead},
-		{"strict_source", s.Drops.StrictSource},
-		{"codel", s.Drops.CoDel},
-		{"not_ipv6", s.Drops.NotIPv6},
-		{"peer_no_ipv6", s.Drops.PeerNoIPv6},
-	})
-	if kernel {
-		p.byReason("flannel_router_dropped_packets_total", `path="kernel",`, kernelReasons(k.Dropped))
-	}
 	p.family("flannel_router_icmp_errors_sent_total", "counter", "ICMP errors (unreachable, time exceeded, fragmentation needed) the router wrote into the TUN.")
 	p.sample("flannel_router_icmp_errors_sent_total", "", s.ICMPSent)
 	p.family("flannel_router_icmp_errors_rate_limited_total", "counter", "ICMP errors not sent because of the rate limit.")

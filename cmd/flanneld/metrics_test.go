@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannel-go/flannel-go/fastpath"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/etcdtest"
 	"github.com/flannel-go/flannel-go/internal/syncbuf"
 	"github.com/flannel-go/flannel-go/internal/testbed"
@@ -99,10 +99,16 @@ func TestAddHelp(t *testing.T) {
 
 func TestWriteRouterStats(t *testing.T) {
 	var b bytes.Buffer
+	const in, out = dataplane.In, dataplane.Out
+	writePathStats(&b, []dataplane.PathStats{
+		{Path: "kernel", Packets: [3]uint64{out: 31, in: 33}, Bytes: [3]uint64{out: 32, in: 34},
+			Dropped: []dataplane.Reason{{Name: "strict_source", Count: 35}}, Passed: []dataplane.Reason{{Name: "no_route", Count: 36}}},
+		{Path: "user", Packets: [3]uint64{out: 1, in: 3}, Bytes: [3]uint64{out: 2, in: 4},
+			Dropped: []dataplane.Reason{{Name: "no_route", Count: 9}, {Name: "unknown_peer", Count: 10}, {Name: "codel", Count: 18}}},
+	})
 	writeRouterStats(&b, router.Stats{
-		TxPackets: 1, TxBytes: 2, RxPackets: 3, RxBytes: 4, TxBatches: 5, RxBatches: 6,
+		TxBatches: 5, RxBatches: 6,
 		ICMPSent: 7, ICMPRateLimited: 8,
-		Drops:      router.Drops{NoRoute: 9, UnknownPeer: 10, TTLExceeded: 11, Malformed: 12, Oversize: 13, NotIPv4: 14, SendError: 15, TunWriteError: 16, TunRead: 17, CoDel: 18},
 		TxCEMarked: 19, RxCEMarked: 20,
 		SyscallErrors:  []router.SyscallError{{Op: "recvmmsg", Errno: "ENOBUFS", Count: 21}},
 		TxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{0, 0, 0, 0, 0, 1, 0, 2, 1},
@@ -110,9 +116,9 @@ func TestWriteRouterStats(t *testing.T) {
 		RxBatchSizes:   [len(router.BatchSizeBounds) + 1]uint64{3},
 		RxBatchPackets: 3,
 		Offloads:       router.Offloads{TUNVnetHdr: true, UDPGRO: true},
-	}, fastpath.Stats{TxPackets: 31, TxBytes: 32, RxPackets: 33, RxBytes: 34, Dropped: []fastpath.Reason{{Name: "strict_source", Count: 35}}}, true)
-	out := b.String()
-	types := checkExposition(t, out)
+	})
+	text := b.String()
+	types := checkExposition(t, text)
 	for _, want := range []string{
 		`flannel_router_packets_total{direction="out",path="user"} 1`,
 		`flannel_router_bytes_total{direction="out",path="user"} 2`,
@@ -124,18 +130,12 @@ func TestWriteRouterStats(t *testing.T) {
 		`flannel_router_icmp_errors_rate_limited_total 8`,
 		`flannel_router_dropped_packets_total{path="user",reason="no_route"} 9`,
 		`flannel_router_dropped_packets_total{path="user",reason="unknown_peer"} 10`,
-		`flannel_router_dropped_packets_total{path="user",reason="ttl_exceeded"} 11`,
-		`flannel_router_dropped_packets_total{path="user",reason="malformed"} 12`,
-		`flannel_router_dropped_packets_total{path="user",reason="oversize"} 13`,
-		`flannel_router_dropped_packets_total{path="user",reason="not_ipv4"} 14`,
-		`flannel_router_dropped_packets_total{path="user",reason="send_error"} 15`,
-		`flannel_router_dropped_packets_total{path="user",reason="tun_write_error"} 16`,
-		`flannel_router_dropped_packets_total{path="user",reason="tun_read"} 17`,
 		`flannel_router_packets_total{direction="out",path="kernel"} 31`,
 		`flannel_router_bytes_total{direction="out",path="kernel"} 32`,
 		`flannel_router_packets_total{direction="in",path="kernel"} 33`,
 		`flannel_router_bytes_total{direction="in",path="kernel"} 34`,
 		`flannel_router_dropped_packets_total{path="kernel",reason="strict_source"} 35`,
+		`flannel_router_passed_to_userspace_total{reason="no_route"} 36`,
 		`flannel_router_dropped_packets_total{path="user",reason="codel"} 18`,
 		`flannel_router_ecn_ce_marked_total{direction="out"} 19`,
 		`flannel_router_ecn_ce_marked_total{direction="in"} 20`,
@@ -153,8 +153,8 @@ func TestWriteRouterStats(t *testing.T) {
 		`flannel_offload_enabled{feature="tun_tso"} 0`,
 		`flannel_offload_enabled{feature="udp_gro"} 1`,
 	} {
-		if !strings.Contains(out, want+"\n") {
-			t.Errorf("missing %q in\n%s", want, out)
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("missing %q in\n%s", want, text)
 		}
 	}
 	for name, typ := range types {

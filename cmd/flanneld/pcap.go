@@ -86,37 +86,15 @@ func unwrapFile(inPath, outPath string, port int, stdout, stderr io.Writer) (err
 	return nil
 }
 
-// attachPcap makes s the router's tap until the returned function is
+// attachPcap makes s the engines' tap until the returned function is
 // called.
 func (d *daemon) attachPcap(s *pcap.Sink) (func(), error) {
-	rt := d.router.Load()
-	if rt == nil {
+	es := d.engines.Load()
+	if es == nil {
 		return nil, pcap.ErrNotRunning
 	}
-	rt.SetTap(routerTap{s})
-	fp := d.fast.Load()
-	if fp != nil {
-		if err := fp.SetTap(routerTap{s}); err != nil {
-			rt.SetTap(nil)
-			return nil, fmt.Errorf("capture the fast path's packets: %w", err)
-		}
+	if err := es.SetTap(s); err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
 	}
-	return func() {
-		rt.SetTap(nil)
-		if fp != nil {
-			fp.SetTap(nil)
-		}
-	}, nil
-}
-
-// routerTap adapts a sink to the router's Tap.
-type routerTap struct{ s *pcap.Sink }
-
-// Capture implements router.Tap.
-func (t routerTap) Capture(dir router.Direction, pkt []byte) {
-	d := pcap.Out
-	if dir == router.In {
-		d = pcap.In
-	}
-	t.s.Capture(d, pkt)
+	return func() { es.SetTap(nil) }, nil
 }

@@ -12,28 +12,21 @@ import (
 	"fmt"
 
 	"github.com/google/gopacket/layers"
+
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 // LinkType is the link type of every pcap this package writes.
 const LinkType = layers.LinkTypeRaw
 
-// Direction says which way a packet crossed the router.
-type Direction uint8
+// Direction says which way a packet crossed the data plane.
+type Direction = dataplane.Direction
 
-// Directions, named from the TUN device's point of view as the router names
-// them.
+// Directions, named from the TUN device's point of view.
 const (
-	In  Direction = iota // from a peer into the TUN
-	Out                  // from the TUN to a peer
+	In  = dataplane.In  // from a peer into the TUN
+	Out = dataplane.Out // from the TUN to a peer
 )
-
-// String returns "in" or "out".
-func (d Direction) String() string {
-	if d == In {
-		return "in"
-	}
-	return "out"
-}
 
 // Filter is a set of directions to capture.
 type Filter uint8

@@ -14,21 +14,8 @@ import (
 	"sync/atomic"
 
 	"github.com/flannel-go/flannel-go/lease"
-	"github.com/flannel-go/flannel-go/router"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
-
-// Table receives the full route set; *router.Router is one. Tests and
-// benchmarks wrap it to see each swap.
-type Table interface {
-	// ForgetPeers comes just before the SetRoutes of the same burst, with
-	// the peers that took a lease they did not hold before (a subnet that
-	// was not theirs, or one removed and granted again: a restart after
-	// the lease expired, a replacement node at the same address): what
-	// was learnt about them from their packets may no longer hold. A
-	// renewal, which arrives as the same lease again, is not news.
-	ForgetPeers(peers []netip.Addr)
-	SetRoutes(routes []router.Route)
-}
 
 // Syncer folds lease events into routes.
 type Syncer struct {
@@ -75,7 +62,7 @@ func (s *Syncer) Routes() int { return int(s.routes.Load()) }
 // Run applies the event batches from events to t until ctx is done. Batches
 // already waiting when one arrives are applied with it, so a burst of
 // changes (a snapshot, lease churn) costs one table rebuild, not one each.
-func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t Table) {
+func (s *Syncer) Run(ctx context.Context, events <-chan []lease.Event, t dataplane.Routes) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -148,12 +135,12 @@ func (s *Syncer) applyOne(typ lease.EventType, subnet netip.Prefix, peer netip.A
 	}
 }
 
-// table lists the routes; the router indexes them by subnet, so their order
-// does not matter.
-func (s *Syncer) table() []router.Route {
-	routes := make([]router.Route, 0, len(s.peers))
+// table lists the routes; the engines index them by subnet, so their
+// order does not matter.
+func (s *Syncer) table() []dataplane.Route {
+	routes := make([]dataplane.Route, 0, len(s.peers))
 	for subnet, ip := range s.peers {
-		routes = append(routes, router.Route{Subnet: subnet, Peer: ip})
+		routes = append(routes, dataplane.Route{Subnet: subnet, Peer: ip})
 	}
 	s.routes.Store(int64(len(routes)))
 	return routes

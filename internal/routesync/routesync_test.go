@@ -9,15 +9,15 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel-go/lease"
-	"github.com/flannel-go/flannel-go/router"
+	"github.com/flannel-go/flannel-go/internal/dataplane"
 )
 
 type recorder struct {
-	swaps   chan []router.Route
+	swaps   chan []dataplane.Route
 	forgets chan []string // nil: not recorded
 }
 
-func (r recorder) SetRoutes(routes []router.Route) { r.swaps <- slices.Clone(routes) }
+func (r recorder) SetRoutes(routes []dataplane.Route) { r.swaps <- slices.Clone(routes) }
 
 func (r recorder) ForgetPeers(peers []netip.Addr) {
 	if r.forgets == nil {
@@ -35,7 +35,7 @@ func ev(typ lease.EventType, subnet, ip string) lease.Event {
 	return lease.Event{Type: typ, Lease: lease.Lease{Subnet: netip.MustParsePrefix(subnet), PublicIP: netip.MustParseAddr(ip)}}
 }
 
-func sorted(routes []router.Route) []string {
+func sorted(routes []dataplane.Route) []string {
 	var out []string
 	for _, r := range routes {
 		out = append(out, r.Subnet.String()+">"+r.Peer.String())
@@ -46,7 +46,7 @@ func sorted(routes []router.Route) []string {
 
 func TestRunFollowsEvents(t *testing.T) {
 	events := make(chan []lease.Event, 8)
-	rec := recorder{swaps: make(chan []router.Route, 8)}
+	rec := recorder{swaps: make(chan []dataplane.Route, 8)}
 	s := New(slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -88,7 +88,7 @@ func TestBurstIsOneSwap(t *testing.T) {
 	for i := range 100 {
 		events <- []lease.Event{ev(lease.EventAdded, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24).String(), "192.0.2.1")}
 	}
-	rec := recorder{swaps: make(chan []router.Route, 100)}
+	rec := recorder{swaps: make(chan []dataplane.Route, 100)}
 	s := New(slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -120,7 +120,7 @@ func dual(typ lease.EventType, subnet, subnet6, ip, ip6 string) lease.Event {
 func runSyncer(t *testing.T, s *Syncer) (chan<- []lease.Event, func() []string) {
 	t.Helper()
 	events := make(chan []lease.Event, 8)
-	rec := recorder{swaps: make(chan []router.Route, 8)}
+	rec := recorder{swaps: make(chan []dataplane.Route, 8)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx, events, rec); close(done) }()
@@ -201,7 +201,7 @@ func TestIPv4OnlyIgnoresIPv6Subnets(t *testing.T) {
 // nobody.
 func TestForgetPeers(t *testing.T) {
 	events := make(chan []lease.Event, 8)
-	rec := recorder{swaps: make(chan []router.Route, 8), forgets: make(chan []string, 8)}
+	rec := recorder{swaps: make(chan []dataplane.Route, 8), forgets: make(chan []string, 8)}
 	s := New(slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
