@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCaptureRec struct {
+	_      structs.HostLayout
+	Len    uint32
+	Caplen uint16
+	Dir    uint8
+	Pad    uint8
+	Data   [2048]uint8
+}
+
 type bpfCounter uint32
 
 const (
@@ -101,6 +110,7 @@ const (
 	bpfVarTunIfindex       = "tun_ifindex"
 	bpfVarUdpPort          = "udp_port"
 	bpfVarUnderlayIfindex  = "underlay_ifindex"
+	bpfVarUnusedCaptureRec = "unused_capture_rec"
 	bpfVarUnusedCounter    = "unused_counter"
 	bpfVarUnusedProbe      = "unused_probe"
 )
@@ -187,6 +197,7 @@ type bpfVariableSpecs struct {
 	TunIfindex       *ebpf.VariableSpec `ebpf:"tun_ifindex"`
 	UdpPort          *ebpf.VariableSpec `ebpf:"udp_port"`
 	UnderlayIfindex  *ebpf.VariableSpec `ebpf:"underlay_ifindex"`
+	UnusedCaptureRec *ebpf.VariableSpec `ebpf:"unused_capture_rec"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedProbe      *ebpf.VariableSpec `ebpf:"unused_probe"`
 }
@@ -257,6 +268,7 @@ type bpfVariables struct {
 	TunIfindex       *ebpf.Variable `ebpf:"tun_ifindex"`
 	UdpPort          *ebpf.Variable `ebpf:"udp_port"`
 	UnderlayIfindex  *ebpf.Variable `ebpf:"underlay_ifindex"`
+	UnusedCaptureRec *ebpf.Variable `ebpf:"unused_capture_rec"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedProbe      *ebpf.Variable `ebpf:"unused_probe"`
 }

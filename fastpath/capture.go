@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -16,14 +17,18 @@ type capture struct {
 	done chan struct{}
 }
 
-// capture_rec's header in fastpath.c: len u32, caplen u16, dir u8, pad u8.
-const capHdrLen = 8
+// The record's layout, as bpf2go generated struct capture_rec.
+var (
+	capHdrLen    = int(unsafe.Offsetof(bpfCaptureRec{}.Data))
+	capCaplenOff = int(unsafe.Offsetof(bpfCaptureRec{}.Caplen))
+	capDirOff    = int(unsafe.Offsetof(bpfCaptureRec{}.Dir))
+)
 
 // SetTap starts copying the packets the programs carry into t, or stops
 // when t is nil. The programs check one array entry per packet and write
 // into the ring only while a tap is set, so an idle capture costs nothing
-// else. Packets longer than 1500 bytes (TSO super-packets) are captured
-// truncated to their first 1500 bytes.
+// else. Packets longer than the record's data (2048 bytes: TSO
+// super-packets) are captured truncated to their beginning.
 func (p *Path) SetTap(t dataplane.Tap) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -67,9 +72,9 @@ func (c *capture) run(t dataplane.Tap) {
 		if len(raw) < capHdrLen {
 			continue
 		}
-		caplen := int(binary.NativeEndian.Uint16(raw[4:6]))
+		caplen := int(binary.NativeEndian.Uint16(raw[capCaplenOff:]))
 		dir := dataplane.Out
-		if raw[6] == 1 {
+		if raw[capDirOff] == 1 {
 			dir = dataplane.In
 		}
 		if capHdrLen+caplen > len(raw) || caplen == 0 {

@@ -33,6 +33,9 @@ struct capture_rec {
 	__u8 data[CAPTURE_MAX];
 };
 
+// Emits struct capture_rec into the BTF, for bpf2go -type capture_rec.
+const struct capture_rec *unused_capture_rec __attribute__((unused));
+
 // capture_pkt copies the inner packet at off into the ring when a capture
 // runs; without one it costs a single array lookup.
 static __always_inline void capture_pkt(struct __sk_buff *skb, __u32 off, __u8 dir)
