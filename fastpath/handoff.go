@@ -127,7 +127,7 @@ func (h *handoff) configure(name string, addrs []netip.Addr) error {
 // without one.
 func (h *handoff) setAddrs(addrs []netip.Addr) error {
 	name := h.link.Attrs().Name
-	have, err := netlink.AddrList(h.link, netlink.FAMILY_V4)
+	have, err := netlink.AddrList(h.link, unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("handoff device %s: list addresses: %w", name, err)
 	}

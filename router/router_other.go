@@ -12,13 +12,6 @@ import (
 // The data plane is Linux's (recvmmsg, UDP GSO/GRO, TUN); elsewhere the
 // package compiles, so that tools and editors work, and New says why not.
 
-// worker carries only the counters Stats reads.
-type worker struct {
-	eg, in       counters
-	egErr, inErr errnoCounts
-	stages       stageCounters
-}
-
 var errNotLinux = errors.New("router: the data plane runs on Linux only")
 
 // New fails: there is no data plane outside Linux.

@@ -94,3 +94,8 @@ func WithOffloads(on bool) Option { return func(o *options) { o.offloads = on } 
 func WithChecksumVerification(on bool) Option {
 	return func(o *options) { o.verifyChecksum = on }
 }
+
+// OffloadBatchSize is the BatchSize of a queue with TSO: the most segments
+// one super-packet is split into. Open caps the device's gso_max_segs at it,
+// so the kernel segments anything larger itself.
+const OffloadBatchSize = 128

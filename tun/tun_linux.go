@@ -23,11 +23,6 @@ import (
 // the router send many datagrams with one sendmmsg.
 const DefaultBatchSize = 32
 
-// OffloadBatchSize is the BatchSize of a queue with TSO: the most segments
-// one super-packet is split into. Open caps the device's gso_max_segs at it,
-// so the kernel segments anything larger itself.
-const OffloadBatchSize = 128
-
 // Device is an open multi-queue TUN device.
 type Device struct {
 	// Name is the interface name, e.g. "flannel0".
