@@ -13,8 +13,8 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/internal/dataplane"
+	"github.com/flannel-go/flannel-go/lease"
 )
 
 // Syncer folds lease events into routes.

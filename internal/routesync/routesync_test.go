@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/internal/dataplane"
+	"github.com/flannel-go/flannel-go/lease"
 )
 
 type recorder struct {
