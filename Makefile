@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test vet lint check-repo licenses release release-check image image-debs image-lock bench bench-quick fuzz demo clean
+.PHONY: all build test test-kernels vet lint check-repo licenses release release-check image image-debs image-lock bench bench-quick fuzz demo clean
 
 all: build
 
@@ -83,6 +83,15 @@ check-repo:
 test: check-repo lint
 	$(GO) test -count=1 -race -timeout 300s $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 480s ./cmd/... ./bench/... ./dist/...
+
+# The fast path's tests and a two-node cluster on Debian's stock kernels
+# 5.10, 6.1 and 6.12 in QEMU (TCG) and on the host's kernel, one after
+# another, against the table in internal/kernelmatrix/matrix.go. Needs root,
+# qemu-system-x86, busybox-static and kmod. KERNEL_ROWS=6.1,host picks rows;
+# results: bench/results/<time>-kernels.jsonl, logs: bin/kernel-matrix/.
+KERNEL_ROWS ?=
+test-kernels:
+	$(GO) run ./cmd/kernel-matrix $(if $(KERNEL_ROWS),-rows $(KERNEL_ROWS))
 
 MICRO_BENCH := $(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
 

@@ -23,6 +23,11 @@ import (
 var flanneldBin string
 
 func TestMain(m *testing.M) {
+	// make test-kernels builds flanneld on the host: a guest has no
+	// writable Go cache and would take minutes to compile it.
+	if flanneldBin = os.Getenv("FLANNEL_TEST_FLANNELD"); flanneldBin != "" {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "flanneld-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

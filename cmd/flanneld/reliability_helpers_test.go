@@ -32,7 +32,7 @@ func startWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
 		testbed.RequireTool(t, cluster.EtcdBinary)
 	}
 	opts.Flanneld, opts.Dir = flanneldBin, t.TempDir()
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), max(90*time.Second, 3*opts.ReadyTimeout))
 	defer cancel()
 	c, err := cluster.Start(ctx, opts)
 	if err != nil {

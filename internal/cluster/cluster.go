@@ -58,6 +58,9 @@ type Options struct {
 	// Idle is how many of the last flanneld hosts are set up but not
 	// started, for a test to start later with Node.Start.
 	Idle int
+	// ReadyTimeout bounds Start's wait for etcd and for each flanneld
+	// (default 30s); slow machines such as a TCG guest need more.
+	ReadyTimeout time.Duration
 	// IPv6Underlay gives every flanneld host an IPv6 address of
 	// IPv6Underlay beside its IPv4 one, and flanneld --public-ipv6 with it:
 	// the underlay of an IPv6-only config (IPv6OnlyConfig). etcd stays on
@@ -118,6 +121,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Config == "" {
 		opts.Config = `{"Network":"198.18.0.0/16","Backend":{"Type":"udp"}}`
 	}
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = 30 * time.Second
+	}
 	c := &Cluster{opts: opts}
 	if opts.Dir == "" {
 		if c.opts.Dir, err = os.MkdirTemp("", "flannel-go-cluster-"); err != nil {
@@ -163,7 +169,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if c.Etcd, err = NewEtcdClient(c.etcdHost(), c.EtcdEndpoints()...); err != nil {
 			return nil, err
 		}
-		if err := c.WaitEtcd(ctx, 30*time.Second); err != nil {
+		if err := c.WaitEtcd(ctx, opts.ReadyTimeout); err != nil {
 			return nil, fmt.Errorf("%w\n%s", err, c.Logs())
 		}
 	} else {
@@ -184,7 +190,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}
 	for _, n := range active {
-		if err := n.WaitReady(ctx, 30*time.Second); err != nil {
+		if err := n.WaitReady(ctx, opts.ReadyTimeout); err != nil {
 			return nil, err
 		}
 	}
