@@ -80,7 +80,8 @@ check-repo:
 # without it, fail under CI=true): run make image test. .ci/run builds the
 # image before make test, so that its cold static build of flanneld (about
 # 2 minutes on 2 cores) is not counted in make test's 10 minutes.
-test: check-repo lint
+# The container image comes first: dist/'s tests run it as a cluster node.
+test: check-repo lint image
 	$(GO) test -count=1 -race -timeout 300s $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 480s ./cmd/... ./bench/... ./dist/...
 

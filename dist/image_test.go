@@ -134,7 +134,7 @@ func unpackImage(t *testing.T) (unpacked, string) {
 		err = json.Unmarshal(b, &idx)
 	}
 	if err != nil || len(idx.Manifests) != 1 {
-		msg := fmt.Sprintf("no image in %s (%v): run make image first (make test does)", dir, err)
+		msg := fmt.Sprintf("no image in %s (%v): run make image first (make test does it before the tests)", dir, err)
 		if testbed.InCI() {
 			t.Fatal(msg)
 		}

@@ -408,14 +408,18 @@ func startHandoff(cfg Config, tun *net.Interface) (*handoff, error) {
 	return h, nil
 }
 
-// SetTUNAddr gives the handoff device the TUN's new IPv4 address after a
-// lease move (see handoff.configure for why it needs one).
-func (p *Path) SetTUNAddr(a netip.Addr) error {
+// SetAddr gives the handoff device the TUN's IPv4 address a, after a
+// lease move, in place of any other (see handoff.configure for why it
+// needs one); with RemoveAddr it follows the TUN (hoststate.Addresses).
+func (p *Path) SetAddr(a netip.Addr) error {
 	if p.hand == nil || !a.Is4() {
 		return nil
 	}
 	return p.hand.setAddrs([]netip.Addr{a})
 }
+
+// RemoveAddr has nothing to do: SetAddr already replaced the address.
+func (p *Path) RemoveAddr(netip.Addr) error { return nil }
 
 // SetRoutes makes the programs' route tables (IPv4 and IPv6 subnets) equal
 // to routes, with one map update per changed subnet: a moved subnet is

@@ -546,7 +546,7 @@ func (d *daemon) moveSubnet(cfg *lease.Config, dp *dataPlane, old, subnet netip.
 	}
 	dp.rt.SetOwnSubnet(subnet)
 	if dp.fp != nil {
-		if err := dp.fp.SetTUNAddr(subnet.Addr()); err != nil {
+		if err := dp.fp.SetAddr(subnet.Addr()); err != nil {
 			d.log.Error("Move the fast path's handoff device to the new subnet", "error", err)
 		}
 	}

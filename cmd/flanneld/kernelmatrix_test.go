@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -70,7 +71,7 @@ func TestKernelMatrix(t *testing.T) {
 	}
 	start := time.Now()
 	step := func(what string) { t.Logf("%s after %s", what, time.Since(start).Round(time.Millisecond)) }
-	c := startWith(t, cluster.Options{Hosts: 2, EtcdMembers: 1, ReadyTimeout: matrixDeadline})
+	c := startWith(t, cluster.Options{Hosts: 2, EtcdMembers: 1, ReadyTimeout: matrixDeadline, Config: cluster.DualStackConfig})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	if f := os.Getenv("FLANNEL_MATRIX_REPORT"); f != "" {
 		// Every flanneld's and etcd's log beside the report, for a look
@@ -82,6 +83,9 @@ func TestKernelMatrix(t *testing.T) {
 	step("start checked: " + rep.FastPathLog)
 	matrixTransferPath(t, want, rep, n1, n2)
 	step(fmt.Sprintf("transfer intact on the %s path (kernel %.0f bytes, userspace %.0f)", rep.Path, rep.KernelBytes, rep.UserBytes))
+	rep.IPv6 = matrixSecondTransfer(t, want, n1, n1.Container, n2.Container, n2.ContainerIPv6, 5902)
+	rep.Host = matrixSecondTransfer(t, want, n1, n1.Host, n2.Host, n2.Env.Subnet.Addr(), 5903)
+	step("inner IPv6 and host-to-host transfers intact on the " + rep.IPv6 + " and " + rep.Host + " paths")
 	matrixSIGKILL(t, want, rep, n1, n2)
 	step("SIGKILL clean (leftover: " + strings.Join(rep.Leftover, ", ") + ")")
 	matrixRestart(t, want, rep, n1, n2)
@@ -163,6 +167,33 @@ func matrixTransferPath(t *testing.T, want kernelmatrix.Expectation, rep *kernel
 		t.Fatalf("the transfer took the %s path (kernel: %.0f bytes out, %.0f in; userspace: %.0f out), want %s",
 			rep.Path, rep.KernelBytes, rep.KernelBytesIn, rep.UserBytes, want.Path)
 	}
+}
+
+// matrixSecondTransfer moves a quarter of matrixTransfer from src to
+// dstAddr on dst (inner IPv6 between the containers, or host to host) and
+// returns the path n1 sent it on, which must be want's.
+func matrixSecondTransfer(t *testing.T, want kernelmatrix.Expectation, n1 *cluster.Node, src, dst cluster.Endpoint, dstAddr netip.Addr, port int) string {
+	t.Helper()
+	const size = matrixTransfer / 4
+	kernelOut := `flannel_router_bytes_total{direction="out",path="kernel"}`
+	k0 := metricValue(t, n1, kernelOut)
+	ctx, cancel := context.WithTimeout(t.Context(), matrixTransferTimeout)
+	defer cancel()
+	res, err := cluster.Transfer(ctx, src, dst, dstAddr, port, size)
+	if err != nil || !res.Match() {
+		t.Fatalf("transfer of %d bytes to %s: %v (SHA-256 equal: %v)", size, dstAddr, err, err == nil && res.Match())
+	}
+	path := kernelmatrix.PathUserspace
+	switch k := metricValue(t, n1, kernelOut) - k0; {
+	case k >= size:
+		path = kernelmatrix.PathKernel
+	case k > 0:
+		path = "mixed"
+	}
+	if path != want.Path {
+		t.Fatalf("the transfer to %s took the %s path, want %s", dstAddr, path, want.Path)
+	}
+	return path
 }
 
 // matrixSIGKILL kills n2's flanneld: its TUN, handoff device and tcx

@@ -53,17 +53,20 @@ func (r Row) VM() bool { return r.Package != nil }
 var Rows = []Row{
 	{Name: "5.10", Package: regexp.MustCompile(`^linux-image-5\.10\.0-[0-9]+-amd64$`),
 		Suites: []string{"bullseye", "bullseye-updates", "bullseye-security"},
-		Expect: Fallback("MEMLOCK")},
+		Expect: Kernel("clsact")},
 	{Name: "6.1", Package: regexp.MustCompile(`^linux-image-6\.1\.0-[0-9]+-amd64$`),
 		Suites: []string{"bookworm", "bookworm-updates", "bookworm-security"},
-		Expect: Fallback("invalid access to memory")},
+		Expect: Kernel("clsact")},
 	{Name: "6.12", Package: regexp.MustCompile(`^linux-image-6\.12\.[0-9]+\+deb13-amd64$`),
 		Suites: []string{"trixie", "trixie-updates", "trixie-security"},
-		Expect: Fallback("invalid zero-sized read")},
-	{Name: "host", Expect: Kernel("")},
-	// FLANNEL_FASTPATH_ATTACH forces the clsact attach; pin Kernel("clsact")
-	// once flanneld honours it.
-	{Name: "host-clsact", Expect: Kernel(""), Env: []string{"FLANNEL_FASTPATH_ATTACH=clsact"}},
+		Expect: Kernel("tcx")},
+	{Name: "host", Expect: Kernel("tcx")},
+	// The host's kernel with the attach and the variant of the oldest
+	// kernel forced (FLANNEL_FASTPATH_*): a mixed cluster of attach modes
+	// passes on the host as it does in the guests.
+	{Name: "host-clsact", Expect: Kernel("clsact"), Env: []string{"FLANNEL_FASTPATH_ATTACH=clsact"}},
+	{Name: "host-5.10-variant", Expect: Kernel("clsact"),
+		Env: []string{"FLANNEL_FASTPATH_ATTACH=clsact", "FLANNEL_FASTPATH_VARIANT=no-coarse-clock,no-decap-flags"}},
 }
 
 // GuestModules are loaded in every guest before the tests: the devices the

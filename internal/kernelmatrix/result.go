@@ -28,6 +28,12 @@ type ClusterReport struct {
 	KernelBytes   float64 `json:"kernel_bytes"`    // sent on path="kernel" by the sender
 	KernelBytesIn float64 `json:"kernel_bytes_in"` // received on path="kernel" by the receiver
 	UserBytes     float64 `json:"user_bytes"`      // sent on path="user" by the sender
+	// IPv6 and Host are the inner-IPv6 transfer between the containers
+	// and the transfer from host to host (n1's namespace to n2's
+	// flannel0 address), each "kernel", "userspace" or "mixed", or what
+	// failed.
+	IPv6 string `json:"ipv6"`
+	Host string `json:"host"`
 	// SIGKILL is "clean" when a killed flanneld left nothing that
 	// blackholes traffic, else what was found.
 	SIGKILL string `json:"sigkill"`
