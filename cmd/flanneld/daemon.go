@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,10 +20,11 @@ import (
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel-go/internal/hoststate"
 	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
-	"github.com/flannel-go/flannel-go/internal/ipmasq"
+	"github.com/flannel-go/flannel-go/internal/extiface"
 	"github.com/flannel-go/flannel-go/internal/routesync"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
@@ -53,8 +53,7 @@ type daemon struct {
 	fast     atomic.Pointer[fastpath.Path]
 	engines  atomic.Pointer[dataplane.Engines] // the fast path (when it runs) and the router
 	routes   *routesync.Syncer
-	rules    atomic.Pointer[ipmasq.Rules]
-	rules6   atomic.Pointer[ipmasq.Rules]
+	host     *hoststate.State // the lease's addresses, blackhole routes and rules
 	ownNet   atomic.Pointer[netip.Prefix]
 	ownNet6  atomic.Pointer[netip.Prefix]
 	subnetMu sync.Mutex // serialises subnet-file writes and TUN re-addressing
@@ -112,16 +111,13 @@ func (d *daemon) run(parent context.Context) error {
 	// between the nodes' IPv6 addresses, the peers' PublicIPv6.
 	d.routes.SetFamilies(routesync.Families{IPv4: cfg.EnableIPv4, IPv6: cfg.EnableIPv6, IPv6Underlay: !cfg.EnableIPv4})
 
-	dp, err := d.openDataPlane(cfg, l, ext)
+	dp, err := d.openDataPlane(cfg, prev, l, ext)
 	if err != nil {
 		return err
 	}
 	defer dp.close(d.log)
 
-	subnetFileOK, err := d.setupHost(cfg, prev, l, dp.mtu)
-	if err != nil {
-		return err
-	}
+	subnetFileOK := d.writeSubnetFile(cfg, l, dp.mtu)
 	return d.runLoops(ctx, mgr, cfg, l, dp, subnetFileOK)
 }
 
@@ -208,7 +204,7 @@ func (d *daemon) previousSubnets() lease.SubnetFile {
 // can serve it and picks the external interface for the address families
 // it enables, in upstream's order. A nil config and error means ctx ended
 // first: a clean shutdown.
-func (d *daemon) configAndInterface(ctx context.Context, cli *clientv3.Client) (*lease.Config, *extIface, error) {
+func (d *daemon) configAndInterface(ctx context.Context, cli *clientv3.Client) (*lease.Config, *extiface.Iface, error) {
 	cm := lease.NewManager(cli, lease.Options{Prefix: d.o.etcdPrefix, Logger: d.log})
 	defer cm.Close()
 	cfg, err := cm.WaitConfig(ctx)
@@ -224,7 +220,7 @@ func (d *daemon) configAndInterface(ctx context.Context, cli *clientv3.Client) (
 	if !cfg.EnableIPv4 && !cfg.EnableIPv6 {
 		return nil, nil, errors.New("none defined stack: the network config disables IPv4 (EnableIPv4 false) and does not enable IPv6 (EnableIPv6)")
 	}
-	ext, err := chooseInterface(d.o, stack{v4: cfg.EnableIPv4, v6: cfg.EnableIPv6}, d.log)
+	ext, err := extiface.Choose(d.o.ifaceSelection(), extiface.Stack{V4: cfg.EnableIPv4, V6: cfg.EnableIPv6}, d.log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -233,7 +229,7 @@ func (d *daemon) configAndInterface(ctx context.Context, cli *clientv3.Client) (
 	return cfg, ext, nil
 }
 
-func (d *daemon) newManager(cli *clientv3.Client, ext *extIface, prev lease.SubnetFile) *lease.Manager {
+func (d *daemon) newManager(cli *clientv3.Client, ext *extiface.Iface, prev lease.SubnetFile) *lease.Manager {
 	return lease.NewManager(cli, lease.Options{
 		Prefix:         d.o.etcdPrefix,
 		PublicIP:       ext.ExtAddr,
@@ -293,10 +289,11 @@ func (dp *dataPlane) close(log *slog.Logger) {
 	_ = dp.dev.Close()
 }
 
-// openDataPlane opens and addresses the TUN and opens the router's
-// sockets on the underlay of the network's family (IPv6 for an IPv6-only
-// network); on error it closes what it opened.
-func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) (_ *dataPlane, err error) {
+// openDataPlane opens the TUN, puts the lease's host state in place
+// (addresses, blackhole routes, rules, replacing prev's stale ones) and
+// opens the router's sockets on the underlay of the network's family
+// (IPv6 for an IPv6-only network); on error it closes what it opened.
+func (d *daemon) openDataPlane(cfg *lease.Config, prev lease.SubnetFile, l lease.Lease, ext *extiface.Iface) (_ *dataPlane, err error) {
 	o, log := d.o, d.log
 	local, mtu := ext.IfaceAddr, ext.MTU-encapOverhead
 	if !cfg.EnableIPv4 {
@@ -317,7 +314,10 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 		}
 	}()
 	reportTUN(dev.Name, log)
-	if err := d.configureTUN(cfg, l, dev, mtu); err != nil {
+	d.host = d.newHostState(cfg, dev, mtu)
+	if err := d.host.Apply(hoststate.Subnets{V4: l.Subnet, V6: l.IPv6Subnet}, hoststate.Previous{
+		Network: prev.Network, Subnet: prev.Subnet, IPv6Network: prev.IPv6Network, IPv6Subnet: prev.IPv6Subnet,
+	}); err != nil {
 		return nil, err
 	}
 	rc := router.Config{
@@ -349,72 +349,14 @@ func (d *daemon) openDataPlane(cfg *lease.Config, l lease.Lease, ext *extIface) 
 	}
 	if dp.fp != nil {
 		dp.engines = append(dp.engines, dp.fp)
+		// The handoff device carries the TUN's IPv4 address too.
+		if err := d.host.Follow(dp.fp); err != nil {
+			return nil, err
+		}
 	}
 	dp.engines = append(dp.engines, dp.rt)
 	d.engines.Store(&dp.engines)
 	return dp, nil
-}
-
-// configureTUN gives the TUN the addresses and routes of the families the
-// config enables.
-func (d *daemon) configureTUN(cfg *lease.Config, l lease.Lease, dev *tun.Device, mtu int) error {
-	if cfg.EnableIPv4 {
-		if err := dev.Configure(l.Subnet.Addr(), mtu, d.o.tunTxQueueLen, cfg.Network); err != nil {
-			return fmt.Errorf("configure %s: %w", dev.Name, err)
-		}
-		// The router's ICMP errors come from the TUN's own address; without
-		// accept_local the kernel drops them as martians and traceroute, PMTU
-		// and "net unreachable" never reach the sender. IPv6 has no such
-		// check.
-		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev.Name+"/accept_local", []byte("1"), 0o644); err != nil {
-			d.log.Warn("Could not set accept_local on the TUN; ICMP errors from the router will be dropped by the kernel", "error", err)
-		}
-	}
-	if !cfg.EnableIPv6 {
-		return nil
-	}
-	if err := dev.ConfigureIPv6(l.IPv6Subnet.Addr(), mtu, d.o.tunTxQueueLen, cfg.IPv6Network); err != nil {
-		return fmt.Errorf("configure %s for IPv6: %w", dev.Name, err)
-	}
-	d.checkIPv6Forwarding()
-	return nil
-}
-
-// checkIPv6Forwarding warns when the kernel does not forward IPv6: the
-// containers' packets then never reach flannel0, nor the router's reach
-// them. As for IPv4's ip_forward, the container runtime or the operator
-// turns it on (Docker does with IPv6 enabled); flanneld does not change
-// the host's forwarding policy.
-func (d *daemon) checkIPv6Forwarding() {
-	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding")
-	if err != nil || strings.TrimSpace(string(b)) != "1" {
-		d.log.Warn("IPv6 forwarding is off (net.ipv6.conf.all.forwarding is not 1): containers' IPv6 packets are not forwarded "+
-			"to or from the overlay until it is turned on (sysctl -w net.ipv6.conf.all.forwarding=1)", "error", err)
-	}
-}
-
-// setupHost installs the blackhole routes and the iptables rules of the
-// families the config enables and writes the subnet file; it reports
-// whether the file was written.
-func (d *daemon) setupHost(cfg *lease.Config, prev lease.SubnetFile, l lease.Lease, mtu int) (bool, error) {
-	if d.o.ipBlackholeRoute {
-		for _, sn := range ownSubnets(cfg, l) {
-			if err := addBlackholeRoute(sn); err != nil {
-				return false, err
-			}
-		}
-	}
-	if cfg.EnableIPv4 {
-		if _, err := d.setupRules(cfg, prev.Network, prev.Subnet, l.Subnet); err != nil {
-			return false, err
-		}
-	}
-	if cfg.EnableIPv6 {
-		if _, err := d.setupRules(cfg, prev.IPv6Network, prev.IPv6Subnet, l.IPv6Subnet); err != nil {
-			return false, err
-		}
-	}
-	return d.writeSubnetFile(cfg, l, mtu), nil
 }
 
 // ownSubnets is the lease's subnets of the families the config enables.
@@ -449,7 +391,7 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 		}
 	})
 	wg.Go(func() { d.routes.Run(runCtx, events, dp.engines) })
-	if d.rules.Load() != nil || d.rules6.Load() != nil || d.o.ipBlackholeRoute {
+	if d.host.Active() {
 		wg.Go(func() { d.resync(runCtx) })
 	}
 	wg.Go(func() {
@@ -481,7 +423,7 @@ func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Co
 }
 
 // nodeIdentity names this node in PublicIP conflict messages.
-func nodeIdentity(ext *extIface) string {
+func nodeIdentity(ext *extiface.Iface) string {
 	host, _ := os.Hostname()
 	addr := ext.IfaceAddr
 	if !addr.IsValid() {
@@ -526,104 +468,41 @@ func (d *daemon) leaseChanged(cfg *lease.Config, dp *dataPlane, nl lease.Lease) 
 	}
 	d.log.Warn("Lease re-acquired with a different subnet; containers on the old subnet must be restarted",
 		"old", old, "new", nl.Subnet, "old_ipv6", old6, "new_ipv6", nl.IPv6Subnet)
-	if cfg.EnableIPv4 && old != nl.Subnet {
-		d.moveSubnet(cfg, dp, old, nl.Subnet)
+	if err := d.host.Move(hoststate.Subnets{V4: nl.Subnet, V6: nl.IPv6Subnet}); err != nil {
+		d.log.Error("Move the host state to the new subnet", "error", err)
 	}
-	if cfg.EnableIPv6 && old6 != nl.IPv6Subnet {
-		d.moveIPv6Subnet(cfg, dp, old6, nl.IPv6Subnet)
-	}
+	dp.rt.SetOwnSubnet(nl.Subnet)
+	dp.rt.SetOwnIPv6Subnet(nl.IPv6Subnet)
 	d.ready.Store(d.writeSubnetFile(cfg, nl, dp.mtu))
 }
 
-// moveSubnet moves the TUN address, the router, the blackhole route and
-// the rules from the old IPv4 subnet to the new one.
-func (d *daemon) moveSubnet(cfg *lease.Config, dp *dataPlane, old, subnet netip.Prefix) {
-	if err := dp.dev.Configure(subnet.Addr(), dp.mtu, d.o.tunTxQueueLen, cfg.Network); err != nil {
-		d.log.Error("Reconfigure TUN for the new subnet", "error", err)
+// newHostState is the host state of this node's lease: the TUN's
+// addresses and what the flags add.
+func (d *daemon) newHostState(cfg *lease.Config, dev *tun.Device, mtu int) *hoststate.State {
+	hc := hoststate.Config{
+		TUN: hoststate.TUN{Dev: dev, MTU: mtu, TxQueueLen: d.o.tunTxQueueLen, Network: cfg.Network, IPv6Network: cfg.IPv6Network, Logger: d.log},
+		Rules: hoststate.IPMasq(hoststate.RuleSets{
+			Masq: d.o.ipMasq, Forward: d.o.iptablesForwardRules,
+			RandomFully: !d.o.ipMasqFullyRandomDisable, NFTables: cfg.EnableNFTables,
+		}, d.log),
+		RulesRequired: d.o.ipMasq,
+		Logger:        d.log,
 	}
-	if err := dp.dev.RemoveAddr(old.Addr()); err != nil {
-		d.log.Warn("Remove the old TUN address", "addr", old.Addr(), "error", err)
+	if cfg.EnableIPv4 {
+		hc.Network = cfg.Network
 	}
-	dp.rt.SetOwnSubnet(subnet)
-	if dp.fp != nil {
-		if err := dp.fp.SetAddr(subnet.Addr()); err != nil {
-			d.log.Error("Move the fast path's handoff device to the new subnet", "error", err)
-		}
+	if cfg.EnableIPv6 {
+		hc.IPv6Network = cfg.IPv6Network
 	}
-	d.moveHostState(cfg, cfg.Network, old, subnet, d.rules.Load() != nil)
-}
-
-// moveIPv6Subnet is moveSubnet for the IPv6 subnet.
-func (d *daemon) moveIPv6Subnet(cfg *lease.Config, dp *dataPlane, old, subnet netip.Prefix) {
-	if err := dp.dev.ConfigureIPv6(subnet.Addr(), dp.mtu, d.o.tunTxQueueLen, cfg.IPv6Network); err != nil {
-		d.log.Error("Reconfigure TUN for the new IPv6 subnet", "error", err)
-	}
-	if err := dp.dev.RemoveIPv6Addr(old.Addr()); err != nil {
-		d.log.Warn("Remove the old TUN IPv6 address", "addr", old.Addr(), "error", err)
-	}
-	dp.rt.SetOwnIPv6Subnet(subnet)
-	d.moveHostState(cfg, cfg.IPv6Network, old, subnet, d.rules6.Load() != nil)
-}
-
-// moveHostState moves the blackhole route and, when installed, the rules
-// of one family from the old subnet to the new one.
-func (d *daemon) moveHostState(cfg *lease.Config, network, old, subnet netip.Prefix, rules bool) {
 	if d.o.ipBlackholeRoute {
-		if err := delBlackholeRoute(old); err != nil {
-			d.log.Warn("Remove the old blackhole route", "error", err)
-		}
-		if err := addBlackholeRoute(subnet); err != nil {
-			d.log.Error("Add the blackhole route for the new subnet", "error", err)
-		}
+		hc.Blackhole = hoststate.Netlink{}
 	}
-	if rules {
-		if _, err := d.setupRules(cfg, network, old, subnet); err != nil {
-			d.log.Error("Update iptables rules for the new subnet", "subnet", subnet, "error", err)
-		}
-	}
+	return hoststate.New(hc)
 }
 
-// setupRules installs the --ip-masq and --iptables-forward-rules rules for
-// subnet (IPv4 or IPv6, with the config's network of its family), removing
-// masquerade rules left for the previous network or subnet. Forward rules
-// alone are a convenience: without iptables they are skipped with a
-// warning, while --ip-masq without iptables is an error.
-func (d *daemon) setupRules(cfg *lease.Config, prevNetwork, prevSubnet, subnet netip.Prefix) (*ipmasq.Rules, error) {
-	var sets ipmasq.Set
-	if d.o.ipMasq {
-		sets |= ipmasq.Masq
-	}
-	if d.o.iptablesForwardRules {
-		sets |= ipmasq.Forward
-	}
-	if sets == 0 {
-		return nil, nil
-	}
-	network, slot := cfg.Network, &d.rules
-	if subnet.Addr().Is6() {
-		network, slot = cfg.IPv6Network, &d.rules6
-	}
-	rules, err := d.newRules(cfg, network, subnet, !d.o.ipMasqFullyRandomDisable, sets)
-	if err == nil && d.o.ipMasq {
-		err = rules.DeleteStale(prevNetwork, prevSubnet)
-	}
-	if err == nil {
-		err = rules.Ensure()
-	}
-	if err != nil {
-		if !d.o.ipMasq {
-			d.log.Warn("Could not add the FORWARD accept rules; give --iptables-forward-rules=false to silence this", "network", network, "error", err)
-			return nil, nil
-		}
-		return nil, fmt.Errorf("failed to setup masq rules for %s: %w", network, err)
-	}
-	slot.Store(rules)
-	return rules, nil
-}
-
-// resync re-adds the rules and the blackhole route someone else deleted,
-// every --iptables-resync seconds (as upstream), always for the current
-// subnet.
+// resync restores the rules and the blackhole routes someone else
+// deleted, every --iptables-resync seconds (as upstream), always for the
+// current subnets.
 func (d *daemon) resync(ctx context.Context) {
 	t := time.NewTicker(time.Duration(d.o.iptablesResync) * time.Second)
 	defer t.Stop()
@@ -633,16 +512,8 @@ func (d *daemon) resync(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		for _, r := range []*ipmasq.Rules{d.rules.Load(), d.rules6.Load()} {
-			if r == nil {
-				continue
-			}
-			if err := r.Ensure(); err != nil {
-				d.log.Error("Resync iptables rules", "error", err)
-			}
-		}
-		if d.o.ipBlackholeRoute {
-			d.ensureBlackholeRoute()
+		if err := d.host.Resync(); err != nil {
+			d.log.Error("Resync iptables rules and blackhole routes", "error", err)
 		}
 	}
 }

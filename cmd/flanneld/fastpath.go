@@ -10,13 +10,14 @@ import (
 	"strings"
 
 	"github.com/flannel-go/flannel-go/fastpath"
+	"github.com/flannel-go/flannel-go/internal/extiface"
 	"github.com/flannel-go/flannel-go/lease"
 )
 
 // startFastPath applies --fast-path once the TUN and the router exist. It
 // logs one line saying whether the kernel fast path runs and why; only
 // --fast-path=on turns a failure into an error.
-func (d *daemon) startFastPath(cfg *lease.Config, ext *extIface, tunDev string, port int) (*fastpath.Path, error) {
+func (d *daemon) startFastPath(cfg *lease.Config, ext *extiface.Iface, tunDev string, port int) (*fastpath.Path, error) {
 	o, log := d.o, d.log
 	if o.fastPath == "off" {
 		log.Info("Kernel fast path off (--fast-path=off): the userspace router carries all packets")

@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/flannel-go/flannel-go/internal/extiface"
 )
 
 // options holds every command-line setting of the daemon. Flag names and
@@ -236,4 +238,12 @@ func (o *options) endpoints() []string {
 		}
 	}
 	return eps
+}
+
+// ifaceSelection is what the flags ask of the external interface.
+func (o *options) ifaceSelection() extiface.Selection {
+	return extiface.Selection{
+		Ifaces: o.ifaces, IfaceRegexes: o.ifaceRegexes, IfaceCanReach: o.ifaceCanReach,
+		PublicIP: o.publicIP, PublicIPv6: o.publicIPv6,
+	}
 }

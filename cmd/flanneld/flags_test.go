@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flannel-go/flannel-go/internal/extiface"
 )
 
 func parse(t *testing.T, args []string, env map[string]string) (*options, error) {
@@ -200,7 +202,7 @@ func TestStrayArgumentsWarn(t *testing.T) {
 }
 
 func TestPublicIPClaimFlag(t *testing.T) {
-	ext := &extIface{Name: "eth0"}
+	ext := &extiface.Iface{Name: "eth0"}
 	o, err := parse(t, nil, nil)
 	if err != nil || !o.publicIPClaim || claimIdentity(o, ext) == "" {
 		t.Fatalf("default: claim %v, identity %q, %v; want the claim on", o.publicIPClaim, claimIdentity(o, ext), err)

@@ -23,8 +23,14 @@ func (f fakeAddrs) RemoveAddr(a netip.Addr) error { f.j.add(f.name + " -" + a.St
 
 type fakeRoutes struct{ j *journal }
 
-func (f fakeRoutes) AddBlackhole(p netip.Prefix) error { f.j.add("blackhole +" + p.String()); return nil }
-func (f fakeRoutes) DelBlackhole(p netip.Prefix) error { f.j.add("blackhole -" + p.String()); return nil }
+func (f fakeRoutes) AddBlackhole(p netip.Prefix) error {
+	f.j.add("blackhole +" + p.String())
+	return nil
+}
+func (f fakeRoutes) DelBlackhole(p netip.Prefix) error {
+	f.j.add("blackhole -" + p.String())
+	return nil
+}
 
 type fakeRules struct {
 	subnet netip.Prefix

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package extiface
 
 import (
 	"errors"
@@ -15,47 +15,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// extIface is the interface flanneld talks to its peers through.
-type extIface struct {
-	Name      string
-	Index     int
-	MTU       int
-	IfaceAddr netip.Addr // IPv4, bound by the UDP sockets; invalid in an IPv6-only network
-	ExtAddr   netip.Addr // advertised in the lease (PublicIP) when IPv4 is enabled
-	// IfaceV6Addr is the interface's IPv6 address and ExtV6Addr the one
-	// advertised as PublicIPv6 (see publicV6); both are set only when the
-	// config enables IPv6, and may be invalid in a dual-stack network (the
-	// lease then says "PublicIPv6":null).
-	IfaceV6Addr netip.Addr
-	ExtV6Addr   netip.Addr
-}
-
-// stack is the address families the network config enables.
-type stack struct{ v4, v6 bool }
-
-// family is the one that picks the interface: IPv4 unless the network is
-// IPv6-only, as upstream's ipmatch.
-func (st stack) family() int {
-	if st.v4 {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
-}
-
-// chooseInterface picks the external interface as upstream does (spec 4.3):
+// Choose picks the external interface as upstream does (spec 4.3):
 // --iface values in order, then --iface-regex, then --iface-can-reach; with
 // none of them, the interface owning --public-ip (--public-ipv6 in an
 // IPv6-only network) or the default route's. In an IPv6-only network the
 // IPv6 addresses and the IPv6 default route decide.
-func chooseInterface(o *options, st stack, log *slog.Logger) (*extIface, error) {
+func Choose(o Selection, st Stack, log *slog.Logger) (*Iface, error) {
 	publicIP, publicIPv6, err := parsePublicIPs(o)
 	if err != nil {
 		return nil, err
 	}
 	fam := st.family()
-	var ext *extIface
+	var ext *Iface
 	switch {
-	case len(o.ifaces) == 0 && len(o.ifaceRegexes) == 0 && o.ifaceCanReach == "":
+	case len(o.Ifaces) == 0 && len(o.IfaceRegexes) == 0 && o.IfaceCanReach == "":
 		switch {
 		case fam == unix.AF_INET && publicIP.IsValid():
 			ext, err = ifaceByIP(publicIP)
@@ -79,7 +52,7 @@ func chooseInterface(o *options, st stack, log *slog.Logger) (*extIface, error) 
 	if ext.MTU == 0 {
 		return nil, fmt.Errorf("failed to determine MTU for %s interface", ext.Name)
 	}
-	if st.v4 {
+	if st.V4 {
 		ext.ExtAddr = ext.IfaceAddr
 		if publicIP.IsValid() {
 			ext.ExtAddr = publicIP
@@ -87,25 +60,25 @@ func chooseInterface(o *options, st stack, log *slog.Logger) (*extIface, error) 
 			log.Info(fmt.Sprintf("Defaulting external address to interface address (%s)", ext.IfaceAddr))
 		}
 	}
-	if st.v6 {
-		ext.publicV6(publicIPv6, st.v4, log)
+	if st.V6 {
+		ext.publicV6(publicIPv6, st.V4, log)
 	}
 	return ext, nil
 }
 
 // parsePublicIPs reads --public-ip and --public-ipv6.
-func parsePublicIPs(o *options) (v4, v6 netip.Addr, err error) {
-	if o.publicIP != "" {
-		ip, err := netip.ParseAddr(o.publicIP)
+func parsePublicIPs(o Selection) (v4, v6 netip.Addr, err error) {
+	if o.PublicIP != "" {
+		ip, err := netip.ParseAddr(o.PublicIP)
 		if err != nil || !ip.Is4() {
-			return v4, v6, fmt.Errorf("invalid public IP address: %s", o.publicIP)
+			return v4, v6, fmt.Errorf("invalid public IP address: %s", o.PublicIP)
 		}
 		v4 = ip
 	}
-	if o.publicIPv6 != "" {
-		ip, err := netip.ParseAddr(o.publicIPv6)
+	if o.PublicIPv6 != "" {
+		ip, err := netip.ParseAddr(o.PublicIPv6)
 		if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
-			return v4, v6, fmt.Errorf("invalid public IPv6 address: %s", o.publicIPv6)
+			return v4, v6, fmt.Errorf("invalid public IPv6 address: %s", o.PublicIPv6)
 		}
 		v6 = ip
 	}
@@ -114,8 +87,8 @@ func parsePublicIPs(o *options) (v4, v6 netip.Addr, err error) {
 
 // ifaceByFlags tries --iface, then --iface-regex, then --iface-can-reach;
 // nil when none of them gives an interface with an address of family fam.
-func ifaceByFlags(o *options, fam int, log *slog.Logger) *extIface {
-	for _, v := range o.ifaces {
+func ifaceByFlags(o Selection, fam int, log *slog.Logger) *Iface {
+	for _, v := range o.Ifaces {
 		e, err := ifaceByNameOrIP(v)
 		if err == nil {
 			err = e.complete(fam)
@@ -126,7 +99,7 @@ func ifaceByFlags(o *options, fam int, log *slog.Logger) *extIface {
 		}
 		return e
 	}
-	for _, re := range o.ifaceRegexes {
+	for _, re := range o.IfaceRegexes {
 		e, err := ifaceByRegex(re, fam)
 		if err == nil {
 			err = e.complete(fam)
@@ -137,13 +110,13 @@ func ifaceByFlags(o *options, fam int, log *slog.Logger) *extIface {
 		}
 		return e
 	}
-	if o.ifaceCanReach != "" {
-		e, err := ifaceCanReach(o.ifaceCanReach)
+	if o.IfaceCanReach != "" {
+		e, err := ifaceCanReach(o.IfaceCanReach)
 		if err == nil {
 			err = e.complete(fam)
 		}
 		if err != nil {
-			log.Info("Could not find the interface that reaches the address", "iface-can-reach", o.ifaceCanReach, "error", err)
+			log.Info("Could not find the interface that reaches the address", "iface-can-reach", o.IfaceCanReach, "error", err)
 			return nil
 		}
 		return e
@@ -153,7 +126,7 @@ func ifaceByFlags(o *options, fam int, log *slog.Logger) *extIface {
 
 // complete fills in the interface's first usable address of family fam
 // when the selection did not name one.
-func (e *extIface) complete(fam int) error {
+func (e *Iface) complete(fam int) error {
 	if fam == unix.AF_INET && !e.IfaceAddr.IsValid() {
 		addrs := usableAddrs(e.Index, unix.AF_INET)
 		if len(addrs) == 0 {
@@ -178,7 +151,7 @@ func (e *extIface) complete(fam int) error {
 // upstream's udp backend always does: its peers reach it over IPv4, and an
 // interface address (often link-local only) would make every lease value
 // differ from upstream's bytes.
-func (e *extIface) publicV6(public netip.Addr, dual bool, log *slog.Logger) {
+func (e *Iface) publicV6(public netip.Addr, dual bool, log *slog.Logger) {
 	if !e.IfaceV6Addr.IsValid() {
 		if addrs := usableAddrs(e.Index, unix.AF_INET6); len(addrs) > 0 {
 			e.IfaceV6Addr = addrs[0]
@@ -196,7 +169,7 @@ func (e *extIface) publicV6(public netip.Addr, dual bool, log *slog.Logger) {
 	}
 }
 
-func ifaceByNameOrIP(v string) (*extIface, error) {
+func ifaceByNameOrIP(v string) (*Iface, error) {
 	if ip, err := netip.ParseAddr(v); err == nil {
 		return ifaceByIP(ip)
 	}
@@ -208,7 +181,7 @@ func ifaceByNameOrIP(v string) (*extIface, error) {
 }
 
 // ifaceByIP returns the interface holding ip, with ip as its address.
-func ifaceByIP(ip netip.Addr) (*extIface, error) {
+func ifaceByIP(ip netip.Addr) (*Iface, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
@@ -229,7 +202,7 @@ func ifaceByIP(ip netip.Addr) (*extIface, error) {
 
 // ifaceByDefaultRoute returns the interface of the first default route of
 // family fam, with upstream's error texts.
-func ifaceByDefaultRoute(fam int) (*extIface, error) {
+func ifaceByDefaultRoute(fam int) (*Iface, error) {
 	routes, err := netlink.RouteList(nil, fam)
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
@@ -256,7 +229,7 @@ func ifaceByDefaultRoute(fam int) (*extIface, error) {
 
 // ifaceByRegex returns the first interface with an address of family fam
 // that matches expr, else the first whose name matches.
-func ifaceByRegex(expr string, fam int) (*extIface, error) {
+func ifaceByRegex(expr string, fam int) (*Iface, error) {
 	re, err := regexp.Compile(expr)
 	if err != nil {
 		return nil, fmt.Errorf("bad --iface-regex %q: %w", expr, err)
@@ -280,7 +253,7 @@ func ifaceByRegex(expr string, fam int) (*extIface, error) {
 	return nil, fmt.Errorf("no interface or address matches %q", expr)
 }
 
-func ifaceCanReach(target string) (*extIface, error) {
+func ifaceCanReach(target string) (*Iface, error) {
 	ip := net.ParseIP(target)
 	if ip == nil {
 		return nil, fmt.Errorf("invalid --iface-can-reach address %q", target)
@@ -299,9 +272,9 @@ func ifaceCanReach(target string) (*extIface, error) {
 
 // fromLink describes link; addr, when valid, is the address of its family
 // to use, otherwise complete takes the first usable one.
-func fromLink(link netlink.Link, addr netip.Addr) *extIface {
+func fromLink(link netlink.Link, addr netip.Addr) *Iface {
 	a := link.Attrs()
-	e := &extIface{Name: a.Name, Index: a.Index, MTU: a.MTU}
+	e := &Iface{Name: a.Name, Index: a.Index, MTU: a.MTU}
 	switch {
 	case addr.Is4():
 		e.IfaceAddr = addr

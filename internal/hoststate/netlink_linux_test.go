@@ -1,23 +1,27 @@
 //go:build linux
 
-package main
+package hoststate
 
 import (
-	"context"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/flannel-go/flannel-go/internal/testbed"
 )
+
+// nopAddrs stands in for the TUN where only routes are tested.
+type nopAddrs struct{}
+
+func (nopAddrs) SetAddr(netip.Addr) error    { return nil }
+func (nopAddrs) RemoveAddr(netip.Addr) error { return nil }
 
 // TestBlackholeRoute works in a fresh network namespace: a blackhole route
 // an upstream flanneld left (metric 0) is taken over as it is, one at
 // flannel-go's former metric 1000 is replaced, a container bridge's
 // connected route for the subnet makes it step aside, a deleted route comes back
-// within --iptables-resync, and a lease move removes the old one.
+// at the next Resync, and a lease move removes the old one.
 func TestBlackholeRoute(t *testing.T) {
 	testbed.RequireRoot(t)
 	testbed.RequireTool(t, "ip")
@@ -43,21 +47,21 @@ func TestBlackholeRoute(t *testing.T) {
 	bridged := netip.MustParsePrefix("198.18.4.0/24")
 
 	run("route", "add", "blackhole", upstream.String())
-	in(func() error { return addBlackholeRoute(upstream) })
+	in(func() error { return Netlink{}.AddBlackhole(upstream) })
 	if got := blackholes(); got != "blackhole "+upstream.String() {
 		t.Errorf("after taking over upstream's route: %q, want that one route, metric 0", got)
 	}
 
 	run("route", "add", "blackhole", older.String(), "metric", "1000")
-	in(func() error { return addBlackholeRoute(older) })
+	in(func() error { return Netlink{}.AddBlackhole(older) })
 	if got := blackholes(); strings.Contains(got, "metric 1000") || !strings.Contains(got+"\n", "blackhole "+older.String()+"\n") {
 		t.Errorf("the metric-1000 route was not replaced by upstream's: %q", got)
 	}
-	in(func() error { return delBlackholeRoute(older) })
+	in(func() error { return Netlink{}.DelBlackhole(older) })
 
 	// A bridge whose address comes after the blackhole route is shadowed
 	// by it (route get fails); the next sync removes the blackhole.
-	in(func() error { return addBlackholeRoute(bridged) })
+	in(func() error { return Netlink{}.AddBlackhole(bridged) })
 	run("link", "add", "cbr0", "type", "veth", "peer", "name", "cbr0p")
 	run("link", "set", "cbr0p", "up")
 	run("link", "set", "cbr0", "up")
@@ -65,38 +69,28 @@ func TestBlackholeRoute(t *testing.T) {
 	if out, err := h.Run(ctx, "ip", "route", "get", "198.18.4.2"); err == nil {
 		t.Logf("the kernel no longer lets the blackhole route shadow the bridge: %s", out)
 	}
-	in(func() error { return addBlackholeRoute(bridged) })
+	in(func() error { return Netlink{}.AddBlackhole(bridged) })
 	if got := blackholes(); strings.Contains(got, bridged.String()) {
 		t.Errorf("the blackhole route stays next to the bridge's route: %q", got)
 	}
 	if out := run("route", "get", "198.18.4.2"); !strings.Contains(out, "dev cbr0") {
 		t.Errorf("container address not routed to the bridge: %q", out)
 	}
-	in(func() error { return addBlackholeRoute(bridged) })
+	in(func() error { return Netlink{}.AddBlackhole(bridged) })
 	if got := blackholes(); strings.Contains(got, bridged.String()) {
 		t.Errorf("a blackhole route was added next to the bridge's: %q", got)
 	}
 
-	// Resync: the loop runs in the namespace while the route is deleted.
-	d := &daemon{o: &options{iptablesResync: 1, ipBlackholeRoute: true}, log: slog.New(slog.DiscardHandler)}
-	d.ownNet.Store(&upstream)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- h.Do(func() error { d.resync(rctx); return nil }) }()
+	// Resync restores a route someone deleted.
+	st := New(Config{Network: netip.MustParsePrefix("198.18.0.0/16"), TUN: nopAddrs{}, Blackhole: Netlink{}, Logger: slog.New(slog.DiscardHandler)})
+	in(func() error { return st.Apply(Subnets{V4: upstream}, Previous{}) })
 	run("route", "del", "blackhole", upstream.String())
-	deadline := time.Now().Add(5 * time.Second)
-	for blackholes() != "blackhole "+upstream.String() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the deleted blackhole route is not back after 5 s (resync 1 s): %q", blackholes())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	in(st.Resync)
+	if got := blackholes(); got != "blackhole "+upstream.String() {
+		t.Fatalf("the deleted blackhole route is not back after a resync: %q", got)
 	}
 
-	in(func() error { return delBlackholeRoute(upstream) })
+	in(func() error { return Netlink{}.DelBlackhole(upstream) })
 	if got := blackholes(); got != "" {
 		t.Errorf("after the lease moved: %q, want no blackhole route", got)
 	}
@@ -126,23 +120,23 @@ func TestBlackholeRouteIPv6(t *testing.T) {
 	}
 	subnet := netip.MustParsePrefix("2001:db8:100:1a::/64")
 	want := "blackhole " + subnet.String() + " dev lo metric 1024 pref medium"
-	in(func() error { return addBlackholeRoute(subnet) })
-	in(func() error { return addBlackholeRoute(subnet) })
+	in(func() error { return Netlink{}.AddBlackhole(subnet) })
+	in(func() error { return Netlink{}.AddBlackhole(subnet) })
 	if got := blackholes(); got != want {
 		t.Errorf("after two syncs: %q, want %q", got, want)
 	}
 
-	d := &daemon{o: &options{iptablesResync: 1, ipBlackholeRoute: true}, log: slog.New(slog.DiscardHandler)}
-	d.ownNet6.Store(&subnet)
-	in(func() error { return delBlackholeRoute(subnet) })
+	st := New(Config{IPv6Network: netip.MustParsePrefix("2001:db8:100::/48"), TUN: nopAddrs{}, Blackhole: Netlink{}, Logger: slog.New(slog.DiscardHandler)})
+	in(func() error { return st.Apply(Subnets{V6: subnet}, Previous{}) })
+	in(func() error { return Netlink{}.DelBlackhole(subnet) })
 	if blackholes() != "" {
 		t.Fatal("the route was not deleted: the resync check proves nothing")
 	}
-	in(func() error { d.ensureBlackholeRoute(); return nil })
+	in(st.Resync)
 	if got := blackholes(); got != want {
 		t.Errorf("after the resync: %q, want %q", got, want)
 	}
-	in(func() error { return delBlackholeRoute(subnet) })
+	in(func() error { return Netlink{}.DelBlackhole(subnet) })
 	if got := blackholes(); got != "" {
 		t.Errorf("after the lease moved: %q, want no blackhole route", got)
 	}
