@@ -359,18 +359,6 @@ func (d *daemon) openDataPlane(cfg *lease.Config, prev lease.SubnetFile, l lease
 	return dp, nil
 }
 
-// ownSubnets is the lease's subnets of the families the config enables.
-func ownSubnets(cfg *lease.Config, l lease.Lease) []netip.Prefix {
-	var out []netip.Prefix
-	if cfg.EnableIPv4 {
-		out = append(out, l.Subnet)
-	}
-	if cfg.EnableIPv6 {
-		out = append(out, l.IPv6Subnet)
-	}
-	return out
-}
-
 // runLoops runs the data plane, the lease watch, the route sync, the rule
 // resync and the lease keeper until ctx is done or one of them fails, and
 // waits for all of them.
