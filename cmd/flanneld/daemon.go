@@ -20,11 +20,11 @@ import (
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/flannel-go/flannel-go/internal/hoststate"
 	"github.com/flannel-go/flannel-go/fastpath"
 	"github.com/flannel-go/flannel-go/internal/dataplane"
 	"github.com/flannel-go/flannel-go/internal/etcdserver"
 	"github.com/flannel-go/flannel-go/internal/extiface"
+	"github.com/flannel-go/flannel-go/internal/hoststate"
 	"github.com/flannel-go/flannel-go/internal/routesync"
 	"github.com/flannel-go/flannel-go/lease"
 	"github.com/flannel-go/flannel-go/router"
