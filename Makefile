@@ -92,7 +92,7 @@ test: check-repo lint image
 # results: bench/results/<time>-kernels.jsonl, logs: bin/kernel-matrix/.
 KERNEL_ROWS ?=
 test-kernels:
-	$(GO) run ./cmd/kernel-matrix $(if $(KERNEL_ROWS),-rows $(KERNEL_ROWS))
+	$(GO) run ./cmd/kernel-matrix -commit $(VERSION) $(if $(KERNEL_ROWS),-rows $(KERNEL_ROWS))
 
 MICRO_BENCH := $(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
 

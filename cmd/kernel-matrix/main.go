@@ -49,6 +49,7 @@ func run(ctx context.Context) int {
 	timeout := flag.Duration("timeout", 20*time.Minute, "per guest, boot included")
 	workDir := flag.String("work", filepath.Join("bin", "kernel-matrix"), "directory for the test binaries and each row's logs, emptied first")
 	table := flag.String("table", "", "print a results file as the README's Markdown table and exit")
+	commit := flag.String("commit", "", "the commit the binaries are built from, recorded in the results")
 	flag.Parse()
 	if *table != "" {
 		return printTable(*table)
@@ -92,7 +93,7 @@ func run(ctx context.Context) int {
 	defer f.Close()
 	m := &kernelmatrix.Matrix{
 		Archive: &kernelmatrix.Archive{Dir: cache, Mirror: *mirror, MaxAge: 24 * time.Hour, Log: os.Stdout},
-		Work:    work, MemMiB: *mem, CPUs: *cpus, Timeout: *timeout, Accel: *accel, Out: os.Stdout,
+		Work:    work, MemMiB: *mem, CPUs: *cpus, Timeout: *timeout, Accel: *accel, Out: os.Stdout, Commit: *commit,
 	}
 	all := m.Run(ctx, rows, f)
 	fmt.Printf("\nkernel-matrix: %d rows in %s, results in %s, logs in %s\n", len(all), time.Since(start).Round(time.Second), *results, work)

@@ -24,6 +24,7 @@ type Matrix struct {
 	Timeout time.Duration // per guest, boot included
 	Accel   string        // QEMU's -accel, DefaultAccel when empty
 	Out     io.Writer     // progress and every console, prefixed by row
+	Commit  string        // recorded in each result
 }
 
 // Run runs rows and writes each result as one JSON line to results.
@@ -42,7 +43,7 @@ func (m *Matrix) Run(ctx context.Context, rows []Row, results io.Writer) []Resul
 		start := time.Now()
 		fmt.Fprintf(m.Out, "kernel-matrix: === %s\n", r.Name)
 		res := m.runRow(ctx, r)
-		res.Seconds = time.Since(start).Seconds()
+		res.Seconds, res.Commit = time.Since(start).Seconds(), m.Commit
 		line, _ := json.Marshal(res)
 		fmt.Fprintf(results, "%s\n", line)
 		fmt.Fprintln(m.Out, Summary(res))

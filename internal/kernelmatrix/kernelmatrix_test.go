@@ -153,9 +153,9 @@ func TestLogAttrs(t *testing.T) {
 func TestResultsRoundTrip(t *testing.T) {
 	in := []Result{
 		{Row: "6.1", Kernel: "6.1.0-57-amd64", Expect: Fallback("invalid access"), FastPathTests: "fail", ClusterTest: "pass", OK: true,
-			ClusterReport: ClusterReport{Path: PathUserspace, Reason: "load: invalid access | x", TransferOK: true, SIGKILL: "clean", Restart: "ok"}},
+			ClusterReport: ClusterReport{Path: PathUserspace, Reason: "load: invalid access | x", TransferOK: true, IPv6: PathUserspace, Host: PathUserspace, SIGKILL: "clean", Restart: "ok"}},
 		{Row: "host", Kernel: "6.18.44", Expect: Kernel("tcx"), FastPathTests: "pass", ClusterTest: "pass", OK: true,
-			ClusterReport: ClusterReport{Path: PathKernel, Attach: "tcx", Variant: "full", TransferOK: true, KernelBytes: 4199720, SIGKILL: "clean", Restart: "ok"}},
+			ClusterReport: ClusterReport{Path: PathKernel, Attach: "tcx", Variant: "full", TransferOK: true, IPv6: PathKernel, Host: PathKernel, KernelBytes: 4199720, SIGKILL: "clean", Restart: "ok"}},
 	}
 	var buf bytes.Buffer
 	for _, r := range in {
@@ -177,8 +177,8 @@ func TestResultsRoundTrip(t *testing.T) {
 	}
 	var table bytes.Buffer
 	WriteTable(&table, out)
-	for _, want := range []string{"| 6.1.0-57-amd64 (6.1) | userspace | `load: invalid access \\| x` | intact | 0 | clean, ok |",
-		"| 6.18.44 (host) | kernel | tcx, full | intact | 4199720 | clean, ok |"} {
+	for _, want := range []string{"| 6.1.0-57-amd64 (6.1) | userspace | `load: invalid access \\| x` | intact on userspace, userspace, userspace | 0 | clean, ok |",
+		"| 6.18.44 (host) | kernel | tcx, full | intact on kernel, kernel, kernel | 4199720 | clean, ok |"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -56,6 +56,8 @@ func (r *ClusterReport) WriteFile(name string) error {
 
 // Result is one row's outcome, one JSON line in the results file.
 type Result struct {
+	// Commit is the commit the binaries were built from.
+	Commit  string      `json:"commit,omitempty"`
 	Row     string      `json:"row"`
 	Package string      `json:"package,omitempty"`
 	Kernel  string      `json:"kernel"` // uname -r where the tests ran
@@ -153,7 +155,7 @@ func ReadResults(r io.Reader) ([]Result, error) {
 
 // WriteTable writes results as the README's Markdown table.
 func WriteTable(w io.Writer, results []Result) {
-	fmt.Fprintln(w, "| kernel | fast path | attach, variant or fallback reason | transfer | kernel-path bytes | SIGKILL, restart |")
+	fmt.Fprintln(w, "| kernel | fast path | attach, variant or fallback reason | transfers (IPv4, inner IPv6, host to host) | kernel-path bytes | SIGKILL, restart |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, r := range results {
 		what := strings.Trim(strings.Join([]string{r.Attach, r.Variant}, ", "), ", ")
@@ -162,7 +164,7 @@ func WriteTable(w io.Writer, results []Result) {
 		}
 		transfer := "broken"
 		if r.TransferOK {
-			transfer = "intact"
+			transfer = "intact on " + strings.Join([]string{r.Path, r.IPv6, r.Host}, ", ")
 		}
 		fmt.Fprintf(w, "| %s (%s) | %s | %s | %s | %.0f | %s, %s |\n",
 			r.Kernel, r.Row, r.Path, what, transfer, r.KernelBytes, r.SIGKILL, r.Restart)
