@@ -1,0 +1,62 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// RESTConfig is how flanneld reaches the API server: --kube-api-url
+// and/or --kubeconfig-file when given, else the in-cluster config of a
+// pod (its service account token and the KUBERNETES_SERVICE_* variables),
+// as upstream.
+func RESTConfig(apiURL, kubeconfig string) (*rest.Config, error) {
+	if apiURL == "" && kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("fail to create kubernetes config: not in a pod (%w); give --kubeconfig-file or --kube-api-url", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("fail to create kubernetes config: %w", err)
+	}
+	return cfg, nil
+}
+
+// NodeName finds the name of this node's object: NODE_NAME, or else the
+// node the pod POD_NAMESPACE/POD_NAME runs on, as upstream. getenv reads
+// the environment.
+func NodeName(ctx context.Context, c *Client, getenv func(string) string) (string, error) {
+	if n := getenv("NODE_NAME"); n != "" {
+		return n, nil
+	}
+	pod, ns := getenv("POD_NAME"), getenv("POD_NAMESPACE")
+	if pod == "" || ns == "" {
+		return "", errors.New("env variables POD_NAME and POD_NAMESPACE must be set (or NODE_NAME: the name of this node's object)")
+	}
+	p, err := c.getPod(ctx, ns, pod)
+	if err != nil {
+		return "", fmt.Errorf("error retrieving pod spec for '%s/%s': %w", ns, pod, rbacHint(err, "get", "pods"))
+	}
+	if p.Spec.NodeName == "" {
+		return "", fmt.Errorf("node name not present in pod spec '%s/%s'", ns, pod)
+	}
+	return p.Spec.NodeName, nil
+}
+
+// rbacHint adds to a Forbidden answer what to grant: the verb and the
+// resource flanneld was refused, and where the ClusterRole that grants
+// them is. Other errors are returned as they are.
+func rbacHint(err error, verb, resource string) error {
+	if !apierrors.IsForbidden(err) {
+		return err
+	}
+	return fmt.Errorf("%w: RBAC forbids flanneld to %s %s; grant verb %q on resource %q (API group \"\") to its user or service account, "+
+		"as the ClusterRole \"flannel\" in dist/kube-flannel.yml does", err, verb, resource, verb, resource)
+}
