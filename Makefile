@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test vet lint check-repo bench bench-quick fuzz demo clean
+.PHONY: all build test test-kube vet lint check-repo bench bench-quick fuzz demo clean
 
 all: build
 
@@ -17,6 +17,7 @@ build:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags kube $(KUBE_PKGS)
 	# Linux only, but other platforms must still compile (stubs, build constraints).
 	GOOS=darwin $(GO) vet ./...
 
@@ -39,6 +40,14 @@ check-repo:
 test: check-repo lint
 	$(GO) test -count=1 -race -timeout 300s $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 480s ./cmd/... ./bench/... ./dist/...
+
+# Tests against a real kube-apiserver (Kubernetes mode), files tagged kube:
+# tools/kube/build.sh builds kube-apiserver and kubectl once (about 7
+# minutes on 2 cores) into ~/.cache/flannel-kube/<version>.
+KUBE_PKGS := ./cmd/flanneld/ ./dist/
+test-kube:
+	@bin=$$(GO=$(GO) tools/kube/build.sh) && echo "kube binaries: $$bin" && \
+	FLANNEL_KUBE_BIN=$$bin $(GO) test -count=1 -tags kube -timeout 1200s -run '^TestKube' $(KUBE_PKGS)
 
 MICRO_BENCH := $(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
 

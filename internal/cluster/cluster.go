@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -61,6 +60,10 @@ type Options struct {
 	// the underlay of an IPv6-only config (IPv6OnlyConfig). etcd stays on
 	// IPv4.
 	IPv6Underlay bool
+	// Kube runs flanneld with --kube-subnet-mgr (see kube.go): no etcd,
+	// Config written to each node's net-conf.json, and every node left
+	// idle for the test to give it its API server credentials and start it.
+	Kube bool
 }
 
 // Cluster is a running overlay.
@@ -92,6 +95,10 @@ type Node struct {
 	ContainerIPv6 netip.Addr
 	// Addr6 is the host's IPv6 underlay address (Options.IPv6Underlay).
 	Addr6 netip.Addr
+	// Wrap, when set, is a command run in the host's namespace with
+	// flanneld's path and arguments after its own, e.g. to give flanneld
+	// a mount namespace of its own.
+	Wrap []string
 
 	cluster *Cluster
 	cmd     *exec.Cmd
@@ -126,7 +133,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}()
 	// The embedded etcd runs in host 1's flanneld, which must start.
 	minActive := 1
-	if opts.EtcdMembers > 0 {
+	if opts.EtcdMembers > 0 || opts.Kube {
 		minActive = 0
 	}
 	if opts.Idle < 0 || opts.Hosts-opts.Idle < minActive {
@@ -147,6 +154,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	if err := c.setupIPv6(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Kube {
+		return c, c.writeNetConf()
 	}
 	active := c.Nodes[:opts.Hosts-opts.Idle]
 	rest := active
@@ -242,23 +252,23 @@ func (c *Cluster) Logs() string {
 // Start runs flanneld on the node's host.
 func (n *Node) Start(ctx context.Context) error {
 	c := n.cluster
-	args := []string{
-		"--etcd-endpoints=" + strings.Join(c.EtcdEndpoints(), ","),
-		"--iface=" + n.Host.Iface,
-		"--subnet-file=" + n.SubnetFile,
+	args := append(n.subnetManagerArgs(),
+		"--iface="+n.Host.Iface,
+		"--subnet-file="+n.SubnetFile,
 		"--healthz-ip=127.0.0.1",
-		"--healthz-port=" + strconv.Itoa(HealthPort),
-	}
-	if n.Index == 1 && len(c.EtcdMembers) == 0 {
-		args = append(args, "--etcd-embedded="+filepath.Join(c.opts.Dir, "etcd"))
-	}
+		"--healthz-port="+strconv.Itoa(HealthPort),
+	)
 	if n.Addr6.IsValid() {
 		args = append(args, "--public-ipv6="+n.Addr6.String())
 	}
 	args = append(args, c.opts.Args...)
 	args = append(args, n.Args...)
+	name := c.opts.Flanneld
+	if len(n.Wrap) > 0 {
+		name, args = n.Wrap[0], append(append(n.Wrap[1:len(n.Wrap):len(n.Wrap)], name), args...)
+	}
 	// The process must outlive the caller's context: it is stopped by Stop.
-	cmd := n.Host.Command(context.WithoutCancel(ctx), c.opts.Flanneld, args...)
+	cmd := n.Host.Command(context.WithoutCancel(ctx), name, args...)
 	if n.logBuf == nil {
 		n.logBuf = &syncbuf.Buffer{}
 	}
