@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	stdmaps "maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/flannel-go/flannel-go/internal/cluster"
 	"github.com/flannel-go/flannel-go/internal/kubetest"
@@ -270,4 +272,189 @@ func TestKubeTwoNodes(t *testing.T) {
 	}
 	carries(t, n1, n2, 5301)
 	t.Logf("annotations of node-1: %q", k.node(t, "node-1").Annotations)
+}
+
+// startTwo starts two nodes, node-1 and node-2 with podCIDRs
+// 198.18.1.0/24 and 198.18.2.0/24, each with a kubeconfig, and waits
+// until they reach each other.
+func startTwo(t *testing.T) (*kubeCluster, *cluster.Node, *cluster.Node) {
+	t.Helper()
+	k := startKube(t, 2, manifestRole(t))
+	token := k.api.ServiceAccount(t, flannelNS, flannelSA)
+	for i, n := range k.Nodes {
+		name := fmt.Sprintf("node-%d", i+1)
+		k.registerNode(t, name, fmt.Sprintf("198.18.%d.0/24", i+1))
+		k.withKubeconfig(t, n, name, token)
+		startNode(t, n)
+	}
+	waitPing(t, 15*time.Second, k.Nodes[0].Container, k.Nodes[1].Container.Addr)
+	waitPing(t, 15*time.Second, k.Nodes[1].Container, k.Nodes[0].Container.Addr)
+	return k, k.Nodes[0], k.Nodes[1]
+}
+
+// upstreamPatch is the patch upstream v0.28.9's udp backend sends to
+// nodes/status for a node without flannel annotations and public IP ip.
+func upstreamPatch(ip string) string {
+	return `{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-data":"null","flannel.alpha.coreos.com/backend-type":"",` +
+		`"flannel.alpha.coreos.com/kube-subnet-manager":"true","flannel.alpha.coreos.com/public-ip":"` + ip + `"}}}`
+}
+
+// publishAsUpstream sends upstreamPatch for node with the given token, as
+// an upstream flanneld with the manifest's service account does.
+func (k *kubeCluster) publishAsUpstream(t *testing.T, token, node, ip string) {
+	t.Helper()
+	c, err := kubernetesClient(k.api, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().Nodes().Patch(context.Background(), node, types.StrategicMergePatchType, []byte(upstreamPatch(ip)),
+		metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatalf("publish %s as upstream: %v", node, err)
+	}
+}
+
+// kubernetesClient is a client of api with token.
+func kubernetesClient(api *kubetest.Server, token string) (*kubernetes.Clientset, error) {
+	return kubernetes.NewForConfig(api.RESTConfig(token))
+}
+
+// countIn counts the lines of n's log that hold s.
+func countIn(n *cluster.Node, s string) int { return strings.Count(n.Log(), s) }
+
+// TestKubeAPIServerRestart restarts the API server while a UDP stream
+// flows between the two nodes' containers: not one datagram is lost (the
+// data plane does not depend on the API server), both stay ready, and a
+// node registered after the restart reaches node 1's routes, so its node
+// informer listed and watched again.
+func TestKubeAPIServerRestart(t *testing.T) {
+	k, n1, n2 := startTwo(t)
+	s := startStream(t, n1.Container, n2.Container, 5401, 10*time.Millisecond)
+	start := time.Now()
+	s.waitBackAfter(t, start, 10*time.Second)
+	from := time.Now()
+	k.api.Restart(t)
+	// Keep the stream going while the informers reconnect.
+	token := k.api.ServiceAccount(t, flannelNS, flannelSA)
+	k.registerNode(t, "node-3", "198.18.3.0/24")
+	k.publishAsUpstream(t, token, "node-3", "192.0.2.99")
+	waitLog(t, 30*time.Second, n1, "Subnet added: 198.18.3.0/24")
+	waitLog(t, 30*time.Second, n2, "Subnet added: 198.18.3.0/24")
+	to := time.Now()
+	s.Stop()
+	if lost, last := s.lostBetween(from, to); lost > 0 {
+		t.Errorf("%d datagrams lost across the API server restart, the last sent at %s", lost, last.Format(time.StampMilli))
+	}
+	st := s.stats()
+	t.Logf("stream: %d datagrams over %s, %d lost; restart and resync took %s", st.Sent, time.Since(start).Round(time.Millisecond), st.Lost, to.Sub(from).Round(time.Millisecond))
+	for _, n := range []*cluster.Node{n1, n2} {
+		if code, _, err := n.HTTPGet(t.Context(), "/readyz"); err != nil || code != 200 || !n.Running() {
+			t.Errorf("%s after the restart: /readyz %d %v, running %v", n.Host.Name, code, err, n.Running())
+		}
+	}
+	carries(t, n1, n2, 5402)
+}
+
+// TestKubeNodeChurn deletes node-2's object and registers it again, as
+// when a node is re-provisioned: node 1 drops its route and takes it back
+// once node 2's flanneld has re-written its annotations; then node-2
+// comes back with another podCIDR, and its flanneld moves to it.
+func TestKubeNodeChurn(t *testing.T) {
+	k, n1, n2 := startTwo(t)
+	ctx := t.Context()
+	if err := k.api.Admin.CoreV1().Nodes().Delete(ctx, "node-2", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, 30*time.Second, n1, "Subnet removed: 198.18.2.0/24")
+	waitLog(t, 30*time.Second, n2, `Node \"node-2\" was deleted: peers drop its routes until it is registered again`)
+	if out, err := ping(ctx, n1.Container, n2.Container.Addr); err == nil {
+		t.Errorf("ping to the deleted node's container answered:\n%s", out)
+	}
+
+	k.registerNode(t, "node-2", "198.18.2.0/24")
+	waitLog(t, 30*time.Second, n2, `The annotations of node \"node-2\" are missing or differ: writing them again`)
+	waitFor(t, 30*time.Second, "node 1 routes to node-2 again", func() error {
+		if c := countIn(n1, "Subnet added: 198.18.2.0/24"); c != 2 {
+			return fmt.Errorf("added %d times", c)
+		}
+		return nil
+	})
+	if got, want := k.node(t, "node-2").Annotations, wantAnnotations(n2.Host.Addr.String()); !stdmaps.Equal(got, want) {
+		t.Errorf("re-registered node-2's annotations:\n got %q\nwant %q", got, want)
+	}
+	waitFor(t, 30*time.Second, "NetworkUnavailable set again", func() error {
+		for _, c := range k.node(t, "node-2").Status.Conditions {
+			if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse && c.Reason == "FlannelIsUp" {
+				return nil
+			}
+		}
+		return fmt.Errorf("conditions %+v", k.node(t, "node-2").Status.Conditions)
+	})
+	carries(t, n1, n2, 5501)
+
+	// Re-provisioned with another podCIDR: flanneld moves (the subnet file
+	// and the TUN follow) and node 1 routes the new subnet only.
+	if err := k.api.Admin.CoreV1().Nodes().Delete(ctx, "node-2", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, 30*time.Second, n1, "Subnet removed: 198.18.2.0/24")
+	k.registerNode(t, "node-2", "198.18.22.0/24")
+	waitLog(t, 30*time.Second, n1, "Subnet added: 198.18.22.0/24")
+	want := "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.22.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n"
+	waitFor(t, 30*time.Second, "node 2's subnet file moves to 198.18.22.0/24", func() error {
+		if b, err := os.ReadFile(n2.SubnetFile); err != nil || string(b) != want {
+			return fmt.Errorf("%q %v", b, err)
+		}
+		return nil
+	})
+	waitLog(t, 30*time.Second, n2, "Lease re-acquired with a different subnet")
+	// node 1 reaches node 2's new TUN address, 198.18.22.0.
+	waitPing(t, 15*time.Second, n1.Container, netip.MustParseAddr("198.18.22.0"))
+}
+
+// TestKubeRBACForbidden runs flanneld with ClusterRoles that lack one of
+// upstream's rules: it exits 1 at once with an error naming what the API
+// server refused and what to grant.
+func TestKubeRBACForbidden(t *testing.T) {
+	k := startKube(t, 1, nil)
+	n := k.Nodes[0]
+	k.registerNode(t, "node-1", "198.18.1.0/24")
+	full := manifestRole(t)
+	for _, tc := range []struct {
+		name string
+		drop string // the resource whose rule is left out
+		want []string
+	}{
+		{"flannel-no-status", "nodes/status", []string{`cannot patch resource \"nodes/status\"`, `grant verb \"patch\" on resource \"nodes/status\"`}},
+		{"flannel-no-nodes", "nodes", []string{`cannot list resource \"nodes\"`, `grant verbs \"list\", \"watch\" on resource \"nodes\"`}},
+	} {
+		role := full.DeepCopy()
+		role.Name, role.Rules = tc.name, nil
+		for _, r := range full.Rules {
+			if r.Resources[0] != tc.drop {
+				role.Rules = append(role.Rules, r)
+			}
+		}
+		sa := tc.name
+		k.api.Bind(t, role, flannelNS, sa)
+		k.withKubeconfig(t, n, "node-1", k.api.ServiceAccount(t, flannelNS, sa))
+		before := len(n.Log())
+		if err := n.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, tc.name+": flanneld exits", func() error {
+			if n.Running() {
+				return fmt.Errorf("still running")
+			}
+			return nil
+		})
+		if code := n.ExitCode(); code != 1 {
+			t.Errorf("%s: exit code %d, want 1", tc.name, code)
+		}
+		log := n.Log()[before:]
+		for _, w := range tc.want {
+			if !strings.Contains(log, w) {
+				t.Errorf("%s: the log does not say %s:\n%s", tc.name, w, log)
+			}
+		}
+	}
 }

@@ -99,7 +99,7 @@ func (m *Manager) annotate(ctx context.Context, n *corev1.Node, at attrs) error 
 	case apierrors.IsNotFound(err):
 		return errNodeGone
 	case err != nil:
-		return fmt.Errorf("patch the annotations of node %q: %w", n.Name, rbacHint(err, "patch", "nodes/status"))
+		return fmt.Errorf("patch the annotations of node %q: %w", n.Name, rbacHint(err, "nodes/status", "patch"))
 	}
 	keys := make([]string, 0, len(patch))
 	for k := range patch {
@@ -131,7 +131,7 @@ func (m *Manager) setNetworkAvailable(ctx context.Context) error {
 		return m.c.patchNodeStatus(ctx, m.opts.NodeName, body)
 	})
 	if err != nil {
-		return fmt.Errorf("set the NetworkUnavailable condition of node %q: %w", m.opts.NodeName, rbacHint(err, "patch", "nodes/status"))
+		return fmt.Errorf("set the NetworkUnavailable condition of node %q: %w", m.opts.NodeName, rbacHint(err, "nodes/status", "patch"))
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/rest"
@@ -42,7 +44,7 @@ func NodeName(ctx context.Context, c *Client, getenv func(string) string) (strin
 	}
 	p, err := c.getPod(ctx, ns, pod)
 	if err != nil {
-		return "", fmt.Errorf("error retrieving pod spec for '%s/%s': %w", ns, pod, rbacHint(err, "get", "pods"))
+		return "", fmt.Errorf("error retrieving pod spec for '%s/%s': %w", ns, pod, rbacHint(err, "pods", "get"))
 	}
 	if p.Spec.NodeName == "" {
 		return "", fmt.Errorf("node name not present in pod spec '%s/%s'", ns, pod)
@@ -50,13 +52,21 @@ func NodeName(ctx context.Context, c *Client, getenv func(string) string) (strin
 	return p.Spec.NodeName, nil
 }
 
-// rbacHint adds to a Forbidden answer what to grant: the verb and the
-// resource flanneld was refused, and where the ClusterRole that grants
+// rbacHint adds to a Forbidden answer what to grant: the resource and
+// the verbs flanneld needs on it, and where the ClusterRole that grants
 // them is. Other errors are returned as they are.
-func rbacHint(err error, verb, resource string) error {
+func rbacHint(err error, resource string, verbs ...string) error {
 	if !apierrors.IsForbidden(err) {
 		return err
 	}
-	return fmt.Errorf("%w: RBAC forbids flanneld to %s %s; grant verb %q on resource %q (API group \"\") to its user or service account, "+
-		"as the ClusterRole \"flannel\" in dist/kube-flannel.yml does", err, verb, resource, verb, resource)
+	q := make([]string, len(verbs))
+	for i, v := range verbs {
+		q[i] = strconv.Quote(v)
+	}
+	grant := "verb " + q[0]
+	if len(q) > 1 {
+		grant = "verbs " + strings.Join(q, ", ")
+	}
+	return fmt.Errorf("%w: RBAC forbids flanneld to %s %s; grant %s on resource %q (API group \"\") to its user or service account, "+
+		"as the ClusterRole \"flannel\" of flannel-go's kube-flannel.yml does", err, strings.Join(verbs, " and "), resource, grant, resource)
 }

@@ -17,9 +17,9 @@ func TestRBACHint(t *testing.T) {
 	// without "patch" on nodes/status.
 	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "n1",
 		errors.New(`User "system:serviceaccount:kube-flannel:flannel" cannot patch resource "nodes/status" in API group "" at the cluster scope`))
-	err := rbacHint(forbidden, "patch", "nodes/status")
+	err := rbacHint(forbidden, "nodes/status", "patch")
 	msg := err.Error()
-	for _, want := range []string{`cannot patch resource "nodes/status"`, `grant verb "patch" on resource "nodes/status"`, `ClusterRole "flannel"`} {
+	for _, want := range []string{`cannot patch resource "nodes/status"`, `grant verb "patch" on resource "nodes/status"`, `ClusterRole "flannel" of flannel-go's kube-flannel.yml`} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("%q does not say %q", msg, want)
 		}
@@ -27,8 +27,12 @@ func TestRBACHint(t *testing.T) {
 	if !apierrors.IsForbidden(err) {
 		t.Error("the hint hides that the answer was Forbidden")
 	}
+	list := apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "", errors.New(`User "u" cannot list resource "nodes" in API group "" at the cluster scope`))
+	if msg := rbacHint(list, "nodes", "list", "watch").Error(); !strings.Contains(msg, `grant verbs "list", "watch" on resource "nodes"`) {
+		t.Errorf("%q does not name both verbs", msg)
+	}
 	other := apierrors.NewServiceUnavailable("etcd is down")
-	if got := rbacHint(other, "patch", "nodes/status"); got != other {
+	if got := rbacHint(other, "nodes/status", "patch"); got != other {
 		t.Errorf("a non-RBAC error was changed: %v", got)
 	}
 }

@@ -189,7 +189,7 @@ func (m *Manager) waitSynced(ctx context.Context) error {
 	defer t.Stop()
 	for !m.inf.HasSynced() {
 		if err := m.apiErrs.forbidden(); err != nil {
-			return fmt.Errorf("list and watch nodes: %w", rbacHint(err, "list and watch", "nodes"))
+			return fmt.Errorf("list and watch nodes: %w", rbacHint(err, "nodes", "list", "watch"))
 		}
 		select {
 		case <-ctx.Done():
@@ -197,6 +197,7 @@ func (m *Manager) waitSynced(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+	m.apiErrs.setSynced()
 	return nil
 }
 
@@ -271,12 +272,15 @@ func signal(ch chan struct{}) {
 }
 
 // apiErrors logs the informer's list and watch errors, each distinct text
-// once in a row, and keeps the last Forbidden one.
+// once in a row, and keeps the last Forbidden one. Until the informer has
+// synced once, a Forbidden answer is WaitConfig's error to return, not a
+// line to log.
 type apiErrors struct {
-	log  *slog.Logger
-	mu   sync.Mutex
-	last string
-	forb error
+	log    *slog.Logger
+	mu     sync.Mutex
+	last   string
+	forb   error
+	synced bool
 }
 
 func (a *apiErrors) report(err error) {
@@ -287,10 +291,13 @@ func (a *apiErrors) report(err error) {
 	defer a.mu.Unlock()
 	if apierrors.IsForbidden(err) {
 		a.forb = err
+		if !a.synced {
+			return
+		}
 	}
 	if s := err.Error(); s != a.last {
 		a.last = s
-		a.log.Error("Kubernetes API: list or watch of nodes failed, retrying with backoff", "error", rbacHint(err, "list and watch", "nodes"))
+		a.log.Error("Kubernetes API: list or watch of nodes failed, retrying with backoff", "error", rbacHint(err, "nodes", "list", "watch"))
 	}
 }
 
@@ -298,6 +305,13 @@ func (a *apiErrors) forbidden() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.forb
+}
+
+// setSynced marks the end of start-up: from now on every error is logged.
+func (a *apiErrors) setSynced() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.synced = true
 }
 
 // sleep waits for d or until ctx is done.
