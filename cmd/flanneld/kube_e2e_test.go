@@ -458,3 +458,80 @@ func TestKubeRBACForbidden(t *testing.T) {
 		}
 	}
 }
+
+// upstreamPeers reads the peers as upstream's kube subnet manager does
+// (nodeToLease, for the udp backend's IPv4): every node but self whose
+// kube-subnet-manager annotation is "true", at its public-ip, with its
+// IPv4 podCIDR. It lists with token, the manifest's service account.
+func upstreamPeers(t *testing.T, api *kubetest.Server, token, self string) map[netip.Prefix]netip.Addr {
+	t.Helper()
+	c, err := kubernetesClient(api, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := c.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("list nodes as upstream: %v", err)
+	}
+	peers := map[netip.Prefix]netip.Addr{}
+	for _, n := range nodes.Items {
+		if n.Name == self || n.Annotations["flannel.alpha.coreos.com/kube-subnet-manager"] != "true" {
+			continue
+		}
+		ip, err := netip.ParseAddr(n.Annotations["flannel.alpha.coreos.com/public-ip"])
+		if err != nil {
+			t.Fatalf("node %s: public-ip: %v", n.Name, err)
+		}
+		for _, c := range append([]string{n.Spec.PodCIDR}, n.Spec.PodCIDRs...) {
+			if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is4() {
+				peers[p.Masked()] = ip
+			}
+		}
+	}
+	return peers
+}
+
+// TestKubeMixedCluster runs a flannel-go node next to an upstream
+// flanneld's stand-in (the interop tests' proxy: raw inner packets over
+// UDP 8285) on one API server. The stand-in publishes its node with the
+// patch upstream's udp backend sends and finds flannel-go's node from its
+// annotations as upstream reads them; pings and SHA-256-checked transfers
+// go both ways between a container on each.
+func TestKubeMixedCluster(t *testing.T) {
+	k := startKube(t, 2, manifestRole(t))
+	ctx := t.Context()
+	ours, up := k.Nodes[0], k.Nodes[1]
+	token := k.api.ServiceAccount(t, flannelNS, flannelSA)
+	upSubnet := netip.MustParsePrefix("198.18.77.0/24")
+	k.registerNode(t, "upstream-1", upSubnet.String())
+	k.publishAsUpstream(t, token, "upstream-1", up.Host.Addr.String())
+	k.registerNode(t, "node-1", "198.18.1.0/24")
+	k.withKubeconfig(t, ours, "node-1", token)
+	startNode(t, ours)
+	waitLog(t, 30*time.Second, ours, "Subnet added: 198.18.77.0/24")
+
+	peers := upstreamPeers(t, k.api, token, "upstream-1")
+	if want := map[netip.Prefix]netip.Addr{netip.MustParsePrefix("198.18.1.0/24"): ours.Host.Addr}; !stdmaps.Equal(peers, want) {
+		t.Fatalf("upstream sees peers %v, want %v", peers, want)
+	}
+	startUpstreamProxy(t, up.Host, upSubnet, peers)
+	upCt, err := up.Host.AddContainer(ctx, "up1", netip.PrefixFrom(upSubnet.Addr().Next(), 24), 1472)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := 5601
+	for _, p := range [][2]*testbed.Container{{ours.Container, upCt}, {upCt, ours.Container}} {
+		from, to := p[0], p[1]
+		waitPing(t, 15*time.Second, from, to.Addr)
+		tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		res, err := cluster.Transfer(tctx, from, to, to.Addr, port, 8<<20)
+		cancel()
+		if err != nil || !res.Match() {
+			t.Fatalf("transfer %s -> %s: %v (SHA-256 match: %v)", from.Name, to.Name, err, res.Match())
+		}
+		port++
+	}
+	if got, want := k.node(t, "upstream-1").Annotations, wantAnnotations(up.Host.Addr.String()); !stdmaps.Equal(got, want) {
+		t.Errorf("the stand-in's node holds %q, want upstream's %q", got, want)
+	}
+}
