@@ -535,3 +535,41 @@ func TestKubeMixedCluster(t *testing.T) {
 		t.Errorf("the stand-in's node holds %q, want upstream's %q", got, want)
 	}
 }
+
+// TestKubePublicIPAnnotations: node-1 carries node-public-ip (used as
+// --public-ip, here a second address of its interface) and node-2
+// public-ip-overwrite (published instead of its own address). Each
+// flanneld publishes what upstream's would, and each peer routes to it.
+func TestKubePublicIPAnnotations(t *testing.T) {
+	k := startKube(t, 2, manifestRole(t))
+	ctx := t.Context()
+	n1, n2 := k.Nodes[0], k.Nodes[1]
+	token := k.api.ServiceAccount(t, flannelNS, flannelSA)
+	if _, err := n1.Host.Run(ctx, "ip", "addr", "add", "192.0.2.101/24", "dev", n1.Host.Iface); err != nil {
+		t.Fatal(err)
+	}
+	for i, ann := range []string{"node-public-ip", "public-ip-overwrite"} {
+		name := fmt.Sprintf("node-%d", i+1)
+		k.registerNode(t, name, fmt.Sprintf("198.18.%d.0/24", i+1))
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"flannel.alpha.coreos.com/%s":"192.0.2.%d"}}}`, ann, 101*(i+1))
+		if _, err := k.api.Admin.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		k.withKubeconfig(t, k.Nodes[i], name, token)
+		startNode(t, k.Nodes[i])
+	}
+	waitLog(t, 30*time.Second, n1, "Subnet added: 198.18.2.0/24\" public_ip=192.0.2.202")
+	waitLog(t, 30*time.Second, n2, "Subnet added: 198.18.1.0/24\" public_ip=192.0.2.101")
+	want1 := wantAnnotations("192.0.2.101")
+	want1["flannel.alpha.coreos.com/node-public-ip"] = "192.0.2.101"
+	want2 := wantAnnotations("192.0.2.202")
+	want2["flannel.alpha.coreos.com/public-ip-overwrite"] = "192.0.2.202"
+	for name, want := range map[string]map[string]string{"node-1": want1, "node-2": want2} {
+		if got := k.node(t, name).Annotations; !stdmaps.Equal(got, want) {
+			t.Errorf("%s annotations:\n got %q\nwant %q", name, got, want)
+		}
+	}
+	if !strings.Contains(n2.Log(), `Overriding public ip with '192.0.2.202' from node annotation 'flannel.alpha.coreos.com/public-ip-overwrite'`) {
+		t.Errorf("node 2 does not log upstream's override line:\n%s", n2.Log())
+	}
+}
