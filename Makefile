@@ -24,6 +24,7 @@ vet:
 lint: vet
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck -tags kube $(KUBE_PKGS)
 
 # Nothing built may be committed: no tracked ELF file, no tracked file over 1 MiB.
 # The one exception is bpf2go's BPF objects in fastpath/ (go build embeds

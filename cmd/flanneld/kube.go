@@ -74,7 +74,7 @@ func (d *daemon) connectKube(ctx context.Context) (subnetSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	name, err := kube.NodeName(ctx, c, os.Getenv)
+	name, err := kube.NodeName(ctx, c, os.Getenv, d.log)
 	if err != nil {
 		return nil, err
 	}

@@ -92,7 +92,7 @@ func (m *Manager) annotate(ctx context.Context, n *corev1.Node, at attrs) error 
 	if err != nil {
 		return err
 	}
-	err = m.retry(ctx, "patch the annotations of node "+n.Name, func(ctx context.Context) error {
+	err = retry(ctx, m.log, "patch the annotations of node "+n.Name, func(ctx context.Context) error {
 		return m.c.patchNodeStatus(ctx, n.Name, body)
 	})
 	switch {
@@ -101,6 +101,7 @@ func (m *Manager) annotate(ctx context.Context, n *corev1.Node, at attrs) error 
 	case err != nil:
 		return fmt.Errorf("patch the annotations of node %q: %w", n.Name, rbacHint(err, "nodes/status", "patch"))
 	}
+	m.patchedFrom = n.ResourceVersion
 	keys := make([]string, 0, len(patch))
 	for k := range patch {
 		keys = append(keys, k)
@@ -127,34 +128,13 @@ func (m *Manager) setNetworkAvailable(ctx context.Context) error {
 		return err
 	}
 	body := []byte(fmt.Sprintf(`{"status":{"conditions":%s}}`, raw))
-	err = m.retry(ctx, "set the NetworkUnavailable condition of node "+m.opts.NodeName, func(ctx context.Context) error {
+	err = retry(ctx, m.log, "set the NetworkUnavailable condition of node "+m.opts.NodeName, func(ctx context.Context) error {
 		return m.c.patchNodeStatus(ctx, m.opts.NodeName, body)
 	})
 	if err != nil {
 		return fmt.Errorf("set the NetworkUnavailable condition of node %q: %w", m.opts.NodeName, rbacHint(err, "nodes/status", "patch"))
 	}
 	return nil
-}
-
-// retry calls fn until it succeeds, fails for a reason retrying does not
-// cure (Forbidden, NotFound, an invalid request) or ctx is done, with
-// backoff from 100 ms to 5 s; the first failure is logged.
-func (m *Manager) retry(ctx context.Context, what string, fn func(context.Context) error) error {
-	backoff := minBackoff
-	for logged := false; ; logged = true {
-		err := fn(ctx)
-		if err == nil || ctx.Err() != nil || apierrors.IsForbidden(err) || apierrors.IsNotFound(err) ||
-			apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsUnauthorized(err) {
-			return err
-		}
-		if !logged {
-			m.log.Warn(fmt.Sprintf("Could not %s, retrying with backoff up to %s", what, maxBackoff), "error", err)
-		}
-		if err := sleep(ctx, backoff); err != nil {
-			return err
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
 }
 
 // leaseSubnets names a lease's subnets for log lines.

@@ -40,11 +40,11 @@ func TestRBACHint(t *testing.T) {
 func TestNodeNameFromEnvironment(t *testing.T) {
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 	// NODE_NAME needs no API call: a nil client is never used.
-	if n, err := NodeName(context.Background(), nil, env(map[string]string{"NODE_NAME": "n1", "POD_NAME": "p"})); err != nil || n != "n1" {
+	if n, err := NodeName(context.Background(), nil, env(map[string]string{"NODE_NAME": "n1", "POD_NAME": "p"}), nil); err != nil || n != "n1" {
 		t.Errorf("NODE_NAME: %q %v", n, err)
 	}
 	for _, kv := range []map[string]string{nil, {"POD_NAME": "p"}, {"POD_NAMESPACE": "kube-flannel"}} {
-		_, err := NodeName(context.Background(), nil, env(kv))
+		_, err := NodeName(context.Background(), nil, env(kv), nil)
 		if err == nil || !strings.Contains(err.Error(), "env variables POD_NAME and POD_NAMESPACE must be set") {
 			t.Errorf("%v: %v", kv, err)
 		}

@@ -74,6 +74,10 @@ type Manager struct {
 
 	at  attrs         // what this node publishes; set by SetPublicAddrs before Acquire
 	cfg *lease.Config // the network config WaitConfig read
+	// patchedFrom is the resourceVersion of the node object the last
+	// annotation patch was made from: while the cache still holds it,
+	// the patch's own update has not arrived.
+	patchedFrom string
 }
 
 // New returns a Manager on c. It does no I/O.

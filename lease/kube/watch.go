@@ -200,7 +200,7 @@ func (m *Manager) keepNode(ctx context.Context, cfg *lease.Config, n *corev1.Nod
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	if m.ann.annotationPatch(n.Annotations, at) != nil {
+	if n.ResourceVersion != m.patchedFrom && m.ann.annotationPatch(n.Annotations, at) != nil {
 		m.log.Info(fmt.Sprintf("The annotations of node %q are missing or differ: writing them again", m.opts.NodeName))
 		if err := m.annotate(ctx, n, at); err != nil && err != errNodeGone {
 			return lease.Lease{}, err
