@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 RACE_PKGS := ./lease/... ./router/... ./tun/... ./udp/... ./internal/... ./fastpath/...
 FUZZTIME  ?= 10s
 
-.PHONY: all build test test-kernels vet lint check-repo licenses release release-check image image-debs image-lock bench bench-quick fuzz demo clean
+.PHONY: all build test test-kernels test-kube vet lint check-repo licenses release release-check image image-debs image-lock bench bench-quick fuzz demo clean
 
 all: build
 
@@ -18,12 +18,14 @@ build:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags kube $(KUBE_PKGS)
 	# Linux only, but other platforms must still compile (stubs, build constraints).
 	GOOS=darwin $(GO) vet ./...
 
 lint: vet
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck -tags kube $(KUBE_PKGS)
 
 # THIRD_PARTY_LICENSES: the licence texts of every module linked into
 # flanneld; internal/licenses' test fails when it is stale.
@@ -93,6 +95,14 @@ test: check-repo lint image
 KERNEL_ROWS ?=
 test-kernels:
 	$(GO) run ./cmd/kernel-matrix -commit $(VERSION) $(if $(KERNEL_ROWS),-rows $(KERNEL_ROWS))
+
+# Tests against a real kube-apiserver (Kubernetes mode), files tagged kube:
+# tools/kube/build.sh builds kube-apiserver and kubectl once (about 7
+# minutes on 2 cores) into ~/.cache/flannel-kube/<version>.
+KUBE_PKGS := ./cmd/flanneld/ ./dist/
+test-kube:
+	@bin=$$(GO=$(GO) tools/kube/build.sh) && echo "kube binaries: $$bin" && \
+	FLANNEL_KUBE_BIN=$$bin $(GO) test -count=1 -tags kube -timeout 1200s -run '^TestKube' $(KUBE_PKGS)
 
 MICRO_BENCH := $(GO) test -run '^$$' -bench . -benchmem -count 6 ./router/... ./lease/...
 

@@ -77,7 +77,8 @@ func (d *daemon) ownIPv6Subnet() netip.Prefix {
 // phase returns what it opened with its closer; run defers the closers as
 // it goes, so every error path closes everything opened before it, in
 // reverse order: the lease manager's claim before the etcd client, the
-// router's sockets and the TUN before the manager.
+// router's sockets and the TUN before the manager. The subnet manager is
+// etcd's or, with --kube-subnet-mgr, Kubernetes' (openSource).
 func (d *daemon) run(parent context.Context) error {
 	ctx, stop := d.signalContext(parent)
 	defer stop()
@@ -88,18 +89,18 @@ func (d *daemon) run(parent context.Context) error {
 	}
 	defer stopHTTP()
 
-	cli, closeEtcd, err := d.connectEtcd(ctx)
+	src, err := d.openSource(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeEtcd()
+	defer src.Close()
 
 	prev := d.previousSubnets()
-	cfg, ext, err := d.configAndInterface(ctx, cli)
+	cfg, ext, err := d.configAndInterface(ctx, src)
 	if err != nil || cfg == nil {
 		return err
 	}
-	mgr := d.newManager(cli, ext, prev)
+	mgr := src.Manager(ext, prev)
 	defer mgr.Close()
 	l, err := d.acquireLease(ctx, mgr, cfg)
 	if err != nil || !l.Subnet.IsValid() && !l.IPv6Subnet.IsValid() {
@@ -204,10 +205,8 @@ func (d *daemon) previousSubnets() lease.SubnetFile {
 // can serve it and picks the external interface for the address families
 // it enables, in upstream's order. A nil config and error means ctx ended
 // first: a clean shutdown.
-func (d *daemon) configAndInterface(ctx context.Context, cli *clientv3.Client) (*lease.Config, *extiface.Iface, error) {
-	cm := lease.NewManager(cli, lease.Options{Prefix: d.o.etcdPrefix, Logger: d.log})
-	defer cm.Close()
-	cfg, err := cm.WaitConfig(ctx)
+func (d *daemon) configAndInterface(ctx context.Context, src subnetSource) (*lease.Config, *extiface.Iface, error) {
+	cfg, err := src.WaitConfig(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, nil
@@ -246,7 +245,7 @@ func (d *daemon) newManager(cli *clientv3.Client, ext *extiface.Iface, prev leas
 // acquireLease acquires the lease: IPv4, dual-stack or IPv6-only as the
 // config says. A zero lease and nil error means ctx ended first: a clean
 // shutdown.
-func (d *daemon) acquireLease(ctx context.Context, mgr *lease.Manager, cfg *lease.Config) (lease.Lease, error) {
+func (d *daemon) acquireLease(ctx context.Context, mgr subnetManager, cfg *lease.Config) (lease.Lease, error) {
 	l, err := mgr.Acquire(ctx, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -362,7 +361,7 @@ func (d *daemon) openDataPlane(cfg *lease.Config, prev lease.SubnetFile, l lease
 // runLoops runs the data plane, the lease watch, the route sync, the rule
 // resync and the lease keeper until ctx is done or one of them fails, and
 // waits for all of them.
-func (d *daemon) runLoops(ctx context.Context, mgr *lease.Manager, cfg *lease.Config, l lease.Lease, dp *dataPlane, subnetFileOK bool) error {
+func (d *daemon) runLoops(ctx context.Context, mgr subnetManager, cfg *lease.Config, l lease.Lease, dp *dataPlane, subnetFileOK bool) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	runCtx, cancel := context.WithCancel(ctx)

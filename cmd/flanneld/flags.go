@@ -16,8 +16,8 @@ import (
 )
 
 // options holds every command-line setting of the daemon. Flag names and
-// defaults are upstream flanneld's (etcd mode), plus this project's own
-// data-plane knobs.
+// defaults are upstream flanneld's (etcd and Kubernetes modes), plus this
+// project's own data-plane knobs.
 type options struct {
 	etcdEndpoints string
 	etcdPrefix    string
@@ -60,6 +60,8 @@ type options struct {
 	busyPoll           time.Duration
 	aqmTarget          time.Duration
 	aqmInterval        time.Duration
+
+	kube kubeOptions
 
 	verbosity int
 	version   bool
@@ -131,6 +133,7 @@ func newFlagSet(name string, o *options, out io.Writer) *flag.FlagSet {
 
 	fs.IntVar(&o.verbosity, "v", 0, "log verbosity: 0 logs Info and above, 1 or more also Debug")
 	fs.BoolVar(&o.version, "version", false, "print the version, commit, Go version and whether the fast path is built in, and exit")
+	o.kube.addFlags(fs)
 	addForeignFlags(fs)
 	fs.Usage = func() { printUsage(fs.Output(), name, fs) }
 	return fs
@@ -182,9 +185,7 @@ func parseOptions(name string, args []string, getenv func(string) string, out io
 		return o, nil
 	}
 	fromEnv := setFlagsFromEnv(fs, getenv, log)
-	if err := checkForeignFlags(fs, fromEnv, log); err != nil {
-		return nil, err
-	}
+	warnForeignFlags(fs, fromEnv, log)
 	return o, o.validate()
 }
 
@@ -223,6 +224,7 @@ func (o *options) validate() error {
 	if o.etcdEndpoints == "" {
 		errs = append(errs, errors.New("--etcd-endpoints must name at least one endpoint"))
 	}
+	errs = append(errs, o.kube.validate(o))
 	return errors.Join(errs...)
 }
 

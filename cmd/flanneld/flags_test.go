@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/flannel-go/flannel-go/internal/extiface"
 )
@@ -145,43 +144,6 @@ func TestLogLevels(t *testing.T) {
 		if got := logLevel(v); got != want {
 			t.Errorf("-v=%d: %v, want %v", v, got, want)
 		}
-	}
-}
-
-// TestKubeFlagsRefused runs the daemon's entry point with each Kubernetes
-// subnet manager flag, and with FLANNELD_KUBE_SUBNET_MGR=true: it exits 1
-// at once with a sentence that only etcd is supported, naming the flag,
-// instead of waiting for an etcd on 127.0.0.1.
-func TestKubeFlagsRefused(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		env  map[string]string
-		want string
-	}{
-		{[]string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr"},
-		{[]string{"-kube-api-url=https://192.0.2.10:6443"}, nil, "--kube-api-url"},
-		{[]string{"--kube-annotation-prefix=example.com"}, nil, "--kube-annotation-prefix"},
-		{[]string{"--kubeconfig-file=/etc/kubernetes/kubeconfig"}, nil, "--kubeconfig-file"},
-		{[]string{"--net-config-path=/etc/kube-flannel/net-conf.json"}, nil, "--net-config-path"},
-		{[]string{"--set-node-network-unavailable=false"}, nil, "--set-node-network-unavailable"},
-		{nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "true"}, "FLANNELD_KUBE_SUBNET_MGR=true"},
-	} {
-		var out, errb bytes.Buffer
-		start := time.Now()
-		code := run(append([]string{"flanneld", "--etcd-endpoints=http://127.0.0.1:1"}, tc.args...), func(k string) string { return tc.env[k] }, &out, &errb)
-		msg := errb.String()
-		if code != 1 || !strings.Contains(msg, "supports only the etcd subnet manager") || !strings.Contains(msg, tc.want) {
-			t.Errorf("%v %v: exit %d, want 1 with a sentence naming %s:\n%s", tc.args, tc.env, code, tc.want, msg)
-		}
-		if strings.Contains(msg, "192.0.2.10") {
-			t.Errorf("%v: the error repeats the flag's value (a URL may carry credentials):\n%s", tc.args, msg)
-		}
-		if d := time.Since(start); d > 5*time.Second {
-			t.Errorf("%v: took %v to refuse", tc.args, d)
-		}
-	}
-	if _, err := parse(t, nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "false"}); err != nil {
-		t.Errorf("FLANNELD_KUBE_SUBNET_MGR=false refused: %v", err)
 	}
 }
 

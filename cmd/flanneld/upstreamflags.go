@@ -61,68 +61,33 @@ var ignoredFlags = map[string]struct {
 	"legacy_stderr_threshold_behavior": {true, "false"},
 }
 
-// kubeFlags are upstream's Kubernetes subnet manager flags. flannel-go has
-// only the etcd subnet manager, so giving any of them is an error: a node
-// meant to take its subnet from Kubernetes must not quietly wait for etcd.
-var kubeFlags = map[string]struct {
-	isBool bool
-	def    string
-}{
-	"kube-subnet-mgr":              {true, "false"},
-	"kube-api-url":                 {false, ""},
-	"kube-annotation-prefix":       {false, "flannel.alpha.coreos.com"},
-	"kubeconfig-file":              {false, ""},
-	"net-config-path":              {false, "/etc/kube-flannel/net-conf.json"},
-	"set-node-network-unavailable": {true, "true"},
-}
-
-// addForeignFlags defines the ignored and the Kubernetes flags on fs.
+// addForeignFlags defines the ignored flags on fs.
 func addForeignFlags(fs *flag.FlagSet) {
 	for name, f := range ignoredFlags {
 		fs.Var(&foreignFlag{isBool: f.isBool, value: f.def}, name, "accepted for compatibility with upstream flanneld, ignored (a warning is logged)")
 	}
-	for name, f := range kubeFlags {
-		fs.Var(&foreignFlag{isBool: f.isBool, value: f.def}, name, "upstream's Kubernetes subnet manager, not supported: flanneld refuses to start when it is given")
-	}
 }
 
-// checkForeignFlags returns an error naming the Kubernetes flags that were
-// set (on the command line or through FLANNELD_*; --kube-subnet-mgr=false
-// alone is upstream's etcd mode and passes), and logs one warning naming the
-// ignored flags that were set. fromEnv holds the flags set from the
-// environment.
-func checkForeignFlags(fs *flag.FlagSet, fromEnv map[string]bool, log *slog.Logger) error {
-	var kube, ignored []string
+// warnForeignFlags logs one warning naming the ignored flags that were
+// set, on the command line or through FLANNELD_* (fromEnv holds the flags
+// set from the environment).
+func warnForeignFlags(fs *flag.FlagSet, fromEnv map[string]bool, log *slog.Logger) {
+	var ignored []string
 	fs.Visit(func(f *flag.Flag) {
-		// Names only, never values: a URL or path may carry credentials.
+		if _, ok := ignoredFlags[f.Name]; !ok {
+			return
+		}
+		// Names only, never values: a path may carry secrets.
 		how := "--" + f.Name
 		if fromEnv[f.Name] {
 			how = envName(f.Name)
-			if f.Name == "kube-subnet-mgr" {
-				how += "=true"
-			}
 		}
-		if _, ok := kubeFlags[f.Name]; ok {
-			if f.Name == "kube-subnet-mgr" && f.Value.String() != "" {
-				if on, _ := strconv.ParseBool(f.Value.String()); !on {
-					return
-				}
-			}
-			kube = append(kube, how)
-		}
-		if _, ok := ignoredFlags[f.Name]; ok {
-			ignored = append(ignored, how)
-		}
+		ignored = append(ignored, how)
 	})
 	sort.Strings(ignored)
 	if len(ignored) > 0 {
-		log.Warn("Ignoring flags that have no meaning in flannel-go (udp backend over etcd, IPv4, log/slog logging): " + strings.Join(ignored, ", "))
+		log.Warn("Ignoring flags that have no meaning in flannel-go (udp backend, log/slog logging): " + strings.Join(ignored, ", "))
 	}
-	if len(kube) > 0 {
-		sort.Strings(kube)
-		return fmt.Errorf("flannel-go supports only the etcd subnet manager, not Kubernetes: remove %s and give --etcd-endpoints (and --etcd-prefix) instead", strings.Join(kube, ", "))
-	}
-	return nil
 }
 
 // logLevel maps -v onto slog: 0 (upstream's default) is Info, 1 and more

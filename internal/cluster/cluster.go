@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,6 +65,10 @@ type Options struct {
 	// the underlay of an IPv6-only config (IPv6OnlyConfig). etcd stays on
 	// IPv4.
 	IPv6Underlay bool
+	// Kube runs flanneld with --kube-subnet-mgr (see kube.go): no etcd,
+	// Config written to each node's net-conf.json, and every node left
+	// idle for the test to give it its API server credentials and start it.
+	Kube bool
 }
 
 // Cluster is a running overlay.
@@ -138,7 +141,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}()
 	// The embedded etcd runs in host 1's flanneld, which must start.
 	minActive := 1
-	if opts.EtcdMembers > 0 {
+	if opts.EtcdMembers > 0 || opts.Kube {
 		minActive = 0
 	}
 	if opts.Idle < 0 || opts.Hosts-opts.Idle < minActive {
@@ -159,6 +162,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	if err := c.setupIPv6(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Kube {
+		return c, c.writeNetConf()
 	}
 	active := c.Nodes[:opts.Hosts-opts.Idle]
 	rest := active
@@ -254,16 +260,12 @@ func (c *Cluster) Logs() string {
 // Start runs flanneld on the node's host.
 func (n *Node) Start(ctx context.Context) error {
 	c := n.cluster
-	args := []string{
-		"--etcd-endpoints=" + strings.Join(c.EtcdEndpoints(), ","),
-		"--iface=" + n.Host.Iface,
-		"--subnet-file=" + n.SubnetFile,
+	args := append(n.subnetManagerArgs(),
+		"--iface="+n.Host.Iface,
+		"--subnet-file="+n.SubnetFile,
 		"--healthz-ip=127.0.0.1",
-		"--healthz-port=" + strconv.Itoa(HealthPort),
-	}
-	if n.Index == 1 && len(c.EtcdMembers) == 0 {
-		args = append(args, "--etcd-embedded="+filepath.Join(c.opts.Dir, "etcd"))
-	}
+		"--healthz-port="+strconv.Itoa(HealthPort),
+	)
 	if n.Addr6.IsValid() {
 		args = append(args, "--public-ipv6="+n.Addr6.String())
 	}

@@ -230,3 +230,7 @@ func freePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// FreePorts returns n loopback TCP ports that were free a moment ago, for
+// other servers a test starts; retry on a bind failure.
+func FreePorts(n int) ([]int, error) { return freePorts(n) }
