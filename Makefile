@@ -113,7 +113,7 @@ bench: build
 	@f=bench/results/$$(date -u +%Y-%m-%dT%H%M%SZ)-micro.txt; \
 	{ FLANNEL_BENCH_COMMIT=$(VERSION) $(GO) run ./bench/benchmeta -binary $(BIN)/flanneld -command "$(MICRO_BENCH)" && $(MICRO_BENCH); } > $$f.tmp \
 	  && mv $$f.tmp $$f && cat $$f && echo "results: $$f" || { cat $$f.tmp; exit 1; }
-	FLANNEL_BENCH_COMMIT=$(VERSION) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 3600s ./bench/ -args -report -flanneld $(CURDIR)/$(BIN)/flanneld
+	FLANNEL_BENCH_COMMIT=$(VERSION) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 7200s ./bench/ -args -report -flanneld $(CURDIR)/$(BIN)/flanneld
 
 bench-quick: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 1200s ./bench/ -args -report -quick -flanneld $(CURDIR)/$(BIN)/flanneld

@@ -67,6 +67,9 @@ type pathEnv struct {
 	srcAddr, dstAddr netip.Addr
 	pids             []int // the path's flanneld processes
 	close            func()
+	// passed reads, for a fast-path env, what its nodes' programs left
+	// to the userspace router so far, by reason (both nodes summed).
+	passed func(ctx context.Context) (map[string]float64, error)
 	// host is the same path host to host: a process in the first host's
 	// namespace to the second host's overlay address (flannel0's or
 	// flannel.1's); nil where the path has no such address.
@@ -351,6 +354,26 @@ func setupFlannelEnv(ctx context.Context, b *testing.B, bin string, args, enviro
 	return flannelEnv(ctx, c, false)
 }
 
+// passedReasons sums flannel_router_passed_to_userspace_total by reason
+// over c's nodes.
+func passedReasons(ctx context.Context, c *cluster.Cluster) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, n := range c.Nodes {
+		code, body, err := n.HTTPGet(ctx, "/metrics")
+		if err != nil || code != 200 {
+			return nil, fmt.Errorf("GET /metrics on %s: %d %v", n.Host.Name, code, err)
+		}
+		for line := range strings.Lines(body) {
+			var reason string
+			var v float64
+			if _, err := fmt.Sscanf(line, "flannel_router_passed_to_userspace_total{reason=%q} %g", &reason, &v); err == nil {
+				out[reason] += v
+			}
+		}
+	}
+	return out, nil
+}
+
 // checkForced makes sure every node runs the attach and variant environ
 // forces: a typo would measure the default instead.
 func checkForced(c *cluster.Cluster, environ []string) error {
@@ -376,6 +399,7 @@ func flannelEnv(ctx context.Context, c *cluster.Cluster, ipv6 bool) (*pathEnv, e
 	src, dst := c.Nodes[0].Container, c.Nodes[1].Container
 	env := &pathEnv{src: src, dst: dst, dstAddr: dst.Addr, close: func() { c.Close() }}
 	env.host = &pathEnv{src: c.Nodes[0].Host, dst: c.Nodes[1].Host, dstAddr: c.Nodes[1].Env.Subnet.Addr()}
+	env.passed = func(ctx context.Context) (map[string]float64, error) { return passedReasons(ctx, c) }
 	if ipv6 {
 		env.dstAddr = c.Nodes[1].ContainerIPv6
 	}
@@ -603,6 +627,7 @@ func (r *runner) run(ctx context.Context, b *testing.B, path string) {
 		hr.tcp(ctx, b, path)
 		r.port = hr.port
 	}
+	r.recordPassed(ctx, b, path)
 	for _, rate := range udpRates {
 		if !r.want("udp") {
 			break
@@ -618,6 +643,32 @@ func (r *runner) run(ctx context.Context, b *testing.B, path string) {
 		results.Add(path, mp, res.PPS()/1000)
 		results.Add(path, ml, res.LossPercent())
 	}
+}
+
+// Packets the fast path's programs left to userspace during the TCP and
+// RTT workloads, both nodes: the kernel path should keep them all.
+var (
+	mPassedAll   = Metric{"passed_userspace", "fast path: packets passed to userspace during the TCP and RTT workloads", "count", false}
+	mPassedNeigh = Metric{"passed_no_neighbour", "fast path: of them for no_neighbour", "count", false}
+)
+
+// recordPassed records what the fast path passed to userspace so far.
+func (r *runner) recordPassed(ctx context.Context, b *testing.B, path string) {
+	if r.env.passed == nil || !strings.Contains(path, "fast path") {
+		return
+	}
+	m, err := r.env.passed(ctx)
+	if err != nil {
+		failed(b, path, "passed to userspace", err, mPassedAll, mPassedNeigh)
+		return
+	}
+	var all float64
+	for _, v := range m {
+		all += v
+	}
+	results.Add(path, mPassedAll, all)
+	results.Add(path, mPassedNeigh, m["no_neighbour"])
+	b.Logf("%s: passed to userspace by reason: %v", path, m)
 }
 
 // failed logs a failed workload and records its figures as NaN.
