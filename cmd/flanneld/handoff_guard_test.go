@@ -213,16 +213,28 @@ func guardPresent(t *testing.T, h *testbed.Host) bool {
 	return err == nil
 }
 
-func handoffCluster(t *testing.T) (*cluster.Cluster, *testbed.Host) {
+// attackBed is two fast-path nodes and a stranger, a host that holds no
+// lease; an inbox listens in node 2's container, the victim, and the
+// attacks' inner packets claim node 1's container as their source.
+type attackBed struct {
+	stranger        *testbed.Host
+	n1, n2          *cluster.Node
+	in              *inbox
+	spoofed, victim netip.Addr
+}
+
+func handoffCluster(t *testing.T) attackBed {
 	t.Helper()
 	requireFastPath(t)
 	testbed.RequireTool(t, "nft")
 	c := startWith(t, cluster.Options{Hosts: 3, Idle: 1, Args: []string{"--fast-path=on"}})
 	waitKernelPeers(t, 1, c.Nodes[:2]...)
-	if _, ok := handoffRx(t, c.Nodes[1].Host); !ok {
-		t.Fatalf("%s has no handoff device", c.Nodes[1].Host.Name)
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	if _, ok := handoffRx(t, n2.Host); !ok {
+		t.Fatalf("%s has no handoff device", n2.Host.Name)
 	}
-	return c, c.Bed.Hosts[2]
+	return attackBed{stranger: c.Bed.Hosts[2], n1: n1, n2: n2, in: listenInbox(t, n2.Container, 7777),
+		spoofed: n1.Container.Addr, victim: n2.Container.Addr}
 }
 
 // TestHandoffClosedToStrangers sends VXLAN frames for the handoff device
@@ -233,11 +245,9 @@ func handoffCluster(t *testing.T) (*cluster.Cluster, *testbed.Host) {
 // taken away (by hand, at the end) the same attack gets through: the test
 // sends a real attack, and the guard is what stops it.
 func TestHandoffClosedToStrangers(t *testing.T) {
-	c, stranger := handoffCluster(t)
+	b := handoffCluster(t)
 	ctx := t.Context()
-	n1, n2 := c.Nodes[0], c.Nodes[1]
-	in := listenInbox(t, n2.Container, 7777)
-	spoofed, victim := n1.Container.Addr, n2.Container.Addr
+	stranger, n1, n2, in, spoofed, victim := b.stranger, b.n1, b.n2, b.in, b.spoofed, b.victim
 	flannel0 := n2.Env.Subnet.Addr()
 	// The stranger reaches the node's other local addresses too.
 	for _, args := range [][]string{
@@ -295,11 +305,9 @@ func TestHandoffClosedToStrangers(t *testing.T) {
 // restart under a flood of attacks lets none of them through while it
 // takes over.
 func TestHandoffGuardLifecycle(t *testing.T) {
-	c, stranger := handoffCluster(t)
+	b := handoffCluster(t)
 	ctx := t.Context()
-	n1, n2 := c.Nodes[0], c.Nodes[1]
-	in := listenInbox(t, n2.Container, 7777)
-	spoofed, victim := n1.Container.Addr, n2.Container.Addr
+	stranger, n1, n2, in, spoofed, victim := b.stranger, b.n1, b.n2, b.in, b.spoofed, b.victim
 	if !guardPresent(t, n2.Host) {
 		t.Fatal("no guard while the fast path runs")
 	}
