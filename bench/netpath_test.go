@@ -111,7 +111,7 @@ func paths() []pathDef {
 		}, nil})
 	}
 	// What older kernels get, forced on this one: the attach and the
-	// variant of the programs each runs (see the README's kernel table).
+	// variant of the programs each runs (see docs/data-plane.md's kernel table).
 	for _, v := range fastPathVariants {
 		ps = append(ps, pathDef{v.name, func(ctx context.Context, b *testing.B) (*pathEnv, error) {
 			return setupFlannelEnv(ctx, b, flanneld(b), []string{"--fast-path=on"}, v.env)

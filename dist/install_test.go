@@ -17,6 +17,7 @@ import (
 	"github.com/flannel-go/flannel-go/internal/doccmd"
 	"github.com/flannel-go/flannel-go/internal/release"
 	"github.com/flannel-go/flannel-go/internal/testbed"
+	"github.com/flannel-go/flannel-go/lease"
 )
 
 const configKey = "/coreos.com/network/config"
@@ -157,6 +158,51 @@ func TestDocsInstallKeepsConfig(t *testing.T) {
 		t.Errorf("with no config in etcd, the opt-in drop-in published %q, want the example's", got)
 	}
 	checkNoRequiredFiles(t, units)
+}
+
+// TestDocsQuickStart runs the README's quick start on host 1 of a bed,
+// whose address and interface are the README's (192.0.2.1, eth0), with
+// etcd where the README says: the config it publishes must be one
+// flanneld accepts, the firewall rule must be in place, and the installed
+// options must point flanneld at that etcd and interface.
+func TestDocsQuickStart(t *testing.T) {
+	testbed.RequireRoot(t)
+	for _, tool := range []string{"unshare", "chroot", "etcdctl", "iptables"} {
+		testbed.RequireTool(t, tool)
+	}
+	bed := testbed.NewT(t, testbed.Options{Hosts: 1, Prefix: "fgoqs"})
+	h := bed.Hosts[0]
+	url, cli := startEtcd(t, h)
+	r := doccmd.NewRoot(t, "systemctl")
+	stageTarball(t, filepath.Join(r.Dir, "work"))
+
+	script := doccmd.Script(t, "README.md", "quickstart-config")
+	if !strings.Contains(script, "--endpoints="+url+" ") {
+		t.Fatalf("the README publishes the config to another etcd than the one at %s:\n%s", url, script)
+	}
+	run(t, r, h, "/", script)
+	cfg, err := lease.ParseConfig([]byte(getConfig(t, cli)))
+	if err != nil || cfg.BackendType != "udp" {
+		t.Fatalf("the README's network config: %+v, %v", cfg, err)
+	}
+
+	run(t, r, h, "/", doccmd.Script(t, "README.md", "quickstart-firewall"))
+	if out, err := h.Run(context.Background(), "iptables", "-S", "INPUT"); err != nil || !strings.Contains(out, "--dport 8285") {
+		t.Errorf("iptables -S INPUT in %s: %v\n%s", h.Name, err, out)
+	}
+
+	run(t, r, h, "/work", doccmd.Script(t, "README.md", "quickstart-install"))
+	want := "FLANNELD_ETCD_ENDPOINTS=" + url + "\nFLANNELD_IFACE=" + h.Iface + "\n"
+	if got, _ := os.ReadFile(r.Path("/etc/flannel/options.env")); string(got) != want {
+		t.Errorf("options.env %q, want %q", got, want)
+	}
+	calls := strings.Join(r.Calls("systemctl"), "\n")
+	for _, c := range []string{"daemon-reload", "enable --now flanneld", "restart docker"} {
+		if !strings.Contains(calls, c) {
+			t.Errorf("systemctl calls %q: no %q", calls, c)
+		}
+	}
+	checkNoRequiredFiles(t, installedUnits(t, r, 0))
 }
 
 // installedUnits returns the installed flanneld.service followed by its

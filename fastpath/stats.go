@@ -19,7 +19,7 @@ const (
 // counterDef names one value of the programs' enum counter. counters
 // holds one per value, in the enum's order (TestCounterTable checks it):
 // a new reason is a line in the C enum and a line here, and /metrics and
-// the README's list follow.
+// docs/metrics.md's list follow.
 type counterDef struct {
 	id     bpfCounter
 	kind   counterKind

@@ -27,8 +27,8 @@ const (
 )
 
 // dropTable names each drop reason: the /metrics label, the direction of
-// the packets it drops and what it means (also the README's list, checked
-// by TestReadmeDropReasons). A new reason is a constant above and a line
+// the packets it drops and what it means (also docs/metrics.md's list, checked
+// by TestDocsDropReasons). A new reason is a constant above and a line
 // here.
 var dropTable = [numDropReasons]struct{ name, dir, help string }{
 	dropNoRoute:       {"no_route", "out", "destination inside the overlay network but in no node's subnet (no lease, or the lease expired)"},

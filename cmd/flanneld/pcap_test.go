@@ -9,7 +9,9 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -17,12 +19,19 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/flannel-go/flannel-go/internal/doccmd"
+	"github.com/flannel-go/flannel-go/internal/testbed"
 )
 
-func TestPcapUnwrapCommand(t *testing.T) {
-	inner := udpPacket(t, netip.MustParseAddr("198.18.32.2"), netip.MustParseAddr("198.18.75.2"), 7000, []byte("hello"))
+// underlayCapture is a pcap file of one Ethernet frame from 192.0.2.1 to
+// 192.0.2.2 on UDP port carrying an inner UDP packet from 198.18.32.2 to
+// 198.18.75.2 (port 7000), as tcpdump -w writes it on an underlay.
+func underlayCapture(t *testing.T, port int) (file, inner []byte, ts time.Time) {
+	t.Helper()
+	inner = udpPacket(t, netip.MustParseAddr("198.18.32.2"), netip.MustParseAddr("198.18.75.2"), 7000, []byte("hello"))
 	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: []byte{192, 0, 2, 1}, DstIP: []byte{192, 0, 2, 2}}
-	udp := &layers.UDP{SrcPort: 9000, DstPort: 9000}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(port), DstPort: layers.UDPPort(port)}
 	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
 		t.Fatal(err)
 	}
@@ -31,15 +40,19 @@ func TestPcapUnwrapCommand(t *testing.T) {
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(inner)); err != nil {
 		t.Fatal(err)
 	}
-	var file bytes.Buffer
-	w := pcapgo.NewWriter(&file)
+	var b bytes.Buffer
+	w := pcapgo.NewWriter(&b)
 	w.WriteFileHeader(65535, layers.LinkTypeEthernet)
-	ts := time.Unix(1700000000, 250000000)
+	ts = time.Unix(1700000000, 250000000)
 	w.WritePacket(gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}, buf.Bytes())
+	return b.Bytes(), inner, ts
+}
 
+func TestPcapUnwrapCommand(t *testing.T) {
+	file, inner, ts := underlayCapture(t, 9000)
 	dir := t.TempDir()
 	in, out := filepath.Join(dir, "underlay.pcap"), filepath.Join(dir, "inner.pcap")
-	if err := os.WriteFile(in, file.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(in, file, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
@@ -115,5 +128,43 @@ func TestDebugPcapNeedsFlag(t *testing.T) {
 				t.Errorf("/debug/pcap is served on the --metrics-addr listener: %d", rec.Code)
 			}
 		}
+	}
+}
+
+// TestDocsPcapUnwrap runs docs/pcap.md's unwrap commands, in the
+// directory of an underlay capture on the default port: flanneld's lines
+// in this process, the others (tcpdump) with sh.
+func TestDocsPcapUnwrap(t *testing.T) {
+	testbed.RequireTool(t, "tcpdump")
+	script := doccmd.Script(t, "docs/pcap.md", "pcap-unwrap") // before Chdir: it finds go.mod from there
+	file, _, _ := underlayCapture(t, 8285)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "underlay.pcap"), file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	summary := regexp.MustCompile(`^1 frames read: 1 inner packets written, 0 other traffic skipped, 0 fragments, 0 malformed\n$`)
+	var ran []string
+	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
+		words := strings.Fields(line)
+		if words[0] == "flanneld" {
+			var stdout, stderr bytes.Buffer
+			if code := run(words, noEnv, &stdout, &stderr); code != 0 || !summary.MatchString(stderr.String()) {
+				t.Fatalf("%s: exit %d, %q", line, code, stderr.String())
+			}
+			ran = append(ran, words[1])
+			continue
+		}
+		out, err := exec.Command("sh", "-c", line).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, out)
+		}
+		if words[0] == "tcpdump" && !strings.Contains(string(out), "IP 198.18.32.2.7000 > 198.18.75.2.7000:") {
+			t.Errorf("%s does not show the inner packet:\n%s", line, out)
+		}
+		ran = append(ran, words[0])
+	}
+	if strings.Join(ran, " ") != "pcap tcpdump" {
+		t.Errorf("ran %v, want flanneld pcap unwrap, then tcpdump", ran)
 	}
 }

@@ -2,7 +2,7 @@
 // and a two-node cluster, TestKernelMatrix) on Debian's stock kernels
 // booted in QEMU and on the host's kernel, one after another, and checks
 // each against internal/kernelmatrix's table. Results go to a JSON-lines
-// file; -table turns one into the README's Markdown table. It needs root,
+// file; -table turns one into the Markdown table of docs/data-plane.md's Kernels section. It needs root,
 // qemu-system-x86, busybox-static, kmod and go. `make test-kernels` runs it.
 //
 //	kernel-matrix [-rows 5.10,6.1,6.12,host,host-clsact] [-results FILE]
@@ -48,7 +48,7 @@ func run(ctx context.Context) int {
 	accel := flag.String("accel", kernelmatrix.DefaultAccel, "QEMU's -accel")
 	timeout := flag.Duration("timeout", 20*time.Minute, "per guest, boot included")
 	workDir := flag.String("work", filepath.Join("bin", "kernel-matrix"), "directory for the test binaries and each row's logs, emptied first")
-	table := flag.String("table", "", "print a results file as the README's Markdown table and exit")
+	table := flag.String("table", "", "print a results file as the Markdown table of docs/data-plane.md and exit")
 	commit := flag.String("commit", "", "the commit the binaries are built from, recorded in the results")
 	flag.Parse()
 	if *table != "" {

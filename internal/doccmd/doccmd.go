@@ -1,5 +1,6 @@
 // Package doccmd makes the shell commands in the documentation tested:
-// every ```sh block in docs/*.md and dist/INSTALL carries a tag
+// every ```sh block in README.md, SECURITY.md, docs/*.md and dist/INSTALL
+// carries a tag
 // (```sh test=NAME), tests fetch the block by file and tag and run it,
 // and this package's own test fails when a block has no tag or no test
 // names its tag. Root gives those tests a throwaway root file system to
@@ -115,16 +116,26 @@ func ModuleRoot(t testing.TB) string {
 }
 
 // Documents are the files whose shell blocks must be tested, relative to
-// the module root: docs/*.md and dist/INSTALL.
+// the module root: README.md, SECURITY.md, docs/*.md and dist/INSTALL.
 func Documents(root string) ([]string, error) {
+	md, err := MarkdownDocuments(root)
+	if err != nil {
+		return nil, err
+	}
+	return append(md, "dist/INSTALL"), nil
+}
+
+// MarkdownDocuments are the Markdown files of the documentation, relative
+// to the module root: README.md, SECURITY.md and docs/*.md.
+func MarkdownDocuments(root string) ([]string, error) {
 	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
 	if err != nil {
 		return nil, err
 	}
-	var rel []string
+	rel := []string{"README.md", "SECURITY.md"}
 	for _, d := range docs {
 		r, _ := filepath.Rel(root, d)
 		rel = append(rel, r)
 	}
-	return append(rel, "dist/INSTALL"), nil
+	return rel, nil
 }

@@ -40,8 +40,9 @@ func TestEveryDocCommandIsTested(t *testing.T) {
 	}
 }
 
-// scriptCall matches doccmd.Script(t, "file", "tag") in a test's source.
-var scriptCall = regexp.MustCompile(`doccmd\.Script\(\s*\w+,\s*"([^"]+)",\s*"([^"]+)"\s*\)`)
+// scriptCall matches doccmd.Script(t, "file", "tag") in a test's source,
+// or Script(t, "file", "tag") in this package's own.
+var scriptCall = regexp.MustCompile(`(?:\bdoccmd\.|[^.\w])Script\(\s*\w+,\s*"([^"]+)",\s*"([^"]+)"\s*\)`)
 
 // usedTags returns file+"\x00"+tag for every call of Script in the
 // module's test files.

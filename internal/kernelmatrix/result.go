@@ -153,7 +153,7 @@ func ReadResults(r io.Reader) ([]Result, error) {
 	return out, sc.Err()
 }
 
-// WriteTable writes results as the README's Markdown table.
+// WriteTable writes results as the Markdown table of docs/data-plane.md's Kernels section.
 func WriteTable(w io.Writer, results []Result) {
 	fmt.Fprintln(w, "| kernel | fast path | attach, variant or fallback reason | transfers (IPv4, inner IPv6, host to host) | kernel-path bytes | SIGKILL, restart |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")

@@ -96,10 +96,10 @@ var failLine = regexp.MustCompile(`(?m)^\s*--- FAIL: (\S+)`)
 func (res *Result) runFastPathTests(ctx context.Context, cfg RowConfig, bin, dir string, console io.Writer) {
 	out, err := runTest(ctx, console, filepath.Join(dir, cfg.Name+"-fastpath.log"), fastPathTimeout, nil, dir,
 		filepath.Join(bin, FastPathTestBin), "-test.v", "-test.count=1",
-		// make test checks the objects, the README and the C headers
+		// make test checks the objects, docs/metrics.md and the C headers
 		// against their sources, which no kernel changes; the objects
 		// need clang and go, which a guest would take minutes to run.
-		"-test.skip=^(TestObjectsMatchSources|TestReadmeKernelReasons|TestProbeWireFormat)$", "-test.timeout="+fastPathTimeout.String())
+		"-test.skip=^(TestObjectsMatchSources|TestDocsKernelReasons|TestProbeWireFormat)$", "-test.timeout="+fastPathTimeout.String())
 	res.FastPathTests = "pass"
 	if err == nil {
 		return

@@ -96,7 +96,7 @@ type attrs struct {
 // value of public-ip-overwrite when that is set) and kube-subnet-manager
 // "true". public-ipv6 and backend-v6-data follow the same rules when the
 // node has an IPv6 address to publish (upstream's udp backend never has
-// one; flannel-go's carries IPv6, see the README). An IPv6-only node
+// one; flannel-go's carries IPv6, see docs/configuration.md). An IPv6-only node
 // publishes no public-ip.
 func (a annotations) annotationPatch(have map[string]string, at attrs) map[string]string {
 	if !a.needsPatch(have, at) {
