@@ -19,8 +19,9 @@ const (
 	// belong to the process: the kernel detaches them when it exits.
 	AttachTCX = "tcx"
 	// AttachClsact attaches direct-action cls_bpf filters to a clsact
-	// qdisc through netlink. They outlive the process; the programs then
-	// pass everything once the daemon's heartbeat stops.
+	// qdisc through netlink. The underlay's filter outlives the process;
+	// its program then passes everything once the daemon's heartbeat
+	// stops (the TUN's goes with the TUN).
 	AttachClsact = "clsact"
 )
 

@@ -74,7 +74,7 @@ type Info struct {
 }
 
 // heartbeatEvery is how often a clsact-attached fast path says it runs;
-// the programs pass everything once it is heartbeatValid old.
+// the ingress program passes everything once it is heartbeatValid old.
 const (
 	heartbeatEvery = time.Second
 	heartbeatValid = 5 * time.Second
@@ -107,8 +107,8 @@ type Path struct {
 // attaches them: with tcx links, which belong to this process (when it
 // exits, even by SIGKILL, the kernel detaches them and the TUN goes with
 // it), or, where the kernel has no tcx, with cls_bpf filters, which stay
-// after a SIGKILL but pass every packet once the heartbeat stops, and
-// which the next start removes.
+// after a SIGKILL on the underlay but pass every packet once the
+// heartbeat stops, and which the next start removes.
 func Start(cfg Config) (*Path, error) {
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 2 * time.Second
@@ -255,7 +255,7 @@ func (p *Path) load(feats Feature, tunIndex, underIndex int) error {
 	if err := loadObjects(s, &p.objs); err != nil {
 		return fmt.Errorf("fast path: %w (variant %s)", err, p.info.Variant)
 	}
-	// The programs act only with a fresh heartbeat (clsact): from now.
+	// The ingress program acts only with a fresh heartbeat (clsact): from now.
 	return p.beat()
 }
 
@@ -346,7 +346,7 @@ func (p *Path) beat() error {
 	return nil
 }
 
-// heartbeatLoop keeps the clsact-attached programs acting while the
+// heartbeatLoop keeps the clsact-attached ingress program acting while the
 // process runs.
 func (p *Path) heartbeatLoop() {
 	t := time.NewTicker(heartbeatEvery)
@@ -358,7 +358,7 @@ func (p *Path) heartbeatLoop() {
 		case <-t.C:
 		}
 		if err := p.beat(); err != nil {
-			p.cfg.Logger.Error("Fast path heartbeat; the programs pass every packet once it is 5 s old", "error", err)
+			p.cfg.Logger.Error("Fast path heartbeat; the ingress program passes every packet once it is 5 s old", "error", err)
 		}
 	}
 }

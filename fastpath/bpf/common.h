@@ -50,9 +50,9 @@ volatile const __u8 have_coarse_clock; // bpf_ktime_get_coarse_ns (5.11)
 volatile const __u8 have_decap_flags;  // BPF_F_ADJ_ROOM_DECAP_L3_* (6.3)
 volatile const __u8 have_gso_size;     // __sk_buff.gso_size (5.7)
 volatile const __u8 have_ringbuf;      // BPF_MAP_TYPE_RINGBUF (5.8)
-// Attached as cls_bpf filters, which outlive the process: the programs
-// act only while the daemon keeps the heartbeat fresh, and pass every
-// packet unchanged otherwise.
+// Attached as cls_bpf filters, which outlive the process: the ingress
+// program acts only while the daemon keeps the heartbeat fresh, and
+// passes every packet unchanged otherwise.
 volatile const __u8 need_heartbeat;
 volatile const __u64 heartbeat_valid_ns;
 
@@ -181,24 +181,24 @@ static __always_inline __u64 now(void)
 	return bpf_ktime_get_ns();
 }
 
-// fresh tells whether a time stamp at (0: never) is younger than valid.
-// Another CPU may write it after this one read the clock: a stamp from
-// the future is fresh, not 2^64 ns old.
-static __always_inline int fresh(__u64 at, __u64 valid)
+// fresh tells whether a time stamp at (0: never) is younger than valid
+// at time t (now()). Another CPU may write it after this one read the
+// clock: a stamp from the future is fresh, not 2^64 ns old.
+static __always_inline int fresh(__u64 at, __u64 valid, __u64 t)
 {
-	__u64 t = now();
 	return at && (t <= at || t - at <= valid);
 }
 
-// alive tells whether the daemon runs (always, for tcx links, which go
-// with the process).
-static __always_inline int alive(void)
+// alive tells whether the daemon runs at time t (always, for tcx links,
+// which go with the process). Only the ingress program asks: the egress
+// program's device, the TUN, goes with the process either way.
+static __always_inline int alive(__u64 t)
 {
 	if (!need_heartbeat)
 		return 1;
 	__u32 zero = 0;
 	__u64 *hb = bpf_map_lookup_elem(&heartbeat, &zero);
-	return hb && fresh(*(volatile __u64 *)hb, heartbeat_valid_ns);
+	return hb && fresh(*(volatile __u64 *)hb, heartbeat_valid_ns, t);
 }
 
 static __always_inline __u32 route(__u32 addr)

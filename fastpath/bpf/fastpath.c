@@ -157,8 +157,6 @@ static __always_inline int egress6(struct __sk_buff *skb)
 SEC("tcx/egress")
 int flannel_egress(struct __sk_buff *skb)
 {
-	if (!alive())
-		return TC_ACT_OK;
 	// A node that cannot decapsulate everything must not make its peers
 	// think it can: its datagrams from here would vouch for it.
 	if (!decap_all()) {
@@ -305,8 +303,6 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 sender)
 SEC("tcx/ingress")
 int flannel_ingress(struct __sk_buff *skb)
 {
-	if (!alive())
-		return TC_ACT_OK;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr)) < 0)
@@ -318,6 +314,10 @@ int flannel_ingress(struct __sk_buff *skb)
 	if (h->eth.h_proto != bpf_htons(ETH_P_IP) || h->ip.version != 4 || h->ip.ihl != 5 ||
 	    h->ip.protocol != IPPROTO_UDP || (h->ip.frag_off & bpf_htons(0x3fff)) ||
 	    h->ip.daddr != local_addr)
+		return TC_ACT_OK;
+	// One clock read serves the heartbeat, the vouch and a probe answer.
+	__u64 t = now();
+	if (!alive(t))
 		return TC_ACT_OK;
 	// The guard (guard.go) closes the handoff port to every datagram this
 	// program did not mark; plain ones are dropped here already, counted.
@@ -335,9 +335,9 @@ int flannel_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	if (is_probe(data + sizeof(struct ethhdr) + sizeof(struct iphdr), end))
-		return answer_probe(skb);
+		return answer_probe(skb, t);
 	if (p && !h->udp.check)
-		vouch(p);
+		vouch(p, t);
 	return deliver(skb, sender);
 }
 

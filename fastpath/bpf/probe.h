@@ -41,7 +41,7 @@ struct {
 static __always_inline int peer_ready(__u32 peer)
 {
 	struct peer *p = bpf_map_lookup_elem(&peers, &peer);
-	if (!p || !fresh(*(volatile __u64 *)&p->answered, answer_valid_ns)) {
+	if (!p || !fresh(*(volatile __u64 *)&p->answered, answer_valid_ns, now())) {
 		count(C_PASS_PEER, 1);
 		return 0;
 	}
@@ -60,10 +60,9 @@ static __always_inline int peer_ready(__u32 peer)
 // seconds away; either way the flows towards it went through userspace
 // meanwhile and were reordered. The write is rare because every CPU
 // shares the entry.
-static __always_inline void vouch(struct peer *p)
+static __always_inline void vouch(struct peer *p, __u64 t)
 {
 	__u64 at = *(volatile __u64 *)&p->answered;
-	__u64 t = now();
 	if (t > at && t - at > answer_valid_ns / 8)
 		p->answered = t;
 }
@@ -83,8 +82,8 @@ static __always_inline int is_probe(struct udphdr *udp, void *end)
 // answer_probe turns a probe into its answer and sends it back out of the
 // interface it came in on: this node's kernel decapsulates, so the asker may
 // hand it packets whose inner checksums are left to offload. An answer to
-// this node's own probe renews the peer's entry.
-static __always_inline int answer_probe(struct __sk_buff *skb)
+// this node's own probe renews the peer's entry (t is now()).
+static __always_inline int answer_probe(struct __sk_buff *skb, __u64 t)
 {
 	if (bpf_skb_pull_data(skb, sizeof(struct encap_hdr) + PROBE_LEN) < 0) {
 		count(C_PASS_NOT_ONE_PACKET, 1);
@@ -100,7 +99,7 @@ static __always_inline int answer_probe(struct __sk_buff *skb)
 		struct peer *p = bpf_map_lookup_elem(&peers, &from);
 		__u64 *want = bpf_map_lookup_elem(&asks, &from);
 		if (p && want && *want == pr->nonce) {
-			p->answered = now();
+			p->answered = t;
 			count(C_PROBE_ANSWERS, 1);
 		} else {
 			count(C_DROP_PROBE_ANSWER, 1);
